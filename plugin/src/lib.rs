@@ -1,0 +1,23 @@
+//! vaultbridge: a Docker secrets-driver plugin.
+//!
+//! When Swarm schedules a task that uses a secret created with
+//! `--driver vaultbridge`, the leader manager POSTs the secret's name and
+//! labels to this plugin's Unix socket; we look the value up in a backend
+//! and answer with its bytes, which Docker mounts at `/run/secrets/<name>`.
+//!
+//! The map of the crate, in the order a request travels:
+//! - [`server`]: the socket, the routes, graceful shutdown, errors as `{"Err"}`.
+//! - [`protocol`]: the JSON Docker sends and expects.
+//! - [`labels`]: `vaultbridge.*` labels -> a [`labels::Lookup`].
+//! - [`resolve`]: route a lookup to a provider, pick a field, decode, check size.
+//! - [`config`]: the TOML file / environment / embedded default.
+//! - [`cli`]: `serve`, `check`, `get`.
+//!
+//! Backends live in the `vaultbridge-providers` crate.
+
+pub mod cli;
+pub mod config;
+pub mod labels;
+pub mod protocol;
+pub mod resolve;
+pub mod server;

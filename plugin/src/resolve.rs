@@ -1,0 +1,307 @@
+//! From a [`Lookup`] to the bytes Docker mounts: pick the provider, fetch,
+//! pick a JSON field, decode base64, enforce Docker's size limits.
+//!
+//! This is the one place that knows the rules every backend shares; the
+//! `get` CLI command and the server both go through it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use secrecy::{ExposeSecret, SecretSlice};
+use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef};
+
+use crate::config::Config;
+use crate::labels::{Decode, FIELD, Lookup, PROVIDER};
+
+/// Docker refuses secret values outside 1..=511999 bytes (swarmkit's
+/// `MaxSecretSize` is 500 KiB, exclusive).
+pub const MAX_VALUE_BYTES: usize = 500 * 1024 - 1;
+
+/// The configured providers, by name, and the default among them.
+pub struct Resolver {
+    providers: BTreeMap<String, Arc<dyn Provider>>,
+    default: Option<String>,
+}
+
+/// A value ready for Docker.
+pub struct Resolved {
+    pub value: SecretSlice<u8>,
+    /// Answer `DoNotReuse: true`: the value is unique to this task.
+    pub per_task: bool,
+}
+
+impl std::fmt::Debug for Resolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Resolved")
+            .field("len", &self.value.expose_secret().len())
+            .field("per_task", &self.per_task)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a lookup failed, phrased for the operator who reads the plugin log.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ResolveError {
+    #[error("provider '{name}' is not configured (label {PROVIDER}); configured: {known}")]
+    UnknownProvider { name: String, known: String },
+    #[error(
+        "several providers are configured ({known}) and none is the default; add --label {PROVIDER}=<name> or set default_provider"
+    )]
+    NoDefault { known: String },
+    #[error("provider '{provider}' ({kind}), path '{path}': {error}")]
+    Provider {
+        provider: String,
+        kind: &'static str,
+        path: String,
+        error: ProviderError,
+    },
+    #[error("provider '{provider}', path '{path}': {message}")]
+    Shape {
+        provider: String,
+        path: String,
+        message: String,
+    },
+}
+
+impl Resolver {
+    /// Build every configured provider. No network I/O happens here, so the
+    /// socket opens quickly; `vaultbridge check` proves the backends work.
+    pub async fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let mut providers = BTreeMap::new();
+        for (name, provider_config) in &config.providers {
+            let provider = provider_config.build(&format!("providers.{name}")).await?;
+            providers.insert(name.clone(), provider);
+        }
+        Ok(Self::new(providers, config.default_provider.clone()))
+    }
+
+    pub fn new(providers: BTreeMap<String, Arc<dyn Provider>>, default: Option<String>) -> Self {
+        // With a single provider there is nothing to choose between.
+        let default = default.or_else(|| {
+            (providers.len() == 1)
+                .then(|| providers.keys().next().cloned())
+                .flatten()
+        });
+        Self { providers, default }
+    }
+
+    pub fn providers(&self) -> impl Iterator<Item = (&str, &Arc<dyn Provider>)> {
+        self.providers.iter().map(|(name, p)| (name.as_str(), p))
+    }
+
+    /// The provider a lookup is routed to, by name.
+    pub fn route<'a>(
+        &'a self,
+        lookup: &'a Lookup,
+    ) -> Result<(&'a str, &'a Arc<dyn Provider>), ResolveError> {
+        let name = match (&lookup.provider, &self.default) {
+            (Some(name), _) | (None, Some(name)) => name,
+            (None, None) => {
+                return Err(ResolveError::NoDefault {
+                    known: self.known(),
+                });
+            }
+        };
+        let provider = self
+            .providers
+            .get(name)
+            .ok_or_else(|| ResolveError::UnknownProvider {
+                name: name.clone(),
+                known: self.known(),
+            })?;
+        Ok((name, provider))
+    }
+
+    fn known(&self) -> String {
+        self.providers
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    /// Fetch and shape one secret.
+    pub async fn resolve(&self, lookup: &Lookup) -> Result<Resolved, ResolveError> {
+        let (name, provider) = self.route(lookup)?;
+        let fetched = provider
+            .fetch(SecretRef {
+                path: &lookup.path,
+                version: lookup.version.as_deref(),
+            })
+            .await
+            .map_err(|error| ResolveError::Provider {
+                provider: name.to_string(),
+                kind: provider.kind(),
+                path: lookup.path.clone(),
+                error,
+            })?;
+        let shape_error = |message: String| ResolveError::Shape {
+            provider: name.to_string(),
+            path: lookup.path.clone(),
+            message,
+        };
+        let value = shape(fetched.expose(), lookup).map_err(shape_error)?;
+        Ok(Resolved {
+            value,
+            per_task: fetched.per_task || !lookup.reuse,
+        })
+    }
+}
+
+/// Apply `vaultbridge.field` and `vaultbridge.decode`, then Docker's limits.
+/// Error messages never quote the value.
+pub fn shape(raw: &[u8], lookup: &Lookup) -> Result<SecretSlice<u8>, String> {
+    let picked: Vec<u8> = match &lookup.field {
+        None => raw.to_vec(),
+        Some(field) => pick_field(raw, field)?,
+    };
+    let decoded: Vec<u8> = match lookup.decode {
+        Decode::None => picked,
+        Decode::Base64 => decode_base64(&picked)?,
+    };
+    let value = SecretSlice::from(decoded);
+    check_size(value.expose_secret().len())?;
+    Ok(value)
+}
+
+fn pick_field(raw: &[u8], field: &str) -> Result<Vec<u8>, String> {
+    let not_object = || {
+        format!(
+            "label {FIELD}={field} needs a JSON object, but the value is not one; remove the label to get the whole value"
+        )
+    };
+    let serde_json::Value::Object(mut object) =
+        serde_json::from_slice(raw).map_err(|_| not_object())?
+    else {
+        return Err(not_object());
+    };
+    match object.remove(field) {
+        Some(serde_json::Value::String(text)) => Ok(text.into_bytes()),
+        Some(other) => Ok(other.to_string().into_bytes()),
+        None => {
+            let mut keys: Vec<&str> = object.keys().map(String::as_str).take(20).collect();
+            keys.sort_unstable();
+            Err(format!(
+                "label {FIELD}={field}: the JSON object has no key '{field}' (keys: {})",
+                keys.join(", ")
+            ))
+        }
+    }
+}
+
+fn decode_base64(text: &[u8]) -> Result<Vec<u8>, String> {
+    // Files and consoles add newlines and spaces; padding is optional.
+    let compact: Vec<u8> = text
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::STANDARD,
+        base64::engine::GeneralPurposeConfig::new()
+            .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+    );
+    // The decoder's own message quotes the offending byte: report only where.
+    engine.decode(&compact).map_err(|err| {
+        let at = match err {
+            base64::DecodeError::InvalidByte(offset, _)
+            | base64::DecodeError::InvalidLastSymbol(offset, _) => format!(" near byte {offset}"),
+            _ => String::new(),
+        };
+        format!("label vaultbridge.decode=base64: the value is not valid base64{at}")
+    })
+}
+
+fn check_size(len: usize) -> Result<(), String> {
+    if len == 0 {
+        return Err(format!(
+            "the value is empty (0 bytes); Docker needs 1 to {MAX_VALUE_BYTES} bytes"
+        ));
+    }
+    if len > MAX_VALUE_BYTES {
+        return Err(format!(
+            "the value is {len} bytes; Docker accepts at most {MAX_VALUE_BYTES} bytes"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lookup(field: Option<&str>, decode: Decode) -> Lookup {
+        Lookup {
+            provider: None,
+            path: "p".into(),
+            field: field.map(str::to_string),
+            version: None,
+            decode,
+            reuse: true,
+        }
+    }
+
+    fn shaped(raw: &[u8], field: Option<&str>, decode: Decode) -> Result<Vec<u8>, String> {
+        shape(raw, &lookup(field, decode)).map(|v| v.expose_secret().to_vec())
+    }
+
+    #[test]
+    fn picks_fields_as_raw_strings_or_compact_json() {
+        let doc = br#"{"user":"app","port":5432,"tls":{"on": true},"b64":"aGk="}"#;
+        assert_eq!(shaped(doc, Some("user"), Decode::None).unwrap(), b"app");
+        assert_eq!(shaped(doc, Some("port"), Decode::None).unwrap(), b"5432");
+        assert_eq!(
+            shaped(doc, Some("tls"), Decode::None).unwrap(),
+            br#"{"on":true}"#
+        );
+        assert_eq!(shaped(doc, Some("b64"), Decode::Base64).unwrap(), b"hi");
+        let err = shaped(doc, Some("pass"), Decode::None).unwrap_err();
+        assert!(
+            err.contains("no key 'pass'") && err.contains("b64, port, tls, user"),
+            "{err}"
+        );
+        let err = shaped(b"not json at all", Some("x"), Decode::None).unwrap_err();
+        assert!(!err.contains("not json at all"), "{err}");
+    }
+
+    #[test]
+    fn decodes_base64_without_quoting_the_value() {
+        assert_eq!(
+            shaped(b"aGVs\nbG8=\n", None, Decode::Base64).unwrap(),
+            b"hello"
+        );
+        assert_eq!(shaped(b"aGVsbG8", None, Decode::Base64).unwrap(), b"hello");
+        let err = shaped(b"secret!value", None, Decode::Base64).unwrap_err();
+        assert!(
+            err.contains("not valid base64") && !err.contains('!'),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn enforces_dockers_size_limits() {
+        assert!(
+            shaped(b"", None, Decode::None)
+                .unwrap_err()
+                .contains("empty")
+        );
+        let max = vec![b'x'; MAX_VALUE_BYTES];
+        assert_eq!(shaped(&max, None, Decode::None).unwrap().len(), 511_999);
+        let over = vec![b'x'; MAX_VALUE_BYTES + 1];
+        let err = shaped(&over, None, Decode::None).unwrap_err();
+        assert!(
+            err.contains("512000 bytes") && err.contains("at most 511999"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn resolved_debug_is_redacted() {
+        let resolved = Resolved {
+            value: SecretSlice::from(b"topsecret".to_vec()),
+            per_task: false,
+        };
+        assert!(!format!("{resolved:?}").contains("topsecret"));
+    }
+}

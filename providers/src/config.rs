@@ -1,0 +1,104 @@
+//! The typed `[providers.<name>]` tables, one variant per backend.
+//!
+//! Each backend owns its settings struct (`deny_unknown_fields`, so a typo is
+//! an error, not a silently ignored key). Building a provider validates its
+//! settings; errors name the key path in the file (`providers.prod.root`).
+
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::Provider;
+
+/// Reads one environment variable. Injected so tests do not touch the
+/// process environment.
+pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+
+/// One `[providers.<name>]` table, selected by its `type` key.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ProviderConfig {
+    #[cfg(feature = "file")]
+    File(crate::file::FileConfig),
+    #[cfg(feature = "vault")]
+    Vault(crate::vault::VaultConfig),
+    #[cfg(feature = "aws")]
+    Aws(crate::aws::AwsConfig),
+    #[cfg(feature = "azure")]
+    Azure(crate::azure::AzureConfig),
+}
+
+/// A configuration problem, with the key path it concerns.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    /// Dotted path in the config file, e.g. `providers.vault-prod.auth.role_id_file`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl ProviderConfig {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            #[cfg(feature = "file")]
+            ProviderConfig::File(_) => "file",
+            #[cfg(feature = "vault")]
+            ProviderConfig::Vault(_) => "vault",
+            #[cfg(feature = "aws")]
+            ProviderConfig::Aws(_) => "aws",
+            #[cfg(feature = "azure")]
+            ProviderConfig::Azure(_) => "azure",
+        }
+    }
+
+    /// Validate the settings and build the provider. `key` is the table's
+    /// path (`providers.<name>`), used to prefix every error.
+    pub async fn build(&self, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
+        match self {
+            #[cfg(feature = "file")]
+            ProviderConfig::File(config) => {
+                Ok(Arc::new(crate::file::FileProvider::new(config, key)?))
+            }
+            #[cfg(feature = "vault")]
+            ProviderConfig::Vault(config) => crate::vault::build(config, key).await,
+            #[cfg(feature = "aws")]
+            ProviderConfig::Aws(config) => crate::aws::build(config, key).await,
+            #[cfg(feature = "azure")]
+            ProviderConfig::Azure(config) => crate::azure::build(config, key).await,
+        }
+    }
+
+    /// The providers implied by the ecosystem's standard environment
+    /// variables, used when there is no config file. Names are the backend
+    /// kinds (`file`, `vault`, `aws`, `azure`).
+    pub fn from_env(env: EnvLookup<'_>) -> Vec<(String, ProviderConfig)> {
+        let mut found = Vec::new();
+        #[cfg(feature = "file")]
+        if let Some(config) = crate::file::FileConfig::from_env(env) {
+            found.push(("file".to_string(), ProviderConfig::File(config)));
+        }
+        #[cfg(feature = "vault")]
+        if let Some(config) = crate::vault::VaultConfig::from_env(env) {
+            found.push(("vault".to_string(), ProviderConfig::Vault(config)));
+        }
+        #[cfg(feature = "aws")]
+        if let Some(config) = crate::aws::AwsConfig::from_env(env) {
+            found.push(("aws".to_string(), ProviderConfig::Aws(config)));
+        }
+        #[cfg(feature = "azure")]
+        if let Some(config) = crate::azure::AzureConfig::from_env(env) {
+            found.push(("azure".to_string(), ProviderConfig::Azure(config)));
+        }
+        let _ = env; // unused when no backend is compiled in
+        found
+    }
+}

@@ -1,0 +1,28 @@
+//! Secret backends for vaultbridge.
+//!
+//! The plugin asks one question of a backend: "what are the bytes at this
+//! path (and version)?". Everything else — labels, JSON fields, base64,
+//! size limits, caching — lives in the plugin, so a backend stays small.
+//!
+//! - [`provider`]: the [`Provider`] trait, [`SecretRef`], [`SecretValue`] and
+//!   the [`ProviderError`] variants the plugin reacts to differently.
+//! - [`config`]: the typed `[providers.<name>]` tables ([`ProviderConfig`]),
+//!   validation, and the providers implied by standard environment variables.
+//! - one module per backend, each behind a Cargo feature:
+//!   `file` (a directory; the embedded default), `vault` (Vault/OpenBao),
+//!   `aws` (AWS Secrets Manager), `azure` (Azure Key Vault).
+
+pub mod config;
+pub mod provider;
+
+#[cfg(feature = "aws")]
+pub mod aws;
+#[cfg(feature = "azure")]
+pub mod azure;
+#[cfg(feature = "file")]
+pub mod file;
+#[cfg(feature = "vault")]
+pub mod vault;
+
+pub use config::{ConfigError, EnvLookup, ProviderConfig};
+pub use provider::{Provider, ProviderError, SecretRef, SecretValue};

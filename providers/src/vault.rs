@@ -1,0 +1,1 @@
+//! The `vault` backend: being written (its feature is not in any default set yet).
