@@ -111,11 +111,11 @@ impl Provider for FileProvider {
         }
         let full = self.locate(secret.path).await?;
         let io = |err| io_error(secret.path, &self.root, err);
-        let file = tokio::fs::File::open(&full).await.map_err(io)?;
-        let metadata = file.metadata().await.map_err(io)?;
+        // Check the type before opening: opening a FIFO would block.
+        let metadata = tokio::fs::metadata(&full).await.map_err(io)?;
         if !metadata.is_file() {
             return Err(ProviderError::Invalid(format!(
-                "'{}' is a directory, not a file",
+                "'{}' is not a regular file",
                 secret.path
             )));
         }
@@ -126,6 +126,7 @@ impl Provider for FileProvider {
                 metadata.len()
             )));
         }
+        let file = tokio::fs::File::open(&full).await.map_err(io)?;
         let mut bytes = Vec::with_capacity(metadata.len() as usize);
         file.take(MAX_FILE_BYTES)
             .read_to_end(&mut bytes)

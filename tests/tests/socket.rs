@@ -1,0 +1,568 @@
+//! The real binary on a real Unix socket, spoken to in raw HTTP/1.1 the way
+//! dockerd does, with the `file` provider (no server needed).
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use vaultbridge_tests::{Plugin, assert_log_has_no_values, engine_request, wait_until};
+
+const PASSWORD: &[u8] = b"s0cket-test-password-7f3a";
+const API_KEY: &[u8] = b"s0cket-test-api-key-19bd";
+const OUTSIDE: &[u8] = b"outside-the-root-value-c41e";
+
+/// A secrets folder with a few files, and a plugin serving it.
+fn plugin_with_secrets() -> (Plugin, tempfile::TempDir) {
+    let secrets = tempfile::tempdir().unwrap();
+    let root = &secrets.path().join("root");
+    std::fs::create_dir_all(root.join("apps/billing")).unwrap();
+    std::fs::write(root.join("db_password"), PASSWORD).unwrap();
+    std::fs::write(
+        root.join("apps/billing/config.json"),
+        format!(
+            r#"{{"api_key":"{}","port":8443,"tls":{{"on":true}},"cert_b64":"AAECA/8="}}"#,
+            String::from_utf8_lossy(API_KEY)
+        ),
+    )
+    .unwrap();
+    std::fs::write(root.join("blob.b64"), "AAECA/8=\n").unwrap();
+    std::fs::write(root.join("empty"), b"").unwrap();
+    std::fs::write(root.join("max"), vec![b'm'; 511_999]).unwrap();
+    std::fs::write(root.join("too_big"), vec![b'x'; 512_000]).unwrap();
+    std::fs::write(secrets.path().join("outside-secret"), OUTSIDE).unwrap();
+    std::os::unix::fs::symlink("/etc/hostname", root.join("escape")).unwrap();
+    let config = format!(
+        "[providers.local]\ntype = \"file\"\nroot = \"{}\"\n",
+        root.display()
+    );
+    (Plugin::start(Some(&config), &[]), secrets)
+}
+
+#[test]
+fn activate_answers_with_an_empty_body() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let answer = plugin.request("POST", "/Plugin.Activate", b"");
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.json(),
+        serde_json::json!({"Implements": ["secretprovider"]})
+    );
+    assert!(
+        answer
+            .headers
+            .contains("application/vnd.docker.plugins.v1.1+json"),
+        "{}",
+        answer.headers
+    );
+}
+
+/// (labels, the bytes expected)
+type ValueCase<'a> = (&'a [(&'a str, &'a str)], &'a [u8]);
+
+#[test]
+fn serves_a_full_engine_request_and_every_label() {
+    let (plugin, _secrets) = plugin_with_secrets();
+
+    // The full engine shape, plus a field the engine may add one day.
+    let mut request = engine_request("st_db_password", &[("com.docker.stack.namespace", "st")]);
+    request["FutureField"] = serde_json::json!({"nested": [1, 2, 3]});
+    let answer = plugin.get_secret(&request);
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.value(), PASSWORD);
+    assert_eq!(answer.json()["DoNotReuse"], false);
+
+    let cases: &[ValueCase] = &[
+        (&[("vaultbridge.path", "db_password")], PASSWORD),
+        (
+            &[
+                ("vaultbridge.provider", "local"),
+                ("vaultbridge.path", "apps/billing/config.json"),
+                ("vaultbridge.field", "api_key"),
+            ],
+            API_KEY,
+        ),
+        (
+            &[
+                ("vaultbridge.path", "apps/billing/config.json"),
+                ("vaultbridge.field", "port"),
+            ],
+            b"8443",
+        ),
+        (
+            &[
+                ("vaultbridge.path", "apps/billing/config.json"),
+                ("vaultbridge.field", "tls"),
+            ],
+            br#"{"on":true}"#,
+        ),
+        (
+            &[
+                ("vaultbridge.path", "apps/billing/config.json"),
+                ("vaultbridge.field", "cert_b64"),
+                ("vaultbridge.decode", "base64"),
+            ],
+            &[0, 1, 2, 3, 255],
+        ),
+        (
+            &[
+                ("vaultbridge.path", "blob.b64"),
+                ("vaultbridge.decode", "base64"),
+            ],
+            &[0, 1, 2, 3, 255],
+        ),
+    ];
+    for (labels, expected) in cases {
+        let answer = plugin.get_secret(&engine_request("any", labels));
+        assert_eq!(answer.value(), *expected, "labels {labels:?}");
+    }
+
+    let answer = plugin.get_secret(&engine_request(
+        "any",
+        &[
+            ("vaultbridge.path", "db_password"),
+            ("vaultbridge.reuse", "false"),
+        ],
+    ));
+    assert_eq!(answer.value(), PASSWORD);
+    assert_eq!(answer.json()["DoNotReuse"], true);
+
+    let log = plugin.log();
+    assert_log_has_no_values(&log, &[PASSWORD, API_KEY]);
+    assert!(log.contains("secret served"), "{log}");
+}
+
+/// (labels, secret name, words the Err must contain)
+type ErrCase<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a [&'a str]);
+
+#[test]
+fn every_bad_input_gets_a_clear_err() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let cases: &[ErrCase] = &[
+        (
+            &[],
+            "missing",
+            &["secret 'missing'", "not found", "no file 'missing'"],
+        ),
+        (
+            &[("vaultbridge.path", "../outside-secret")],
+            "x",
+            &["without '..'"],
+        ),
+        (&[("vaultbridge.path", "/etc/hostname")], "x", &["relative"]),
+        (
+            &[("vaultbridge.path", "escape")],
+            "x",
+            &["symlink", "outside the root"],
+        ),
+        (
+            &[("vaultbridge.path", "apps")],
+            "x",
+            &["not a regular file"],
+        ),
+        (
+            &[("vaultbridge.path", "empty")],
+            "x",
+            &["empty (0 bytes)", "1 to 511999"],
+        ),
+        (
+            &[("vaultbridge.path", "too_big")],
+            "x",
+            &["512000 bytes", "at most 511999"],
+        ),
+        (
+            &[("vaultbridge.pth", "x")],
+            "x",
+            &["unknown label 'vaultbridge.pth'", "vaultbridge.path"],
+        ),
+        (
+            &[("vaultbridge.provider", "vault")],
+            "x",
+            &["provider 'vault' is not configured", "configured: local"],
+        ),
+        (
+            &[("vaultbridge.version", "2")],
+            "db_password",
+            &["keeps no versions", "vaultbridge.version"],
+        ),
+        (
+            &[("vaultbridge.decode", "hex")],
+            "db_password",
+            &["vaultbridge.decode=hex", "'base64'"],
+        ),
+        (
+            &[("vaultbridge.decode", "base64")],
+            "db_password",
+            &["not valid base64"],
+        ),
+        (
+            &[("vaultbridge.field", "nope")],
+            "apps/billing/config.json",
+            &["no key 'nope'", "api_key"],
+        ),
+        (
+            &[("vaultbridge.field", "x")],
+            "db_password",
+            &["needs a JSON object"],
+        ),
+        (
+            &[("vaultbridge.reuse", "maybe")],
+            "db_password",
+            &["'true' or 'false'"],
+        ),
+    ];
+    for (labels, name, words) in cases {
+        let answer = plugin.get_secret(&engine_request(name, labels));
+        assert_eq!(answer.status, 200, "{labels:?}");
+        let err = answer.err();
+        for word in *words {
+            assert!(
+                err.contains(word),
+                "labels {labels:?}: Err {err:?} lacks {word:?}"
+            );
+        }
+        assert!(answer.json().get("Value").is_none(), "{labels:?}");
+    }
+
+    // The largest value Docker accepts is served.
+    let answer = plugin.get_secret(&engine_request("max", &[]));
+    assert_eq!(answer.value().len(), 511_999);
+
+    let log = plugin.log();
+    assert!(
+        log.contains("outcome=\"not_found\"") || log.contains("outcome=not_found"),
+        "{log}"
+    );
+    assert_log_has_no_values(&log, &[PASSWORD, API_KEY, OUTSIDE]);
+}
+
+#[test]
+fn malformed_requests_and_wrong_routes_get_json_errors() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let answer = plugin.request("POST", "/SecretProvider.GetSecret", b"{\"SecretName\": ");
+    assert_eq!(answer.status, 400);
+    assert!(
+        answer.err().contains("malformed GetSecret request"),
+        "{}",
+        answer.err()
+    );
+
+    let answer = plugin.request("POST", "/SecretProvider.GetSecret", b"[1,2]");
+    assert_eq!(answer.status, 400);
+
+    let answer = plugin.request("POST", "/VolumeDriver.Mount", b"{}");
+    assert_eq!(answer.status, 404);
+    assert!(answer.err().contains("unknown endpoint"));
+
+    let answer = plugin.request("GET", "/SecretProvider.GetSecret", b"");
+    assert_eq!(answer.status, 405);
+    assert!(answer.err().contains("POST"));
+
+    let huge = vec![b' '; 2 * 1024 * 1024];
+    let answer = plugin.request("POST", "/SecretProvider.GetSecret", &huge);
+    assert_eq!(answer.status, 413);
+    assert!(answer.err().contains("larger than"), "{}", answer.err());
+
+    // A connection that opens and closes without a request (dockerd does
+    // this to probe the socket) is ignored, and the server keeps serving.
+    drop(UnixStream::connect(&plugin.socket).unwrap());
+    let answer = plugin.request("POST", "/Plugin.Activate", b"");
+    assert_eq!(answer.status, 200);
+}
+
+#[test]
+fn serves_200_concurrent_requests() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let socket = plugin.socket.clone();
+    let threads: Vec<_> = (0..200)
+        .map(|i| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let path = if i % 2 == 0 { "db_password" } else { "max" };
+                let body = engine_request("x", &[("vaultbridge.path", path)]).to_string();
+                let answer = vaultbridge_tests::raw_request(
+                    &socket,
+                    "POST",
+                    "/SecretProvider.GetSecret",
+                    body.as_bytes(),
+                )
+                .expect("request");
+                (i, answer.value().len())
+            })
+        })
+        .collect();
+    for thread in threads {
+        let (i, len) = thread.join().unwrap();
+        assert_eq!(len, if i % 2 == 0 { PASSWORD.len() } else { 511_999 });
+    }
+}
+
+#[test]
+fn sigterm_finishes_in_flight_requests_then_removes_the_socket() {
+    let (mut plugin, _secrets) = plugin_with_secrets();
+    // A request whose body is still arriving is in flight.
+    let body = engine_request("db_password", &[]).to_string();
+    let (first, rest) = body.as_bytes().split_at(body.len() / 2);
+    let mut stream = UnixStream::connect(&plugin.socket).unwrap();
+    write!(
+        stream,
+        "POST /SecretProvider.GetSecret HTTP/1.1\r\nHost: plugin.moby.localhost\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    stream.write_all(first).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+
+    let socket = plugin.socket.clone();
+    // Send SIGTERM without waiting, then complete the request.
+    let killer = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "sleep 0.2; pkill -TERM -f -- '--socket {}'",
+            socket.display()
+        ))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
+    stream.write_all(rest).unwrap();
+    let mut raw = Vec::new();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    // Read until the JSON body is complete (the server closes after replying).
+    while let Ok(n) = stream.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&raw);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("\"Value\""), "{text}");
+    let _ = killer.wait_with_output();
+
+    let status = plugin.terminate(Duration::from_secs(10)).expect("exited");
+    assert!(status.success(), "{status:?}\n{}", plugin.log());
+    assert!(!plugin.socket.exists(), "socket file left behind");
+    // The request was answered after the signal, not before.
+    let log = plugin.log();
+    let signalled = log.find("shutting down").expect("shutdown logged");
+    let served = log.find("secret served").expect("request logged");
+    assert!(signalled < served, "{log}");
+}
+
+#[test]
+fn a_stuck_request_does_not_hold_shutdown_past_the_grace_period() {
+    let secrets = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[providers.local]\ntype = \"file\"\nroot = \"{}\"\n",
+        secrets.path().display()
+    );
+    let mut plugin = Plugin::spawn(Some(&config), &[], &["--grace-period", "1"]);
+    assert!(wait_until(Duration::from_secs(10), || plugin
+        .try_request("POST", "/Plugin.Activate", b"")
+        .is_ok()));
+    let mut stream = UnixStream::connect(&plugin.socket).unwrap();
+    // Headers promise a body that never comes.
+    write!(
+        stream,
+        "POST /SecretProvider.GetSecret HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let asked = Instant::now();
+    let status = plugin.terminate(Duration::from_secs(15)).expect("exited");
+    assert!(status.success(), "{status:?}");
+    // Generous upper bound: the grace period is 1 s; without the bound it would wait forever.
+    assert!(
+        asked.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert!(
+        plugin.log().contains("did not finish in time"),
+        "{}",
+        plugin.log()
+    );
+}
+
+#[test]
+fn socket_is_private_replaces_stale_files_and_refuses_a_live_server() {
+    let (plugin, secrets) = plugin_with_secrets();
+    let mode = std::fs::metadata(&plugin.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // A second server on the same live socket refuses to start.
+    let config_path = secrets.path().join("config.toml");
+    std::fs::write(
+        &config_path,
+        format!(
+            "[providers.local]\ntype = \"file\"\nroot = \"{}\"\n",
+            secrets.path().join("root").display()
+        ),
+    )
+    .unwrap();
+    let rival = std::process::Command::new(vaultbridge_tests::binary())
+        .arg("serve")
+        .arg("--socket")
+        .arg(&plugin.socket)
+        .arg("--config")
+        .arg(&config_path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&rival.stderr);
+    assert!(!rival.status.success());
+    assert!(err.contains("already answering"), "{err}");
+    // ...and the first is unharmed.
+    assert_eq!(plugin.request("POST", "/Plugin.Activate", b"").status, 200);
+
+    // A stale socket (no server behind it) is replaced.
+    let stale_dir = tempfile::tempdir().unwrap();
+    let stale = stale_dir.path().join("stale.sock");
+    drop(std::os::unix::net::UnixListener::bind(&stale).unwrap());
+    assert!(stale.exists());
+    let mut child = std::process::Command::new(vaultbridge_tests::binary())
+        .args(["serve", "--socket"])
+        .arg(&stale)
+        .arg("--config")
+        .arg(&config_path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let answered = wait_until(Duration::from_secs(10), || {
+        vaultbridge_tests::raw_request(&stale, "POST", "/Plugin.Activate", b"").is_ok()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(answered, "did not replace the stale socket");
+}
+
+#[test]
+fn answers_well_before_the_engine_dials() {
+    let secrets = tempfile::tempdir().unwrap();
+    let plugin = Plugin::spawn(
+        None,
+        &[(
+            "VAULTBRIDGE_FILE_DIR",
+            &secrets.path().display().to_string(),
+        )],
+        &[],
+    );
+    assert!(wait_until(Duration::from_secs(10), || plugin
+        .try_request("POST", "/Plugin.Activate", b"")
+        .is_ok()));
+    // dockerd dials 500 ms after start; the target is 100 ms (measured in the
+    // benchmark). This bound only guards against a regression that would
+    // make the engine give up, with room for a loaded CI machine.
+    let elapsed = plugin.started.elapsed();
+    assert!(elapsed < Duration::from_millis(500), "{elapsed:?}");
+    assert!(
+        plugin.log().contains("config=environment variables"),
+        "{}",
+        plugin.log()
+    );
+}
+
+#[test]
+fn bad_configuration_stops_start_up_with_the_key_named() {
+    let mut plugin = Plugin::spawn(
+        Some("[providers.local]\ntype = \"file\"\nroot = \"/nonexistent/vaultbridge\"\n"),
+        &[],
+        &[],
+    );
+    let status = plugin.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(!status.success());
+    let log = plugin.log();
+    assert!(log.contains("providers.local.root"), "{log}");
+    assert!(
+        !Path::new(&plugin.socket).exists(),
+        "socket opened despite bad config"
+    );
+
+    let mut plugin = Plugin::spawn(
+        Some("[providers.local]\ntype = \"file\"\nroot = \"/\"\nextra = 1\n"),
+        &[],
+        &[],
+    );
+    assert!(!plugin.wait_exit(Duration::from_secs(10)).unwrap().success());
+    assert!(
+        plugin.log().contains("unknown field `extra`"),
+        "{}",
+        plugin.log()
+    );
+}
+
+#[test]
+fn json_logs_are_one_object_per_line_without_values() {
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("token"), PASSWORD).unwrap();
+    let plugin = Plugin::start(
+        None,
+        &[
+            (
+                "VAULTBRIDGE_FILE_DIR",
+                &secrets.path().display().to_string(),
+            ),
+            ("VAULTBRIDGE_LOG_FORMAT", "json"),
+        ],
+    );
+    assert_eq!(
+        plugin.get_secret(&engine_request("token", &[])).value(),
+        PASSWORD
+    );
+    plugin.get_secret(&engine_request("absent", &[]));
+    let log = plugin.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    let served = lines
+        .iter()
+        .find(|l| l["message"] == "secret served")
+        .expect("served line");
+    assert_eq!(served["secret"], "token");
+    assert_eq!(served["provider"], "file");
+    assert_eq!(served["service"], "st_api");
+    assert_eq!(served["outcome"], "ok");
+    let failed = lines
+        .iter()
+        .find(|l| l["message"] == "secret lookup failed")
+        .expect("failure line");
+    assert_eq!(failed["outcome"], "not_found");
+    assert_log_has_no_values(&log, &[PASSWORD]);
+}
+
+#[test]
+fn cli_get_and_check() {
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("cfg"), br#"{"k":"v1"}"#).unwrap();
+    let dir = secrets.path().display().to_string();
+    let run = |args: &[&str]| {
+        std::process::Command::new(vaultbridge_tests::binary())
+            .args(args)
+            .env_clear()
+            .env("VAULTBRIDGE_FILE_DIR", &dir)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["get", "--label", "vaultbridge.field=k", "cfg"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(out.stdout, b"v1");
+    let out = run(&["get", "nope"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not found"));
+
+    let out = run(&["check"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok    file (file)"));
+    let out = std::process::Command::new(vaultbridge_tests::binary())
+        .args(["check", "--config", "/nonexistent.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
