@@ -1,0 +1,529 @@
+//! From the SDK's errors to [`ProviderError`]s an operator can act on, and
+//! [`scrub`], which strips request ids and credential fragments from any
+//! text that came from AWS or the SDK before it is logged or returned.
+
+use std::time::Duration;
+
+use aws_sdk_secretsmanager::config::http::HttpResponse;
+use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+use crate::ProviderError;
+
+/// The longest AWS message we pass on (after scrubbing).
+const MAX_MESSAGE: usize = 400;
+
+/// What the failed call was about, for the message.
+pub(crate) struct Context<'a> {
+    pub path: &'a str,
+    /// `version id …` / `version stage …`, when a version was asked for.
+    pub version: Option<String>,
+    pub region: &'a str,
+    pub endpoint: &'a str,
+    pub timeout: Duration,
+}
+
+impl Context<'_> {
+    fn what(&self) -> String {
+        match &self.version {
+            Some(version) => format!(
+                "secret '{}' ({version}) in region {}",
+                self.path, self.region
+            ),
+            None => format!("secret '{}' in region {}", self.path, self.region),
+        }
+    }
+}
+
+const AUTH_CODES: &[&str] = &[
+    "UnrecognizedClientException",
+    "InvalidSignatureException",
+    "SignatureDoesNotMatch",
+    "IncompleteSignature",
+    "InvalidClientTokenId",
+    "InvalidAccessKeyId",
+    "MissingAuthenticationToken",
+    "MissingAuthenticationTokenException",
+    "ExpiredToken",
+    "ExpiredTokenException",
+    "RequestExpired",
+    "AuthFailure",
+];
+
+const THROTTLING_CODES: &[&str] = &[
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "LimitExceededException",
+    "ProvisionedThroughputExceededException",
+];
+
+const SERVER_CODES: &[&str] = &[
+    "InternalServiceError",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "ServiceUnavailableException",
+];
+
+/// The error code of a service error: the SDK's, or — when the SDK could not
+/// parse the body (an XML error from a proxy or an emulator) — read from the
+/// raw body.
+pub(crate) fn code_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<String> {
+    let SdkError::ServiceError(service) = err else {
+        return None;
+    };
+    service
+        .err()
+        .code()
+        .map(str::to_string)
+        .or_else(|| raw_field(service.raw(), "Code"))
+        .map(|code| normalize_code(&code))
+}
+
+fn message_of<E: ProvideErrorMetadata>(err: &SdkError<E, HttpResponse>) -> Option<String> {
+    let SdkError::ServiceError(service) = err else {
+        return None;
+    };
+    service
+        .err()
+        .message()
+        .map(str::to_string)
+        .or_else(|| raw_field(service.raw(), "Message"))
+}
+
+/// `com.amazonaws.secretsmanager#ResourceNotFoundException:http://…` -> `ResourceNotFoundException`.
+fn normalize_code(code: &str) -> String {
+    let code = code.rsplit('#').next().unwrap_or(code);
+    let code = code.split(':').next().unwrap_or(code);
+    code.trim().to_string()
+}
+
+/// `<Name>…</Name>` of an XML body, or `"name": "…"` / `"__type"` of JSON.
+fn raw_field(raw: &HttpResponse, name: &str) -> Option<String> {
+    let body = std::str::from_utf8(raw.body().bytes()?).ok()?;
+    let xml = || {
+        let open = format!("<{name}>");
+        let start = body.find(&open)? + open.len();
+        let end = body[start..].find("</")? + start;
+        Some(body[start..end].trim().to_string())
+    };
+    let json = || {
+        let keys: &[&str] = if name == "Code" {
+            &["__type", "code", "Code"]
+        } else {
+            &["message", "Message"]
+        };
+        keys.iter().find_map(|key| {
+            let quoted = format!("\"{key}\"");
+            let after = &body[body.find(&quoted)? + quoted.len()..];
+            let after = after.trim_start().strip_prefix(':')?.trim_start();
+            let value = after.strip_prefix('"')?;
+            Some(value[..value.find('"')?].to_string())
+        })
+    };
+    xml().or_else(json).filter(|value| !value.is_empty())
+}
+
+/// Map any SDK error of a Secrets Manager call.
+pub(crate) fn map<E>(err: &SdkError<E, HttpResponse>, context: &Context<'_>) -> ProviderError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let endpoint = context.endpoint;
+    let region = context.region;
+    match err {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = code_of(err);
+            let message = message_of(err).map(|m| scrub(&m));
+            classify(code.as_deref(), message.as_deref(), Some(status), context)
+        }
+        SdkError::TimeoutError(_) => ProviderError::Unavailable(format!(
+            "no answer from Secrets Manager at {endpoint} (region {region}) within {:?}",
+            context.timeout
+        )),
+        SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
+            ProviderError::Unavailable(format!(
+                "cannot reach Secrets Manager at {endpoint} (region {region}): {}",
+                detail(err)
+            ))
+        }
+        SdkError::ResponseError(response) => {
+            let status = response.raw().status().as_u16();
+            ProviderError::Unavailable(format!(
+                "Secrets Manager at {endpoint} (region {region}) gave an unreadable answer (HTTP {status}): {}",
+                detail(err)
+            ))
+        }
+        // Credentials are resolved before the request is sent: failures of
+        // the chain (no credentials, a failed AssumeRole, an unreadable
+        // profile) surface here.
+        SdkError::ConstructionFailure(_) | SdkError::DispatchFailure(_) => {
+            let text = detail(err);
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("credential")
+                || lower.contains("identity")
+                || lower.contains("assume")
+                || lower.contains("profile")
+                || lower.contains("token")
+            {
+                ProviderError::Unauthenticated(format!(
+                    "no usable AWS credentials for region {region}: {text}; provide them through \
+                     the standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a mounted shared \
+                     credentials file and profile, a web identity token file, ECS or EC2 instance \
+                     roles) and check role_arn/profile"
+                ))
+            } else {
+                ProviderError::Unavailable(format!(
+                    "the request to Secrets Manager at {endpoint} (region {region}) failed: {text}"
+                ))
+            }
+        }
+        // `SdkError` is non-exhaustive.
+        _ => ProviderError::Unavailable(format!(
+            "the request to Secrets Manager at {endpoint} (region {region}) failed: {}",
+            detail(err)
+        )),
+    }
+}
+
+fn detail<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
+    shorten(scrub(&DisplayErrorContext(err).to_string()))
+}
+
+fn shorten(mut text: String) -> String {
+    if text.len() > MAX_MESSAGE {
+        let mut cut = MAX_MESSAGE;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
+/// Decide the variant from the service's error code (and the HTTP status
+/// when the code is unknown). `message` is already scrubbed.
+fn classify(
+    code: Option<&str>,
+    message: Option<&str>,
+    status: Option<u16>,
+    context: &Context<'_>,
+) -> ProviderError {
+    let what = context.what();
+    let region = context.region;
+    let endpoint = context.endpoint;
+    let aws = |code: &str| match message {
+        Some(m) if !m.is_empty() => shorten(format!("{code}: {m}")),
+        _ => code.to_string(),
+    };
+    let code_text = code.unwrap_or("no error code");
+    let lower_message = message.unwrap_or_default().to_ascii_lowercase();
+    match code {
+        Some("ResourceNotFoundException") => {
+            let hint = if context.version.is_some() {
+                "check the name or ARN, the version label, and the provider's region"
+            } else {
+                "check the name or ARN, and that the secret lives in the provider's region"
+            };
+            ProviderError::NotFound(format!("{what} does not exist; {hint} (AWS {})", aws(code_text)))
+        }
+        Some("InvalidRequestException") if lower_message.contains("deletion") || lower_message.contains("deleted") => {
+            ProviderError::NotFound(format!(
+                "{what} is scheduled for deletion; restore it (aws secretsmanager restore-secret) \
+                 or point vaultbridge.path at another secret (AWS {})",
+                aws(code_text)
+            ))
+        }
+        Some("AccessDeniedException" | "AccessDenied") => ProviderError::Denied(format!(
+            "{what}: AWS refused access (AWS {}); allow secretsmanager:GetSecretValue on this secret \
+             to the principal named (and kms:Decrypt on its key if it uses a customer-managed KMS key)",
+            aws(code_text)
+        )),
+        Some(c) if c == "DecryptionFailure" || c.starts_with("KMS") => ProviderError::Denied(format!(
+            "{what}: KMS could not decrypt the secret (AWS {}); allow kms:Decrypt on the secret's \
+             KMS key to this provider's principal and check that the key is enabled",
+            aws(code_text)
+        )),
+        Some(c) if AUTH_CODES.contains(&c) => ProviderError::Unauthenticated(format!(
+            "Secrets Manager at {endpoint} (region {region}) refused our credentials (AWS {}); check the \
+             access key id and secret key, that a session token has not expired, the profile or \
+             role the provider uses, and the host's clock",
+            aws(code_text)
+        )),
+        Some(c) if THROTTLING_CODES.contains(&c) => ProviderError::Unavailable(format!(
+            "Secrets Manager at {endpoint} (region {region}) throttled the request (AWS {}); the SDK retried within {:?}",
+            aws(code_text),
+            context.timeout
+        )),
+        Some(c) if SERVER_CODES.contains(&c) => ProviderError::Unavailable(format!(
+            "Secrets Manager at {endpoint} (region {region}) failed (AWS {})",
+            aws(code_text)
+        )),
+        Some(
+            c @ ("InvalidParameterException"
+            | "InvalidRequestException"
+            | "ValidationException"
+            | "InvalidParameterValue"),
+        ) => ProviderError::Invalid(format!("{what}: AWS refused the request ({})", aws(c))),
+        _ => match status {
+            Some(401) => ProviderError::Unauthenticated(format!(
+                "Secrets Manager at {endpoint} (region {region}) refused our credentials (HTTP 401, {})",
+                aws(code_text)
+            )),
+            Some(403) => ProviderError::Denied(format!(
+                "{what}: Secrets Manager at {endpoint} answered HTTP 403 ({}); check the credentials and \
+                 that the principal may call secretsmanager:GetSecretValue",
+                aws(code_text)
+            )),
+            Some(404) => ProviderError::NotFound(format!("{what} does not exist (AWS {})", aws(code_text))),
+            Some(s) if s == 429 || s >= 500 => ProviderError::Unavailable(format!(
+                "Secrets Manager at {endpoint} (region {region}) answered HTTP {s} ({})",
+                aws(code_text)
+            )),
+            Some(s) => ProviderError::Invalid(format!(
+                "{what}: Secrets Manager answered HTTP {s} ({})",
+                aws(code_text)
+            )),
+            None => ProviderError::Unavailable(format!(
+                "Secrets Manager at {endpoint} (region {region}) failed ({})",
+                aws(code_text)
+            )),
+        },
+    }
+}
+
+/// Keys whose value is a credential or a signature: `Key=value`, `Key: value`.
+const SECRET_KEYS: &[&str] = &[
+    "credential",
+    "signature",
+    "x-amz-security-token",
+    "x-amz-credential",
+    "x-amz-signature",
+    "securitytoken",
+    "security_token",
+    "sessiontoken",
+    "session_token",
+    "aws_secret_access_key",
+    "secret_access_key",
+    "aws_session_token",
+    "authorization",
+];
+
+/// Keys whose value is a request id (useless to the operator, noise in logs).
+const REQUEST_ID_KEYS: &[&str] = &[
+    "request id",
+    "requestid",
+    "request_id",
+    "request-id",
+    "x-amzn-requestid",
+    "x-amz-request-id",
+    "x-amz-id-2",
+    "extended_request_id",
+];
+
+/// Access key ids (`AKIA…` long-term, `ASIA…` temporary).
+const ACCESS_KEY_PREFIXES: &[&str] = &["AKIA", "ASIA"];
+
+/// Remove request ids and credential fragments from text that came from AWS
+/// or the SDK: values after credential/signature/token/request-id keys,
+/// access key ids, long hexadecimal runs (signatures, hashes), long base64
+/// runs (session tokens), and the canonical request / string-to-sign AWS
+/// appends to a signature mismatch.
+pub fn scrub(text: &str) -> String {
+    let mut text = text.to_string();
+    for marker in [
+        "The Canonical String for this request should have been",
+        "The String-to-Sign should have been",
+        "canonical request:",
+        "string to sign:",
+    ] {
+        if let Some(at) = text.to_ascii_lowercase().find(&marker.to_ascii_lowercase()) {
+            text.truncate(at);
+            text.push_str("[canonical request omitted]");
+        }
+    }
+    let text = redact_after_keys(&text, SECRET_KEYS, "[redacted]");
+    let text = redact_after_keys(&text, REQUEST_ID_KEYS, "[request id]");
+    redact_tokens(&text)
+}
+
+/// Replace the value following any of `keys` (case-insensitive), skipping
+/// separators such as `=`, `:`, quotes, spaces and `Some(`.
+fn redact_after_keys(text: &str, keys: &[&str], replacement: &str) -> String {
+    let lower = text.to_ascii_lowercase();
+    let mut out = String::with_capacity(text.len());
+    let mut i = 0;
+    while i < text.len() {
+        let hit = keys.iter().find(|key| {
+            lower[i..].starts_with(*key)
+                && (i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphanumeric())
+        });
+        let Some(key) = hit else {
+            let c = text[i..].chars().next().expect("in bounds");
+            out.push(c);
+            i += c.len_utf8();
+            continue;
+        };
+        let key_end = i + key.len();
+        out.push_str(&text[i..key_end]);
+        // Skip separators; require at least one, so plain prose such as
+        // "signature we calculated" is left alone.
+        let rest = &text[key_end..];
+        let trimmed = rest
+            .trim_start_matches(|c: char| matches!(c, '=' | ':' | '"' | '\'' | ' ' | '(' | '{'));
+        let trimmed = trimmed.strip_prefix("Some(").unwrap_or(trimmed);
+        let trimmed = trimmed.trim_start_matches(['"', '\'']);
+        let separators = rest.len() - trimmed.len();
+        if !rest[..separators].contains(['=', ':']) {
+            i = key_end;
+            continue;
+        }
+        let value_len = trimmed
+            .find(|c: char| c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ')' | '}' | ';' | '&'))
+            .unwrap_or(trimmed.len());
+        if value_len == 0 {
+            i = key_end;
+            continue;
+        }
+        out.push_str(&rest[..separators]);
+        out.push_str(replacement);
+        i = key_end + separators + value_len;
+    }
+    out
+}
+
+/// Redact access key ids, long hex runs and long base64 runs wherever they are.
+fn redact_tokens(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(&redact_word(word));
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=') {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+fn redact_word(word: &str) -> String {
+    let is_key_id = ACCESS_KEY_PREFIXES.iter().any(|p| word.starts_with(p))
+        && word.len() >= 16
+        && word.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+    if is_key_id {
+        return "[access key id]".into();
+    }
+    if word.len() >= 40 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return "[redacted]".into();
+    }
+    let base64ish = word.len() >= 64
+        && word.bytes().any(|b| b.is_ascii_digit())
+        && word.bytes().any(|b| b.is_ascii_uppercase())
+        && word.bytes().any(|b| b.is_ascii_lowercase());
+    if base64ish {
+        return "[redacted]".into();
+    }
+    word.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrub_removes_request_ids() {
+        let text = "service error: ResourceNotFoundException: gone, request id: 6d1b2c3a-0f2e-4a4b-9d41-3b4a5c6d7e8f";
+        let out = scrub(text);
+        assert!(!out.contains("6d1b2c3a"), "{out}");
+        assert!(out.contains("ResourceNotFoundException: gone"), "{out}");
+        let debug = r#"ErrorMetadata { code: Some("X"), extras: Some({"aws_request_id": "abc-123-def"}) } RequestId: ABCDEF0123"#;
+        let out = scrub(debug);
+        assert!(!out.contains("abc-123-def") && !out.contains("ABCDEF0123"), "{out}");
+        let header = "x-amzn-RequestId=0a1b2c3d-0000-1111-2222-333344445555";
+        assert!(!scrub(header).contains("0a1b2c3d"), "{}", scrub(header));
+    }
+
+    #[test]
+    fn scrub_removes_credential_fragments() {
+        let text = "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/secretsmanager/aws4_request, \
+                    SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024";
+        let out = scrub(text);
+        assert!(!out.contains("AKIAIOSFODNN7EXAMPLE"), "{out}");
+        assert!(!out.contains("fe5f80f77d5f"), "{out}");
+        let loose = "The security token included in the request is invalid. key ASIAQWERTYUIOPASDFGH token=IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQDexample";
+        let out = scrub(loose);
+        assert!(out.starts_with("The security token included in the request is invalid."), "{out}");
+        assert!(!out.contains("ASIAQWERTYUIOPASDFGH") && !out.contains("IQoJb3JpZ2lu"), "{out}");
+        let mismatch = "The request signature we calculated does not match the signature you provided. \
+                        Check your AWS Secret Access Key and signing method.\n\nThe Canonical String for this request should have been\n'POST\n/\n\nhost:x'";
+        let out = scrub(mismatch);
+        assert!(out.contains("The request signature we calculated does not match"), "{out}");
+        assert!(!out.contains("host:x"), "{out}");
+        let session = "aws_session_token = FwoGZXIvYXdzEJr";
+        assert!(!scrub(session).contains("FwoGZXIvYXdzEJr"), "{}", scrub(session));
+    }
+
+    #[test]
+    fn scrub_keeps_useful_text() {
+        let denied = "User: arn:aws:iam::123456789012:user/reader is not authorized to perform: \
+                      secretsmanager:GetSecretValue on resource: db-password because no identity-based policy allows it";
+        assert_eq!(scrub(denied), denied);
+        let version = "Secrets Manager can't find the specified secret value for VersionId: 0a1b2c3d-0000-1111-2222-333344445555";
+        assert_eq!(scrub(version), version);
+        assert_eq!(scrub("héllo wörld — ok"), "héllo wörld — ok");
+    }
+
+    fn context(version: Option<&str>) -> Context<'static> {
+        Context {
+            path: "db",
+            version: version.map(str::to_string),
+            region: "eu-west-1",
+            endpoint: "http://127.0.0.1:1",
+            timeout: Duration::from_secs(2),
+        }
+    }
+
+    #[test]
+    fn classifies_by_code_then_status() {
+        let c = context(None);
+        let is = |code: Option<&str>, message: Option<&str>, status: u16| classify(code, message, Some(status), &c);
+        assert!(matches!(is(Some("ResourceNotFoundException"), None, 404), ProviderError::NotFound(m) if m.contains("eu-west-1")));
+        assert!(matches!(
+            is(Some("InvalidRequestException"), Some("You can't perform this operation on the secret because it was marked for deletion."), 400),
+            ProviderError::NotFound(m) if m.contains("scheduled for deletion")
+        ));
+        assert!(matches!(is(Some("InvalidRequestException"), Some("other"), 400), ProviderError::Invalid(_)));
+        assert!(matches!(
+            is(Some("AccessDeniedException"), Some("User: arn:aws:iam::1:user/u is not authorized"), 400),
+            ProviderError::Denied(m) if m.contains("user/u")
+        ));
+        assert!(matches!(is(Some("DecryptionFailure"), None, 400), ProviderError::Denied(m) if m.contains("kms:Decrypt")));
+        for code in ["UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException", "InvalidClientTokenId"] {
+            assert!(matches!(is(Some(code), None, 400), ProviderError::Unauthenticated(_)), "{code}");
+        }
+        assert!(matches!(is(Some("ThrottlingException"), None, 400), ProviderError::Unavailable(_)));
+        assert!(matches!(is(Some("InternalServiceError"), None, 500), ProviderError::Unavailable(_)));
+        assert!(matches!(is(None, None, 503), ProviderError::Unavailable(_)));
+        assert!(matches!(is(None, None, 403), ProviderError::Denied(_)));
+        assert!(matches!(is(None, None, 401), ProviderError::Unauthenticated(_)));
+        assert!(matches!(is(Some("Weird"), None, 400), ProviderError::Invalid(_)));
+    }
+
+    #[test]
+    fn codes_are_normalized() {
+        assert_eq!(
+            normalize_code("com.amazonaws.secretsmanager#ResourceNotFoundException:http://internal"),
+            "ResourceNotFoundException"
+        );
+        assert_eq!(normalize_code("AccessDenied"), "AccessDenied");
+    }
+}

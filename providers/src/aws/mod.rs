@@ -1,0 +1,674 @@
+//! The `aws` backend: AWS Secrets Manager, one client per
+//! `[providers.<name>] type = "aws"` table.
+//!
+//! - Credentials come from the SDK's standard chain (environment, shared
+//!   config/credentials files and profiles, web identity token file, ECS
+//!   container credentials, EC2 instance metadata), optionally wrapped in an
+//!   STS AssumeRole per instance (`role_arn`, `external_id`, `session_name`).
+//! - The endpoint is the region's, or `endpoint_url`, or the standard
+//!   `AWS_ENDPOINT_URL_SECRETS_MANAGER` / `AWS_ENDPOINT_URL` (VPC endpoints,
+//!   emulators).
+//! - `vaultbridge.path` is a secret name or a full or partial ARN;
+//!   `vaultbridge.version` is a VersionId or a staging label ([`VersionSelector`]).
+//! - `SecretString` comes back as is, `SecretBinary` as its bytes.
+//! - Every call is bounded by `timeout`, the SDK's own retries included.
+//!
+//! Building does no network I/O: credentials are resolved on first use.
+//! Error mapping and scrubbing live in [`errors`].
+
+mod errors;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_sdk_secretsmanager::config::{Region, SharedCredentialsProvider};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue};
+
+pub use errors::scrub;
+
+/// The default bound on one lookup, the SDK's retries included.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest `timeout` accepted: Docker's own plugin timeout is 30 s.
+const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// The session name of an assumed role when `session_name` is not set; it
+/// shows in CloudTrail as the caller.
+pub const DEFAULT_SESSION_NAME: &str = "vaultbridge";
+/// How many times the SDK may try one call (first try included), all within
+/// `timeout`.
+const MAX_ATTEMPTS: u32 = 3;
+
+/// One `[providers.<name>] type = "aws"` table.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AwsConfig {
+    /// The region the secrets live in, e.g. `eu-west-1`.
+    pub region: String,
+    /// Overrides the Secrets Manager endpoint (a VPC endpoint, an emulator).
+    /// Without it the standard `AWS_ENDPOINT_URL_SECRETS_MANAGER` /
+    /// `AWS_ENDPOINT_URL` apply, else the region's public endpoint.
+    #[serde(default)]
+    pub endpoint_url: Option<String>,
+    /// A profile of the shared config/credentials files (`AWS_CONFIG_FILE`,
+    /// `AWS_SHARED_CREDENTIALS_FILE`, default `~/.aws/`).
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Assume this IAM role (STS AssumeRole) with the chain's credentials.
+    #[serde(default)]
+    pub role_arn: Option<String>,
+    /// The external id the role's trust policy requires.
+    #[serde(default, deserialize_with = "optional_secret")]
+    pub external_id: Option<SecretString>,
+    /// The assumed role's session name (default [`DEFAULT_SESSION_NAME`]).
+    #[serde(default)]
+    pub session_name: Option<String>,
+    /// Seconds one lookup may take, the SDK's retries included (default 10).
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+fn optional_secret<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SecretString>, D::Error> {
+    Ok(Option::<String>::deserialize(de)?.map(SecretString::from))
+}
+
+impl std::fmt::Debug for AwsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsConfig")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("profile", &self.profile)
+            .field("role_arn", &self.role_arn)
+            .field(
+                "external_id",
+                &self.external_id.as_ref().map(|_| "[redacted]"),
+            )
+            .field("session_name", &self.session_name)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+impl AwsConfig {
+    /// `AWS_REGION`, else `AWS_DEFAULT_REGION`, makes a provider named `aws`.
+    /// Everything else (credentials, profile, endpoint) the SDK reads from
+    /// the standard variables itself.
+    pub fn from_env(env: EnvLookup<'_>) -> Option<Self> {
+        let region = ["AWS_REGION", "AWS_DEFAULT_REGION"]
+            .into_iter()
+            .find_map(|name| env(name).filter(|value| !value.trim().is_empty()))?;
+        Some(AwsConfig {
+            region: region.trim().to_string(),
+            endpoint_url: None,
+            profile: None,
+            role_arn: None,
+            external_id: None,
+            session_name: None,
+            timeout: None,
+        })
+    }
+}
+
+/// What `vaultbridge.version` selects.
+///
+/// The rule: `id:<x>` is VersionId `x` and `stage:<x>` is staging label `x`,
+/// explicitly; otherwise a value shaped like a UUID (8-4-4-4-12 hexadecimal
+/// digits, any case — what Secrets Manager generates) is a VersionId, and
+/// anything else is a staging label (`AWSCURRENT`, `AWSPREVIOUS`, custom).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VersionSelector<'a> {
+    Id(&'a str),
+    Stage(&'a str),
+}
+
+impl<'a> VersionSelector<'a> {
+    pub fn parse(version: &'a str) -> Result<Self, ProviderError> {
+        let selector = if let Some(id) = version.strip_prefix("id:") {
+            VersionSelector::Id(id)
+        } else if let Some(stage) = version.strip_prefix("stage:") {
+            VersionSelector::Stage(stage)
+        } else if looks_like_uuid(version) {
+            VersionSelector::Id(version)
+        } else {
+            VersionSelector::Stage(version)
+        };
+        match selector {
+            VersionSelector::Id(id) if !(32..=64).contains(&id.len()) => {
+                Err(ProviderError::Invalid(format!(
+                    "vaultbridge.version: a VersionId has 32 to 64 characters, '{id}' has {}",
+                    id.len()
+                )))
+            }
+            VersionSelector::Stage(stage) if stage.is_empty() || stage.len() > 256 => {
+                Err(ProviderError::Invalid(format!(
+                    "vaultbridge.version: a staging label has 1 to 256 characters, this one has {}",
+                    stage.len()
+                )))
+            }
+            selector => Ok(selector),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            VersionSelector::Id(id) => format!("version id {id}"),
+            VersionSelector::Stage(stage) => format!("version stage {stage}"),
+        }
+    }
+}
+
+fn looks_like_uuid(text: &str) -> bool {
+    let groups: Vec<&str> = text.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The parts of a Secrets Manager ARN we check before asking AWS.
+#[derive(Debug, PartialEq, Eq)]
+struct ArnParts<'a> {
+    service: &'a str,
+    region: &'a str,
+}
+
+/// `arn:<partition>:secretsmanager:<region>:<account>:secret:<name>[-XXXXXX]`.
+fn parse_arn(path: &str) -> Option<ArnParts<'_>> {
+    let mut parts = path.splitn(7, ':');
+    if parts.next()? != "arn" {
+        return None;
+    }
+    let _partition = parts.next()?;
+    let service = parts.next()?;
+    let region = parts.next()?;
+    Some(ArnParts { service, region })
+}
+
+/// The provider: a Secrets Manager client bound to one region.
+pub struct AwsProvider {
+    client: aws_sdk_secretsmanager::Client,
+    region: String,
+    /// For messages: where requests go.
+    endpoint: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AwsProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsProvider")
+            .field("region", &self.region)
+            .field("endpoint", &self.endpoint)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Validate an `aws` table and build its client. No network I/O.
+pub async fn build(config: &AwsConfig, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
+    Ok(Arc::new(AwsProvider::new(config, key).await?))
+}
+
+fn valid_region(region: &str) -> bool {
+    !region.is_empty()
+        && region.len() <= 64
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && region.contains('-')
+}
+
+fn validate_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(|| format!("'{url}' must start with https:// or http://"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') || host.chars().any(char::is_whitespace) {
+        return Err(format!("'{url}' has no usable host"));
+    }
+    Ok(())
+}
+
+fn validate_session_name(name: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+    if !(2..=64).contains(&name.len()) || !name.chars().all(allowed) {
+        return Err(format!(
+            "'{name}' must be 2 to 64 characters of letters, digits and +=,.@_-"
+        ));
+    }
+    Ok(())
+}
+
+/// Fail at start-up, naming the key, when a configured profile is missing
+/// from the shared files (the SDK would otherwise fail on first use).
+async fn validate_profile(profile: &str, key: &str) -> Result<(), ConfigError> {
+    // The standard file locations, with their environment overrides.
+    let files = Default::default();
+    let fs = aws_types::os_shim_internal::Fs::real();
+    let env = aws_types::os_shim_internal::Env::real();
+    let set = aws_config::profile::load(&fs, &env, &files, Some(profile.to_string().into()))
+        .await
+        .map_err(|err| ConfigError::new(key, format!("cannot read the shared AWS files: {err}")))?;
+    if set.get_profile(profile).is_none() {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "no profile '{profile}' in the shared config/credentials files \
+                 (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/config and ~/.aws/credentials)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn timeout_of(config: &AwsConfig, key: &str) -> Result<Duration, ConfigError> {
+    let Some(seconds) = config.timeout else {
+        return Ok(DEFAULT_TIMEOUT);
+    };
+    let max = MAX_TIMEOUT.as_secs_f64();
+    if !(seconds.is_finite() && seconds > 0.0 && seconds <= max) {
+        return Err(ConfigError::new(
+            format!("{key}.timeout"),
+            format!("{seconds} must be a number of seconds above 0 and at most {max}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+/// Where requests go, for messages only (the SDK resolves the same order).
+fn describe_endpoint(config: &AwsConfig) -> String {
+    let from_env = ["AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
+    config
+        .endpoint_url
+        .clone()
+        .or(from_env)
+        .unwrap_or_else(|| format!("https://secretsmanager.{}.amazonaws.com", config.region))
+}
+
+impl AwsProvider {
+    pub async fn new(config: &AwsConfig, key: &str) -> Result<Self, ConfigError> {
+        let region = config.region.trim();
+        if !valid_region(region) {
+            return Err(ConfigError::new(
+                format!("{key}.region"),
+                format!("'{region}' is not an AWS region name (like eu-west-1)"),
+            ));
+        }
+        if let Some(url) = &config.endpoint_url {
+            validate_url(url).map_err(|m| ConfigError::new(format!("{key}.endpoint_url"), m))?;
+        }
+        if let Some(profile) = &config.profile {
+            if profile.trim().is_empty() {
+                return Err(ConfigError::new(format!("{key}.profile"), "is empty"));
+            }
+            validate_profile(profile, &format!("{key}.profile")).await?;
+        }
+        match &config.role_arn {
+            Some(arn) => {
+                let parts = parse_arn(arn);
+                if parts.as_ref().map(|p| p.service) != Some("iam") || !arn.contains(":role/") {
+                    return Err(ConfigError::new(
+                        format!("{key}.role_arn"),
+                        format!("'{arn}' is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
+                    ));
+                }
+            }
+            None => {
+                for (field, set) in [
+                    ("external_id", config.external_id.is_some()),
+                    ("session_name", config.session_name.is_some()),
+                ] {
+                    if set {
+                        return Err(ConfigError::new(
+                            format!("{key}.{field}"),
+                            "only applies with role_arn; set role_arn or remove it",
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(name) = &config.session_name {
+            validate_session_name(name)
+                .map_err(|m| ConfigError::new(format!("{key}.session_name"), m))?;
+        }
+        if let Some(id) = &config.external_id {
+            let len = id.expose_secret().len();
+            if !(2..=1224).contains(&len) {
+                return Err(ConfigError::new(
+                    format!("{key}.external_id"),
+                    format!("must have 2 to 1224 characters, it has {len}"),
+                ));
+            }
+        }
+        let timeout = timeout_of(config, key)?;
+
+        // Every attempt, and the whole call with its retries, ends within
+        // `timeout`; the STS calls of an assumed role inherit the same bounds.
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(timeout)
+            .read_timeout(timeout)
+            .operation_attempt_timeout(timeout)
+            .operation_timeout(timeout)
+            .build();
+        let retries = RetryConfig::standard()
+            .with_max_attempts(MAX_ATTEMPTS)
+            .with_max_backoff(timeout / 4);
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(Region::new(region.to_string()))
+            .timeout_config(timeouts)
+            .retry_config(retries);
+        if let Some(profile) = &config.profile {
+            loader = loader.profile_name(profile);
+        }
+        let mut sdk = loader.load().await;
+        if let Some(arn) = &config.role_arn {
+            let mut role = AssumeRoleProvider::builder(arn).session_name(
+                config
+                    .session_name
+                    .as_deref()
+                    .unwrap_or(DEFAULT_SESSION_NAME),
+            );
+            if let Some(id) = &config.external_id {
+                role = role.external_id(id.expose_secret());
+            }
+            let role = role.configure(&sdk).build().await;
+            sdk = sdk
+                .into_builder()
+                .credentials_provider(SharedCredentialsProvider::new(role))
+                .build();
+        }
+        // `endpoint_url` applies to Secrets Manager only, never to STS.
+        let mut client_config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
+        if let Some(url) = &config.endpoint_url {
+            client_config = client_config.endpoint_url(url);
+        }
+        Ok(AwsProvider {
+            client: aws_sdk_secretsmanager::Client::from_conf(client_config.build()),
+            region: region.to_string(),
+            endpoint: describe_endpoint(config),
+            timeout,
+        })
+    }
+
+    fn context<'a>(&'a self, path: &'a str, version: Option<VersionSelector<'a>>) -> errors::Context<'a> {
+        errors::Context {
+            path,
+            version: version.map(|v| v.describe()),
+            region: &self.region,
+            endpoint: &self.endpoint,
+            timeout: self.timeout,
+        }
+    }
+
+    /// A hard bound over the SDK's own timeouts, in case a credentials
+    /// provider (instance metadata, a credential process) ignores them.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = T>,
+    ) -> Result<T, ProviderError> {
+        tokio::time::timeout(self.timeout + Duration::from_millis(500), call)
+            .await
+            .map_err(|_| {
+                ProviderError::Unavailable(format!(
+                    "no answer from Secrets Manager at {} (region {}) within {:?}",
+                    self.endpoint, self.region, self.timeout
+                ))
+            })
+    }
+}
+
+#[async_trait]
+impl Provider for AwsProvider {
+    fn kind(&self) -> &'static str {
+        "aws"
+    }
+
+    async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
+        let path = secret.path;
+        if path.trim().is_empty() {
+            return Err(ProviderError::Invalid("the secret name or ARN is empty".into()));
+        }
+        if path.starts_with("arn:") {
+            match parse_arn(path) {
+                Some(arn) if arn.service == "secretsmanager" => {
+                    if arn.region != self.region {
+                        return Err(ProviderError::Invalid(format!(
+                            "the ARN is in region {}, but this provider reads region {}; \
+                             configure a provider for {} and select it with vaultbridge.provider",
+                            arn.region, self.region, arn.region
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(ProviderError::Invalid(format!(
+                        "'{path}' is not a Secrets Manager ARN \
+                         (arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
+                    )));
+                }
+            }
+        }
+        let version = secret.version.map(VersionSelector::parse).transpose()?;
+        let mut request = self.client.get_secret_value().secret_id(path);
+        request = match version {
+            Some(VersionSelector::Id(id)) => request.version_id(id),
+            Some(VersionSelector::Stage(stage)) => request.version_stage(stage),
+            None => request,
+        };
+        let context = self.context(path, version);
+        let mut output = self
+            .bounded(request.send())
+            .await?
+            .map_err(|err| errors::map(&err, &context))?;
+        if let Some(text) = output.secret_string.take() {
+            return Ok(SecretValue::new(text.into_bytes()));
+        }
+        if let Some(blob) = output.secret_binary.take() {
+            return Ok(SecretValue::new(blob.into_inner()));
+        }
+        Err(ProviderError::NotFound(format!(
+            "secret '{path}' ({}) in region {} has neither SecretString nor SecretBinary",
+            context
+                .version
+                .as_deref()
+                .unwrap_or("version stage AWSCURRENT"),
+            self.region
+        )))
+    }
+
+    /// One `ListSecrets` call for at most one entry: it proves the endpoint
+    /// answers and the credentials are accepted without reading a value. A
+    /// principal allowed only `GetSecretValue` gets AccessDenied, which still
+    /// proves authentication, so that counts as success.
+    async fn check(&self) -> Result<String, ProviderError> {
+        let context = self.context("(check: ListSecrets)", None);
+        let answer = self
+            .bounded(self.client.list_secrets().max_results(1).send())
+            .await?;
+        let reached = format!(
+            "Secrets Manager at {} (region {}) accepted our credentials",
+            self.endpoint, self.region
+        );
+        match answer {
+            Ok(_) => Ok(format!("{reached} (ListSecrets allowed)")),
+            Err(err) => match errors::map(&err, &context) {
+                ProviderError::Denied(_) if errors::code_of(&err).as_deref() == Some("AccessDeniedException") => {
+                    Ok(format!("{reached} (ListSecrets is not allowed, which is fine: only GetSecretValue is needed)"))
+                }
+                other => Err(other),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(toml_text: &str) -> AwsConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn version_rule() {
+        let uuid = "a1b2c3d4-0000-4111-8222-123456789abc";
+        assert_eq!(VersionSelector::parse(uuid).unwrap(), VersionSelector::Id(uuid));
+        assert_eq!(
+            VersionSelector::parse("AWSPREVIOUS").unwrap(),
+            VersionSelector::Stage("AWSPREVIOUS")
+        );
+        assert_eq!(
+            VersionSelector::parse("blue-green").unwrap(),
+            VersionSelector::Stage("blue-green")
+        );
+        let token = "my-client-request-token-0000000001";
+        assert_eq!(
+            VersionSelector::parse(&format!("id:{token}")).unwrap(),
+            VersionSelector::Id(token)
+        );
+        assert_eq!(
+            VersionSelector::parse(&format!("stage:{uuid}")).unwrap(),
+            VersionSelector::Stage(uuid)
+        );
+        assert!(matches!(
+            VersionSelector::parse("id:short"),
+            Err(ProviderError::Invalid(_))
+        ));
+        assert!(matches!(
+            VersionSelector::parse("stage:"),
+            Err(ProviderError::Invalid(_))
+        ));
+        // Not quite a UUID: a stage.
+        assert_eq!(
+            VersionSelector::parse("a1b2c3d4-0000-4111-8222-123456789abg").unwrap(),
+            VersionSelector::Stage("a1b2c3d4-0000-4111-8222-123456789abg")
+        );
+    }
+
+    #[test]
+    fn arns_are_split() {
+        assert_eq!(
+            parse_arn("arn:aws:secretsmanager:eu-west-1:123456789012:secret:db-AbCdEf"),
+            Some(ArnParts {
+                service: "secretsmanager",
+                region: "eu-west-1"
+            })
+        );
+        assert_eq!(parse_arn("db/password"), None);
+        assert_eq!(
+            parse_arn("arn:aws:iam::123456789012:role/x").map(|a| a.service),
+            Some("iam")
+        );
+    }
+
+    #[test]
+    fn from_env_needs_a_region() {
+        let none = |_: &str| None;
+        assert!(AwsConfig::from_env(&none).is_none());
+        let default_only = |name: &str| (name == "AWS_DEFAULT_REGION").then(|| "eu-west-1".to_string());
+        assert_eq!(AwsConfig::from_env(&default_only).unwrap().region, "eu-west-1");
+        let both = |name: &str| match name {
+            "AWS_REGION" => Some("us-east-2".to_string()),
+            "AWS_DEFAULT_REGION" => Some("eu-west-1".to_string()),
+            _ => None,
+        };
+        assert_eq!(AwsConfig::from_env(&both).unwrap().region, "us-east-2");
+        let empty = |name: &str| (name == "AWS_REGION").then(String::new);
+        assert!(AwsConfig::from_env(&empty).is_none());
+    }
+
+    #[test]
+    fn debug_output_hides_the_external_id() {
+        let c = config(
+            r#"region = "eu-west-1"
+               role_arn = "arn:aws:iam::123456789012:role/reader"
+               external_id = "very-private-external-id""#,
+        );
+        let shown = format!("{c:?}");
+        assert!(!shown.contains("very-private"), "{shown}");
+        assert!(shown.contains("[redacted]") && shown.contains("role/reader"), "{shown}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let err = toml::from_str::<AwsConfig>("region = \"eu-west-1\"\nrole = \"x\"").unwrap_err();
+        assert!(err.to_string().contains("unknown field"), "{err}");
+    }
+
+    async fn build_err(toml_text: &str) -> ConfigError {
+        AwsProvider::new(&config(toml_text), "providers.prod")
+            .await
+            .unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn validation_names_the_key() {
+        let err = build_err(r#"region = "Europe""#).await;
+        assert_eq!(err.key, "providers.prod.region");
+        let err = build_err("region = \"eu-west-1\"\nendpoint_url = \"localhost:4566\"").await;
+        assert_eq!(err.key, "providers.prod.endpoint_url");
+        let err = build_err("region = \"eu-west-1\"\nrole_arn = \"reader\"").await;
+        assert_eq!(err.key, "providers.prod.role_arn");
+        let err = build_err("region = \"eu-west-1\"\nexternal_id = \"abc\"").await;
+        assert_eq!(err.key, "providers.prod.external_id");
+        let err = build_err(
+            "region = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nsession_name = \"has space\"",
+        )
+        .await;
+        assert_eq!(err.key, "providers.prod.session_name");
+        let err = build_err("region = \"eu-west-1\"\ntimeout = 0").await;
+        assert_eq!(err.key, "providers.prod.timeout");
+        let err = build_err("region = \"eu-west-1\"\nprofile = \"surely-not-a-profile-7f3a\"").await;
+        assert_eq!(err.key, "providers.prod.profile");
+        assert!(err.message.contains("surely-not-a-profile-7f3a"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn builds_without_network() {
+        let provider = AwsProvider::new(
+            &config(
+                r#"region = "eu-west-1"
+                   endpoint_url = "http://127.0.0.1:9"
+                   role_arn = "arn:aws:iam::123456789012:role/reader"
+                   session_name = "ci"
+                   timeout = 2.5"#,
+            ),
+            "providers.prod",
+        )
+        .await
+        .unwrap();
+        assert_eq!(provider.timeout, Duration::from_millis(2500));
+        assert_eq!(provider.endpoint, "http://127.0.0.1:9");
+        assert_eq!(provider.kind(), "aws");
+    }
+
+    #[tokio::test]
+    async fn refuses_arns_of_other_regions_and_services() {
+        let provider = AwsProvider::new(
+            &config("region = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:9\""),
+            "providers.prod",
+        )
+        .await
+        .unwrap();
+        let fetch = |path| provider.fetch(SecretRef { path, version: None });
+        let err = fetch("arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("us-east-1") && m.contains("eu-west-1")),
+            "{err}"
+        );
+        let err = fetch("arn:aws:ssm:eu-west-1:123456789012:parameter/db").await.unwrap_err();
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
+        let err = fetch("").await.unwrap_err();
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
+    }
+}
