@@ -16,6 +16,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use vaultbridge_providers::{ConfigError, EnvLookup, ProviderConfig};
 
+use crate::cache::Limits;
+use crate::tuning::Tuning;
+
 /// Where the managed plugin's settable mount puts the config file.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/vaultbridge/config.toml";
 
@@ -26,8 +29,23 @@ pub struct Config {
     /// The provider used when a secret has no `vaultbridge.provider` label.
     /// Not needed when only one provider is configured.
     pub default_provider: Option<String>,
+    /// Bounds of the value cache shared by all providers.
     #[serde(default)]
-    pub providers: BTreeMap<String, ProviderConfig>,
+    pub cache: Limits,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderEntry>,
+}
+
+/// One `[providers.<name>]` table: the backend's keys plus the plugin's
+/// request policy keys (`cache_ttl`, `max_stale`, `deadline`, `max_concurrency`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderEntry {
+    // Policy first: serde hands the keys it does not take to the backend,
+    // whose `deny_unknown_fields` then reports typos.
+    #[serde(flatten)]
+    pub tuning: Tuning,
+    #[serde(flatten)]
+    pub backend: ProviderConfig,
 }
 
 /// Where the configuration was read from, for the start-up log.
@@ -71,7 +89,11 @@ impl Config {
             return Ok((config, Source::File(path.to_path_buf())));
         }
 
-        let providers: BTreeMap<_, _> = ProviderConfig::from_env(env).into_iter().collect();
+        let tuning = tuning_from_env(env)?;
+        let providers: BTreeMap<_, _> = ProviderConfig::from_env(env)
+            .into_iter()
+            .map(|(name, backend)| (name, ProviderEntry { tuning, backend }))
+            .collect();
         if providers.is_empty() {
             let root = vaultbridge_providers::file::DEFAULT_ROOT;
             let config: Config = Config::parse(&format!(
@@ -81,6 +103,7 @@ impl Config {
         }
         let config = Config {
             default_provider: env("VAULTBRIDGE_DEFAULT_PROVIDER").filter(|s| !s.is_empty()),
+            cache: Limits::default(),
             providers,
         };
         config.validate_names()?;
@@ -109,7 +132,13 @@ impl Config {
                 "no provider is configured; add a [providers.<name>] table",
             ));
         }
-        for name in self.providers.keys() {
+        for (name, entry) in &self.providers {
+            if entry.tuning.deadline.is_zero() || entry.tuning.max_concurrency == 0 {
+                return Err(ConfigError::new(
+                    format!("providers.{name}"),
+                    "deadline and max_concurrency must be greater than zero",
+                ));
+            }
             let valid = !name.is_empty()
                 && name
                     .chars()
@@ -138,6 +167,32 @@ impl Config {
     pub fn names(&self) -> Vec<&str> {
         self.providers.keys().map(String::as_str).collect()
     }
+}
+
+/// `VAULTBRIDGE_CACHE_TTL`, `VAULTBRIDGE_MAX_STALE`, `VAULTBRIDGE_DEADLINE`,
+/// `VAULTBRIDGE_MAX_CONCURRENCY`: the policy of providers made from the
+/// environment.
+fn tuning_from_env(env: EnvLookup<'_>) -> Result<Tuning, ConfigError> {
+    let mut tuning = Tuning::default();
+    let duration = |name: &str, slot: &mut std::time::Duration| -> Result<(), ConfigError> {
+        if let Some(text) = env(name).filter(|s| !s.is_empty()) {
+            *slot = humantime::parse_duration(&text)
+                .map_err(|err| ConfigError::new(name, format!("'{text}': {err} (e.g. 30s, 5m)")))?;
+        }
+        Ok(())
+    };
+    duration("VAULTBRIDGE_CACHE_TTL", &mut tuning.cache_ttl)?;
+    duration("VAULTBRIDGE_MAX_STALE", &mut tuning.max_stale)?;
+    duration("VAULTBRIDGE_DEADLINE", &mut tuning.deadline)?;
+    if let Some(text) = env("VAULTBRIDGE_MAX_CONCURRENCY").filter(|s| !s.is_empty()) {
+        tuning.max_concurrency = text.parse().map_err(|_| {
+            ConfigError::new(
+                "VAULTBRIDGE_MAX_CONCURRENCY",
+                format!("'{text}' is not a number"),
+            )
+        })?;
+    }
+    Ok(tuning)
 }
 
 #[cfg(test)]
@@ -177,6 +232,43 @@ mod tests {
 
         let err = Config::parse("[providers]\n").unwrap_err();
         assert_eq!(err.key, "providers");
+    }
+
+    #[test]
+    fn policy_keys_sit_beside_the_backend_keys() {
+        let config = Config::parse(
+            "[cache]\nmax_entries = 5\n[providers.local]\ntype = \"file\"\nroot = \"/tmp\"\ncache_ttl = \"2m\"\nmax_stale = \"1h\"\ndeadline = \"3s\"\nmax_concurrency = 4\n",
+        )
+        .unwrap();
+        let entry = &config.providers["local"];
+        assert_eq!(entry.tuning.cache_ttl, std::time::Duration::from_secs(120));
+        assert_eq!(entry.tuning.max_stale, std::time::Duration::from_secs(3600));
+        assert_eq!(entry.tuning.deadline, std::time::Duration::from_secs(3));
+        assert_eq!(entry.tuning.max_concurrency, 4);
+        assert_eq!(config.cache.max_entries, 5);
+
+        let err =
+            Config::parse("[providers.local]\ntype = \"file\"\nroot = \"/\"\ncache_tl = \"1s\"\n")
+                .unwrap_err();
+        assert!(err.message.contains("unknown field `cache_tl`"), "{err}");
+        let err = Config::parse(
+            "[providers.local]\ntype = \"file\"\nroot = \"/\"\ncache_ttl = \"soon\"\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("providers.local"), "{err}");
+        let err =
+            Config::parse("[providers.local]\ntype = \"file\"\nroot = \"/\"\ndeadline = \"0s\"\n")
+                .unwrap_err();
+        assert!(err.message.contains("greater than zero"), "{err}");
+
+        let env = |name: &str| match name {
+            "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),
+            "VAULTBRIDGE_CACHE_TTL" => Some("10s".to_string()),
+            "VAULTBRIDGE_DEADLINE" => Some("banana".to_string()),
+            _ => None,
+        };
+        let err = Config::load(None, &env).unwrap_err();
+        assert_eq!(err.key, "VAULTBRIDGE_DEADLINE");
     }
 
     #[test]

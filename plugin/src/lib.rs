@@ -10,14 +10,18 @@
 //! - [`protocol`]: the JSON Docker sends and expects.
 //! - [`labels`]: `vaultbridge.*` labels -> a [`labels::Lookup`].
 //! - [`resolve`]: route a lookup to a provider, pick a field, decode, check size.
+//! - [`cache`]: TTL cache, request coalescing, stale-on-error.
+//! - [`tuning`]: per-provider deadline, retries, concurrency limit.
 //! - [`config`]: the TOML file / environment / embedded default.
 //! - [`cli`]: `serve`, `check`, `get`.
 //!
 //! Backends live in the `vaultbridge-providers` crate.
 
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod labels;
 pub mod protocol;
 pub mod resolve;
 pub mod server;
+pub mod tuning;

@@ -11,24 +11,30 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretSlice};
 use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef};
 
+use crate::cache::{self, Cache, Fetched, Key, Lifetimes, Source};
 use crate::config::Config;
 use crate::labels::{Decode, FIELD, Lookup, PROVIDER};
+use crate::tuning::{Tuning, Upstream};
 
 /// Docker refuses secret values outside 1..=511999 bytes (swarmkit's
 /// `MaxSecretSize` is 500 KiB, exclusive).
 pub const MAX_VALUE_BYTES: usize = 500 * 1024 - 1;
 
-/// The configured providers, by name, and the default among them.
+/// The configured providers, by name, the default among them, and the
+/// cache in front of them.
 pub struct Resolver {
-    providers: BTreeMap<String, Arc<dyn Provider>>,
+    providers: BTreeMap<String, Arc<Upstream>>,
     default: Option<String>,
+    cache: Arc<Cache>,
 }
 
 /// A value ready for Docker.
 pub struct Resolved {
-    pub value: SecretSlice<u8>,
+    pub value: cache::Value,
     /// Answer `DoNotReuse: true`: the value is unique to this task.
     pub per_task: bool,
+    /// Where the answer came from: the cache, a shared call, the backend.
+    pub source: Source,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -36,6 +42,7 @@ impl std::fmt::Debug for Resolved {
         f.debug_struct("Resolved")
             .field("len", &self.value.expose_secret().len())
             .field("per_task", &self.per_task)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -62,6 +69,15 @@ pub enum ResolveError {
         path: String,
         message: String,
     },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ResolveError {
+    /// Worth serving a stale value for: the backend could not be reached.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ResolveError::Provider { error, .. } if error.is_transient())
+    }
 }
 
 impl Resolver {
@@ -69,32 +85,54 @@ impl Resolver {
     /// socket opens quickly; `vaultbridge check` proves the backends work.
     pub async fn from_config(config: &Config) -> Result<Self, ConfigError> {
         let mut providers = BTreeMap::new();
-        for (name, provider_config) in &config.providers {
-            let provider = provider_config.build(&format!("providers.{name}")).await?;
-            providers.insert(name.clone(), provider);
+        for (name, entry) in &config.providers {
+            let provider = entry.backend.build(&format!("providers.{name}")).await?;
+            providers.insert(name.clone(), (provider, entry.tuning));
         }
-        Ok(Self::new(providers, config.default_provider.clone()))
+        Ok(Self::new(
+            providers,
+            config.default_provider.clone(),
+            config.cache,
+        ))
     }
 
-    pub fn new(providers: BTreeMap<String, Arc<dyn Provider>>, default: Option<String>) -> Self {
+    pub fn new(
+        providers: BTreeMap<String, (Arc<dyn Provider>, Tuning)>,
+        default: Option<String>,
+        limits: cache::Limits,
+    ) -> Self {
         // With a single provider there is nothing to choose between.
         let default = default.or_else(|| {
             (providers.len() == 1)
                 .then(|| providers.keys().next().cloned())
                 .flatten()
         });
-        Self { providers, default }
+        let providers = providers
+            .into_iter()
+            .map(|(name, (provider, tuning))| {
+                let upstream = Upstream::new(name.clone(), provider, tuning);
+                (name, Arc::new(upstream))
+            })
+            .collect();
+        Self {
+            providers,
+            default,
+            cache: Arc::new(Cache::new(limits)),
+        }
     }
 
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Arc<dyn Provider>)> {
-        self.providers.iter().map(|(name, p)| (name.as_str(), p))
+        self.providers
+            .iter()
+            .map(|(name, upstream)| (name.as_str(), &upstream.provider))
+    }
+
+    pub fn cache(&self) -> &Cache {
+        &self.cache
     }
 
     /// The provider a lookup is routed to, by name.
-    pub fn route<'a>(
-        &'a self,
-        lookup: &'a Lookup,
-    ) -> Result<(&'a str, &'a Arc<dyn Provider>), ResolveError> {
+    pub fn route<'a>(&'a self, lookup: &'a Lookup) -> Result<&'a Arc<Upstream>, ResolveError> {
         let name = match (&lookup.provider, &self.default) {
             (Some(name), _) | (None, Some(name)) => name,
             (None, None) => {
@@ -103,14 +141,12 @@ impl Resolver {
                 });
             }
         };
-        let provider = self
-            .providers
+        self.providers
             .get(name)
             .ok_or_else(|| ResolveError::UnknownProvider {
                 name: name.clone(),
                 known: self.known(),
-            })?;
-        Ok((name, provider))
+            })
     }
 
     fn known(&self) -> String {
@@ -121,32 +157,66 @@ impl Resolver {
             .join(", ")
     }
 
-    /// Fetch and shape one secret.
+    /// Fetch and shape one secret, through the cache unless it is per task.
     pub async fn resolve(&self, lookup: &Lookup) -> Result<Resolved, ResolveError> {
-        let (name, provider) = self.route(lookup)?;
-        let fetched = provider
-            .fetch(SecretRef {
-                path: &lookup.path,
-                version: lookup.version.as_deref(),
-            })
-            .await
-            .map_err(|error| ResolveError::Provider {
-                provider: name.to_string(),
-                kind: provider.kind(),
-                path: lookup.path.clone(),
-                error,
-            })?;
-        let shape_error = |message: String| ResolveError::Shape {
-            provider: name.to_string(),
+        let upstream = self.route(lookup)?.clone();
+        if !lookup.reuse {
+            // `vaultbridge.reuse=false`: this task's own value, never shared.
+            let fetched = fetch_and_shape(upstream, lookup.clone()).await?;
+            return Ok(Resolved {
+                value: fetched.value,
+                per_task: true,
+                source: Source::Bypass,
+            });
+        }
+        let key = Key {
+            provider: upstream.name.clone(),
             path: lookup.path.clone(),
-            message,
+            version: lookup.version.clone(),
+            field: lookup.field.clone(),
+            decode: lookup.decode,
         };
-        let value = shape(fetched.expose(), lookup).map_err(shape_error)?;
+        let lifetimes = Lifetimes {
+            ttl: upstream.tuning.cache_ttl,
+            max_stale: upstream.tuning.max_stale,
+        };
+        let (value, source) = self
+            .cache
+            .get_or_fetch(&key, lifetimes, || {
+                fetch_and_shape(upstream.clone(), lookup.clone())
+            })
+            .await?;
         Ok(Resolved {
             value,
-            per_task: fetched.per_task || !lookup.reuse,
+            per_task: source == Source::Bypass,
+            source,
         })
     }
+}
+
+/// One backend call (deadline, retries, concurrency limit), then shaping.
+async fn fetch_and_shape(upstream: Arc<Upstream>, lookup: Lookup) -> Result<Fetched, ResolveError> {
+    let fetched = upstream
+        .fetch(SecretRef {
+            path: &lookup.path,
+            version: lookup.version.as_deref(),
+        })
+        .await
+        .map_err(|error| ResolveError::Provider {
+            provider: upstream.name.clone(),
+            kind: upstream.provider.kind(),
+            path: lookup.path.clone(),
+            error,
+        })?;
+    let value = shape(fetched.expose(), &lookup).map_err(|message| ResolveError::Shape {
+        provider: upstream.name.clone(),
+        path: lookup.path.clone(),
+        message,
+    })?;
+    Ok(Fetched {
+        value: Arc::new(value),
+        per_task: fetched.per_task,
+    })
 }
 
 /// Apply `vaultbridge.field` and `vaultbridge.decode`, then Docker's limits.
@@ -299,8 +369,9 @@ mod tests {
     #[test]
     fn resolved_debug_is_redacted() {
         let resolved = Resolved {
-            value: SecretSlice::from(b"topsecret".to_vec()),
+            value: Arc::new(SecretSlice::from(b"topsecret".to_vec())),
             per_task: false,
+            source: Source::Hit,
         };
         assert!(!format!("{resolved:?}").contains("topsecret"));
     }

@@ -89,7 +89,10 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
     let lookup = Lookup::from_labels(&request.secret_name, &request.secret_labels);
     let (provider, path) = match &lookup {
         Ok(lookup) => (
-            resolver.route(lookup).map(|(name, _)| name).unwrap_or("-"),
+            resolver
+                .route(lookup)
+                .map(|upstream| upstream.name.as_str())
+                .unwrap_or("-"),
             lookup.path.as_str(),
         ),
         Err(_) => ("-", "-"),
@@ -114,6 +117,7 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
                 outcome = "ok",
                 bytes = value.len(),
                 per_task = resolved.per_task,
+                cache = resolved.source.as_str(),
                 duration_ms,
                 "secret served"
             );
@@ -146,6 +150,7 @@ fn outcome(err: &ResolveError) -> &'static str {
     match err {
         ResolveError::UnknownProvider { .. } | ResolveError::NoDefault { .. } => "bad_labels",
         ResolveError::Shape { .. } => "bad_value",
+        ResolveError::Internal(_) => "internal",
         ResolveError::Provider { error, .. } => match error {
             P::NotFound(_) => "not_found",
             P::Denied(_) => "denied",
@@ -263,10 +268,10 @@ mod tests {
             "providers.local",
         )
         .unwrap();
-        let mut providers: BTreeMap<String, Arc<dyn vaultbridge_providers::Provider>> =
+        let mut providers: BTreeMap<String, (Arc<dyn vaultbridge_providers::Provider>, _)> =
             BTreeMap::new();
-        providers.insert("local".into(), Arc::new(file));
-        app(Arc::new(Resolver::new(providers, None)))
+        providers.insert("local".into(), (Arc::new(file), Default::default()));
+        app(Arc::new(Resolver::new(providers, None, Default::default())))
     }
 
     async fn call(

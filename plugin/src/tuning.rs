@@ -1,0 +1,208 @@
+//! Per-provider request policy: cache lifetime, stale-on-error, deadline,
+//! retries and a concurrency limit, written as extra keys in a provider's
+//! table (`cache_ttl = "30s"`), and the [`Upstream`] that applies them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use vaultbridge_providers::{Provider, ProviderError, SecretRef, SecretValue};
+
+/// The policy keys of a `[providers.<name>]` table. Flattened next to the
+/// backend's own keys; the backend's `deny_unknown_fields` still catches typos.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct Tuning {
+    /// How long a value is served from memory before the backend is asked
+    /// again. 30 s: a burst (scale-up, leader failover) becomes one backend
+    /// call, and a rotated value reaches new tasks within half a minute.
+    #[serde(with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long past `cache_ttl` the last good value may be served while the
+    /// backend is *unavailable* (never for not-found or denied). Off by
+    /// default: a value the backend may have revoked is only handed out when
+    /// the operator chose that trade-off.
+    #[serde(with = "humantime_serde")]
+    pub max_stale: Duration,
+    /// The bound on one lookup, retries included. Well under the engine's
+    /// 30 s plugin timeout, because a slow answer stalls a node's dispatch.
+    #[serde(with = "humantime_serde")]
+    pub deadline: Duration,
+    /// At most this many backend calls in flight for this provider.
+    pub max_concurrency: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            cache_ttl: Duration::from_secs(30),
+            max_stale: Duration::ZERO,
+            deadline: Duration::from_secs(10),
+            max_concurrency: 16,
+        }
+    }
+}
+
+/// First and largest pause between retries of a transient failure.
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A provider behind its policy: a deadline, retries with backoff and
+/// jitter for transient failures, and a concurrency limit.
+pub struct Upstream {
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+    pub tuning: Tuning,
+    permits: Semaphore,
+}
+
+impl Upstream {
+    pub fn new(name: String, provider: Arc<dyn Provider>, tuning: Tuning) -> Self {
+        let permits = Semaphore::new(tuning.max_concurrency.max(1));
+        Self {
+            name,
+            provider,
+            tuning,
+            permits,
+        }
+    }
+
+    pub async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
+        let deadline = Instant::now() + self.tuning.deadline;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let attempt = async {
+                let _permit = self.permits.acquire().await;
+                self.provider.fetch(secret).await
+            };
+            let error = match tokio::time::timeout_at(deadline, attempt).await {
+                Ok(Err(error)) if error.is_transient() => error,
+                Ok(result) => return result,
+                Err(_) => {
+                    return Err(ProviderError::Unavailable(format!(
+                        "no answer within the {:?} deadline ({attempts} attempt(s)); raise `deadline` or check the backend",
+                        self.tuning.deadline
+                    )));
+                }
+            };
+            let pause = jitter(backoff);
+            if Instant::now() + pause >= deadline {
+                return Err(ProviderError::Unavailable(format!(
+                    "{} (gave up after {attempts} attempt(s) within the {:?} deadline)",
+                    strip_kind(&error),
+                    self.tuning.deadline
+                )));
+            }
+            tracing::debug!(provider = %self.name, path = secret.path, attempts, error = %error, "retrying");
+            tokio::time::sleep(pause).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    }
+}
+
+/// "backend unavailable: x" -> "x", to avoid saying it twice.
+fn strip_kind(error: &ProviderError) -> String {
+    match error {
+        ProviderError::Unavailable(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// "Full jitter": a uniformly random pause up to `backoff`, so that many
+/// plugins retrying the same vault do not retry in lockstep.
+fn jitter(backoff: Duration) -> Duration {
+    backoff.mul_f64(fastrand::f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+
+    use super::*;
+
+    /// Fails with `Unavailable` `failures` times, then answers; or hangs.
+    struct Flaky {
+        failures: usize,
+        calls: AtomicUsize,
+        hang: bool,
+    }
+
+    #[async_trait]
+    impl Provider for Flaky {
+        fn kind(&self) -> &'static str {
+            "flaky"
+        }
+        async fn fetch(&self, _: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if self.hang {
+                std::future::pending::<()>().await;
+            }
+            if call < self.failures {
+                Err(ProviderError::Unavailable("connection refused".into()))
+            } else {
+                Ok(SecretValue::new(b"v".to_vec()))
+            }
+        }
+        async fn check(&self) -> Result<String, ProviderError> {
+            Ok(String::new())
+        }
+    }
+
+    fn upstream(failures: usize, hang: bool, deadline: Duration) -> (Upstream, Arc<Flaky>) {
+        let flaky = Arc::new(Flaky {
+            failures,
+            calls: AtomicUsize::new(0),
+            hang,
+        });
+        let tuning = Tuning {
+            deadline,
+            ..Tuning::default()
+        };
+        (Upstream::new("p".into(), flaky.clone(), tuning), flaky)
+    }
+
+    const SECRET: SecretRef<'static> = SecretRef {
+        path: "x",
+        version: None,
+    };
+
+    #[tokio::test(start_paused = true)]
+    async fn retries_transient_failures_inside_the_deadline() {
+        let (up, flaky) = upstream(3, false, Duration::from_secs(10));
+        assert!(up.fetch(SECRET).await.is_ok());
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn gives_up_at_the_deadline_with_a_clear_error() {
+        let (up, _) = upstream(usize::MAX, false, Duration::from_secs(2));
+        let err = up.fetch(SECRET).await.unwrap_err();
+        assert!(err.is_transient());
+        assert!(err.to_string().contains("connection refused"), "{err}");
+        assert!(err.to_string().contains("2s deadline"), "{err}");
+
+        let (up, _) = upstream(0, true, Duration::from_secs(3));
+        let err = up.fetch(SECRET).await.unwrap_err();
+        assert!(
+            err.to_string().contains("no answer within the 3s deadline"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tuning_parses_human_durations() {
+        let tuning: Tuning =
+            toml::from_str("cache_ttl = \"5m\"\nmax_stale = \"1h\"\ndeadline = \"1500ms\"")
+                .unwrap();
+        assert_eq!(tuning.cache_ttl, Duration::from_secs(300));
+        assert_eq!(tuning.max_stale, Duration::from_secs(3600));
+        assert_eq!(tuning.deadline, Duration::from_millis(1500));
+        assert_eq!(tuning.max_concurrency, 16);
+    }
+}
