@@ -1,0 +1,396 @@
+//! `[providers.<name>] type = "azure"`: the settings, the no-config-file
+//! environment path, and their validation (no network I/O).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use azure_core::http::Url;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::{ConfigError, EnvLookup};
+
+/// The public cloud's Microsoft Entra authority.
+pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
+/// Bound on every call to the vault and the token endpoint, unless `timeout` says otherwise.
+pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
+const MAX_TIMEOUT_SECS: f64 = 300.0;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    /// `https://<vault>.vault.azure.net` (or a sovereign cloud's vault domain).
+    pub vault_url: String,
+    /// How the plugin authenticates to Microsoft Entra ID.
+    pub credential: CredentialConfig,
+    /// The Entra authority, for sovereign clouds (`https://login.microsoftonline.us`,
+    /// `https://login.chinacloudapi.cn`). Default: the public cloud.
+    #[serde(default)]
+    pub authority_host: Option<String>,
+    /// Extra CA certificates (PEM) trusted in addition to the system's, for
+    /// private endpoints behind TLS-inspecting proxies.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Seconds one lookup may take, token acquisition and retries included.
+    #[serde(default)]
+    pub timeout: Option<f64>,
+}
+
+/// `[providers.<name>.credential]`, selected by its `type`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialConfig {
+    /// A service principal and its client secret.
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        /// A file holding the secret. Without it, `AZURE_CLIENT_SECRET`.
+        #[serde(default)]
+        client_secret_file: Option<PathBuf>,
+        /// Set only by the environment path (`AZURE_CLIENT_SECRET`).
+        #[serde(skip)]
+        client_secret: Option<SecretString>,
+    },
+    /// Workload identity federation (AKS): a projected service-account token
+    /// exchanged for an Entra token.
+    WorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        /// The projected token. Without it, `AZURE_FEDERATED_TOKEN_FILE`.
+        #[serde(default)]
+        token_file: Option<PathBuf>,
+    },
+    /// The managed identity of the VM / App Service the plugin runs on:
+    /// system-assigned, or user-assigned when one id is given.
+    ManagedIdentity {
+        #[serde(default)]
+        client_id: Option<String>,
+        #[serde(default)]
+        object_id: Option<String>,
+        #[serde(default)]
+        resource_id: Option<String>,
+    },
+}
+
+impl AzureConfig {
+    /// `AZURE_KEYVAULT_URL` makes a provider named `azure`. The credential
+    /// follows the Azure SDKs' environment conventions, in the order
+    /// `DefaultAzureCredential` tries them: `AZURE_CLIENT_SECRET` (with
+    /// `AZURE_TENANT_ID`, `AZURE_CLIENT_ID`) -> client secret;
+    /// `AZURE_FEDERATED_TOKEN_FILE` -> workload identity; otherwise the managed
+    /// identity (user-assigned when `AZURE_CLIENT_ID` is set).
+    /// `AZURE_AUTHORITY_HOST` selects a sovereign cloud.
+    pub fn from_env(env: EnvLookup<'_>) -> Option<Self> {
+        let var = |name: &str| env(name).filter(|value| !value.is_empty());
+        let vault_url = var("AZURE_KEYVAULT_URL")?;
+        let tenant_id = var("AZURE_TENANT_ID").unwrap_or_default();
+        let client_id = var("AZURE_CLIENT_ID");
+        let credential = if let Some(secret) = var("AZURE_CLIENT_SECRET") {
+            CredentialConfig::ClientSecret {
+                tenant_id,
+                client_id: client_id.unwrap_or_default(),
+                client_secret_file: None,
+                client_secret: Some(SecretString::from(secret)),
+            }
+        } else if let Some(file) = var("AZURE_FEDERATED_TOKEN_FILE") {
+            CredentialConfig::WorkloadIdentity {
+                tenant_id,
+                client_id: client_id.unwrap_or_default(),
+                token_file: Some(file.into()),
+            }
+        } else {
+            CredentialConfig::ManagedIdentity {
+                client_id,
+                object_id: None,
+                resource_id: None,
+            }
+        };
+        Some(AzureConfig {
+            vault_url,
+            credential,
+            authority_host: var("AZURE_AUTHORITY_HOST"),
+            ca_file: None,
+            timeout: None,
+        })
+    }
+}
+
+/// The settings after validation, ready to build clients from.
+pub(super) struct Validated {
+    pub vault_url: Url,
+    pub authority_host: Url,
+    pub timeout: Duration,
+    pub ca_certs: Vec<reqwest::Certificate>,
+    pub credential: ValidCredential,
+}
+
+pub(super) enum ValidCredential {
+    ClientSecret {
+        tenant_id: String,
+        client_id: String,
+        secret: SecretString,
+    },
+    WorkloadIdentity {
+        tenant_id: String,
+        client_id: String,
+        token_file: PathBuf,
+    },
+    ManagedIdentity(ManagedId),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum ManagedId {
+    System,
+    ClientId(String),
+    ObjectId(String),
+    ResourceId(String),
+}
+
+impl ValidCredential {
+    /// Who we are, for error messages: never a secret.
+    pub fn describe(&self) -> String {
+        match self {
+            ValidCredential::ClientSecret {
+                tenant_id,
+                client_id,
+                ..
+            } => format!("client secret credential (tenant {tenant_id}, client_id {client_id})"),
+            ValidCredential::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => format!(
+                "workload identity (tenant {tenant_id}, client_id {client_id}, token file {})",
+                token_file.display()
+            ),
+            ValidCredential::ManagedIdentity(ManagedId::System) => {
+                "system-assigned managed identity".to_string()
+            }
+            ValidCredential::ManagedIdentity(ManagedId::ClientId(id)) => {
+                format!("user-assigned managed identity (client_id {id})")
+            }
+            ValidCredential::ManagedIdentity(ManagedId::ObjectId(id)) => {
+                format!("user-assigned managed identity (object_id {id})")
+            }
+            ValidCredential::ManagedIdentity(ManagedId::ResourceId(id)) => {
+                format!("user-assigned managed identity (resource_id {id})")
+            }
+        }
+    }
+
+    /// What to check when the token endpoint refuses us.
+    pub fn fix_hint(&self) -> &'static str {
+        match self {
+            ValidCredential::ClientSecret { .. } => {
+                "check tenant_id, client_id and the client secret (client_secret_file or AZURE_CLIENT_SECRET)"
+            }
+            ValidCredential::WorkloadIdentity { .. } => {
+                "check tenant_id, client_id and the federated credential (issuer and subject) of the app registration"
+            }
+            ValidCredential::ManagedIdentity(_) => {
+                "check that the host has this managed identity assigned"
+            }
+        }
+    }
+}
+
+impl AzureConfig {
+    /// Check every setting; errors name the key (`providers.kv.vault_url`).
+    /// `process_env` is consulted only for the documented fallbacks
+    /// (`AZURE_CLIENT_SECRET`, `AZURE_FEDERATED_TOKEN_FILE`) of a config file.
+    pub(super) fn validate(
+        &self,
+        key: &str,
+        process_env: EnvLookup<'_>,
+    ) -> Result<Validated, ConfigError> {
+        let vault_url = parse_https_url(&self.vault_url, &format!("{key}.vault_url"))?;
+        if !matches!(vault_url.path(), "" | "/")
+            || vault_url.query().is_some()
+            || vault_url.fragment().is_some()
+        {
+            return Err(ConfigError::new(
+                format!("{key}.vault_url"),
+                format!(
+                    "'{}' must be the vault's base URL only, like https://myvault.vault.azure.net",
+                    self.vault_url
+                ),
+            ));
+        }
+        let authority_host = parse_https_url(
+            self.authority_host
+                .as_deref()
+                .unwrap_or(PUBLIC_AUTHORITY_HOST),
+            &format!("{key}.authority_host"),
+        )?;
+        let timeout = match self.timeout {
+            None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
+            Some(secs) if secs > 0.0 && secs <= MAX_TIMEOUT_SECS => Duration::from_secs_f64(secs),
+            Some(secs) => {
+                return Err(ConfigError::new(
+                    format!("{key}.timeout"),
+                    format!("{secs}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"),
+                ));
+            }
+        };
+        let ca_certs = match &self.ca_file {
+            None => Vec::new(),
+            Some(path) => read_ca_file(path, &format!("{key}.ca_file"))?,
+        };
+        let credential = self.credential.validate(&format!("{key}.credential"), process_env)?;
+        Ok(Validated {
+            vault_url,
+            authority_host,
+            timeout,
+            ca_certs,
+            credential,
+        })
+    }
+}
+
+impl CredentialConfig {
+    fn validate(&self, key: &str, process_env: EnvLookup<'_>) -> Result<ValidCredential, ConfigError> {
+        let required = |value: &str, field: &str, env_name: &str| {
+            if value.trim().is_empty() {
+                Err(ConfigError::new(
+                    format!("{key}.{field}"),
+                    format!("missing (set it, or {env_name} when configuring from the environment)"),
+                ))
+            } else {
+                Ok(value.trim().to_string())
+            }
+        };
+        match self {
+            CredentialConfig::ClientSecret {
+                tenant_id,
+                client_id,
+                client_secret_file,
+                client_secret,
+            } => {
+                let tenant_id = required(tenant_id, "tenant_id", "AZURE_TENANT_ID")?;
+                let client_id = required(client_id, "client_id", "AZURE_CLIENT_ID")?;
+                let secret = match (client_secret, client_secret_file) {
+                    (_, Some(path)) => read_secret_file(path, &format!("{key}.client_secret_file"))?,
+                    (Some(secret), None) => secret.clone(),
+                    (None, None) => process_env("AZURE_CLIENT_SECRET")
+                        .filter(|s| !s.is_empty())
+                        .map(SecretString::from)
+                        .ok_or_else(|| {
+                            ConfigError::new(
+                                format!("{key}.client_secret_file"),
+                                "missing: give the file holding the client secret, or set AZURE_CLIENT_SECRET",
+                            )
+                        })?,
+                };
+                if secret.expose_secret().trim().is_empty() {
+                    return Err(ConfigError::new(
+                        format!("{key}.client_secret_file"),
+                        "the client secret is empty",
+                    ));
+                }
+                Ok(ValidCredential::ClientSecret {
+                    tenant_id,
+                    client_id,
+                    secret,
+                })
+            }
+            CredentialConfig::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => {
+                let tenant_id = required(tenant_id, "tenant_id", "AZURE_TENANT_ID")?;
+                let client_id = required(client_id, "client_id", "AZURE_CLIENT_ID")?;
+                let token_file = token_file
+                    .clone()
+                    .or_else(|| {
+                        process_env("AZURE_FEDERATED_TOKEN_FILE")
+                            .filter(|s| !s.is_empty())
+                            .map(PathBuf::from)
+                    })
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            format!("{key}.token_file"),
+                            "missing: give the projected service account token's path, or set AZURE_FEDERATED_TOKEN_FILE",
+                        )
+                    })?;
+                // The SDK reads it once at start, then every 10 minutes.
+                std::fs::metadata(&token_file)
+                    .and_then(|m| {
+                        if m.is_file() {
+                            Ok(())
+                        } else {
+                            Err(std::io::Error::other("not a file"))
+                        }
+                    })
+                    .map_err(|err| {
+                        ConfigError::new(
+                            format!("{key}.token_file"),
+                            format!("{}: {err}", token_file.display()),
+                        )
+                    })?;
+                Ok(ValidCredential::WorkloadIdentity {
+                    tenant_id,
+                    client_id,
+                    token_file,
+                })
+            }
+            CredentialConfig::ManagedIdentity {
+                client_id,
+                object_id,
+                resource_id,
+            } => {
+                let given: Vec<ManagedId> = [
+                    client_id.clone().map(ManagedId::ClientId),
+                    object_id.clone().map(ManagedId::ObjectId),
+                    resource_id.clone().map(ManagedId::ResourceId),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
+                match given.len() {
+                    0 => Ok(ValidCredential::ManagedIdentity(ManagedId::System)),
+                    1 => Ok(ValidCredential::ManagedIdentity(given[0].clone())),
+                    _ => Err(ConfigError::new(
+                        key,
+                        "give at most one of client_id, object_id, resource_id (none: the system-assigned identity)",
+                    )),
+                }
+            }
+        }
+    }
+}
+
+fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(text).map_err(|err| ConfigError::new(key, format!("'{text}': {err}")))?;
+    if url.scheme() != "https" || url.host_str().is_none() {
+        return Err(ConfigError::new(
+            key,
+            format!("'{text}' must be an https:// URL with a host (Azure refuses tokens over plain HTTP)"),
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(key, "must not carry credentials"));
+    }
+    Ok(url)
+}
+
+fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
+    // Files written by editors and `echo` end with a newline that is not part of the secret.
+    Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
+}
+
+fn read_ca_file(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    let pem = std::fs::read(path)
+        .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem)
+        .map_err(|err| ConfigError::new(key, format!("{}: not PEM certificates: {err}", path.display())))?;
+    if certs.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            format!("{}: no PEM certificate in the file", path.display()),
+        ));
+    }
+    Ok(certs)
+}

@@ -1,0 +1,346 @@
+//! The `azure` backend: Azure Key Vault secrets, through the official SDK
+//! (`azure_security_keyvault_secrets` + `azure_identity`, rustls).
+//!
+//! - `vaultbridge.path` is the secret's name, `vaultbridge.version` a version
+//!   id (latest when absent). The value comes back as stored (a JSON text for
+//!   `vaultbridge.field`, base64 for `vaultbridge.decode=base64`).
+//! - Credentials: client secret, workload identity, managed identity
+//!   ([`config`]). The SDK's credential caches the token and refreshes it
+//!   before it expires; one credential serves every concurrent lookup of the
+//!   provider.
+//! - Every lookup is bounded by `timeout` (token acquisition and retries
+//!   included). Throttling (429) is retried after the server's Retry-After
+//!   when that still fits in the deadline; transient failures (connection,
+//!   5xx) are retried twice; everything else is answered at once
+//!   ([`errors`]).
+//! - The SDK's check that a vault's authentication challenge names the vault's
+//!   own domain stays on.
+//!
+//! `build` does no network I/O: the first lookup (or `vaultbridge check`)
+//! fetches the token.
+
+mod config;
+mod errors;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
+use azure_core::credentials::TokenCredential;
+use azure_core::http::{ClientOptions, RetryOptions, Transport};
+use azure_identity::{
+    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
+    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
+    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+};
+use azure_security_keyvault_secrets::{
+    SecretClient, SecretClientOptions, models::SecretClientGetSecretOptions,
+};
+use secrecy::ExposeSecret;
+
+pub use config::{AzureConfig, CredentialConfig, DEFAULT_TIMEOUT_SECS, PUBLIC_AUTHORITY_HOST};
+use config::{ManagedId, ValidCredential};
+use errors::{Context, Failure};
+
+use crate::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
+
+/// Transient failures (connection, 5xx) are retried this many times; 429 is
+/// retried for as long as its Retry-After fits in the deadline.
+const TRANSIENT_RETRIES: u32 = 2;
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// Used when a 429 carries no Retry-After.
+const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Validate the settings and build the provider (no network I/O).
+pub async fn build(config: &AzureConfig, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
+    let process_env = |name: &str| std::env::var(name).ok();
+    Ok(Arc::new(AzureProvider::new(config, key, &process_env)?))
+}
+
+pub struct AzureProvider {
+    client: SecretClient,
+    /// The vault's base URL, for messages.
+    vault: String,
+    identity: String,
+    fix_hint: &'static str,
+    /// Where tokens come from, for messages.
+    authority: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for AzureProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AzureProvider")
+            .field("vault", &self.vault)
+            .field("identity", &self.identity)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AzureProvider {
+    pub fn new(
+        config: &AzureConfig,
+        key: &str,
+        process_env: crate::EnvLookup<'_>,
+    ) -> Result<Self, ConfigError> {
+        let valid = config.validate(key, process_env)?;
+
+        // One HTTP client for the vault and the token endpoint: our timeouts,
+        // the system's roots plus ca_file, no redirects (as the SDK's own).
+        let http = reqwest::Client::builder()
+            .connect_timeout(valid.timeout)
+            .timeout(valid.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .tls_certs_merge(valid.ca_certs)
+            .build()
+            .map_err(|err| ConfigError::new(key, format!("cannot set up HTTPS: {err}")))?;
+        let mut cloud = CustomConfiguration::default();
+        // Always set: otherwise the SDK reads AZURE_AUTHORITY_HOST behind our back.
+        cloud.authority_host = valid.authority_host.as_str().trim_end_matches('/').to_string();
+        let client_options = ClientOptions {
+            transport: Some(Transport::new(Arc::new(http))),
+            // Our own loop retries, within our deadline (see `fetch`).
+            retry: RetryOptions::none(),
+            cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
+            ..Default::default()
+        };
+
+        let credential_key = format!("{key}.credential");
+        let sdk_error = |err: azure_core::Error| {
+            ConfigError::new(&credential_key, errors::first_line(&err.to_string()))
+        };
+        let authority_base = valid.authority_host.as_str().trim_end_matches('/');
+        let (credential, authority): (Arc<dyn TokenCredential>, String) = match &valid.credential {
+            ValidCredential::ClientSecret {
+                tenant_id,
+                client_id,
+                secret,
+            } => (
+                ClientSecretCredential::new(
+                    tenant_id,
+                    client_id.clone(),
+                    secret.expose_secret().to_string().into(),
+                    Some(ClientSecretCredentialOptions {
+                        client_options: client_options.clone(),
+                    }),
+                )
+                .map_err(sdk_error)?,
+                format!("{authority_base}/{tenant_id}"),
+            ),
+            ValidCredential::WorkloadIdentity {
+                tenant_id,
+                client_id,
+                token_file,
+            } => (
+                WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
+                    credential_options: ClientAssertionCredentialOptions {
+                        client_options: client_options.clone(),
+                    },
+                    client_id: Some(client_id.clone()),
+                    tenant_id: Some(tenant_id.clone()),
+                    token_file_path: Some(token_file.clone()),
+                }))
+                .map_err(sdk_error)?,
+                format!("{authority_base}/{tenant_id}"),
+            ),
+            ValidCredential::ManagedIdentity(id) => {
+                let user_assigned_id = match id {
+                    ManagedId::System => None,
+                    ManagedId::ClientId(id) => Some(UserAssignedId::ClientId(id.clone())),
+                    ManagedId::ObjectId(id) => Some(UserAssignedId::ObjectId(id.clone())),
+                    ManagedId::ResourceId(id) => Some(UserAssignedId::ResourceId(id.clone())),
+                };
+                (
+                    ManagedIdentityCredential::new(Some(ManagedIdentityCredentialOptions {
+                        user_assigned_id,
+                        client_options: client_options.clone(),
+                    }))
+                    .map_err(sdk_error)?,
+                    "the managed identity endpoint".to_string(),
+                )
+            }
+        };
+
+        let vault = valid.vault_url.as_str().trim_end_matches('/').to_string();
+        let client = SecretClient::new(
+            valid.vault_url.as_str(),
+            credential,
+            Some(SecretClientOptions {
+                client_options,
+                // Never turned off: a vault's challenge must name its own domain.
+                verify_challenge_resource: Some(true),
+                ..Default::default()
+            }),
+        )
+        .map_err(|err| {
+            ConfigError::new(
+                format!("{key}.vault_url"),
+                errors::first_line(&err.to_string()),
+            )
+        })?;
+
+        Ok(Self {
+            client,
+            vault,
+            identity: valid.credential.describe(),
+            fix_hint: valid.credential.fix_hint(),
+            authority,
+            timeout: valid.timeout,
+        })
+    }
+
+    /// One GET, retried while the deadline allows; see the module docs.
+    async fn get(&self, name: &str, version: Option<&str>, target: &str) -> Result<String, ProviderError> {
+        let started = Instant::now();
+        let deadline = started + self.timeout;
+        let cx = Context {
+            vault: &self.vault,
+            target,
+            identity: &self.identity,
+            fix_hint: self.fix_hint,
+            authority: &self.authority,
+        };
+        let mut transient_retries = 0u32;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let options = SecretClientGetSecretOptions {
+                secret_version: version.map(str::to_string),
+                ..Default::default()
+            };
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let outcome =
+                tokio::time::timeout(remaining, self.client.get_secret(name, Some(options))).await;
+            let failure = match outcome {
+                Err(_elapsed) => {
+                    return Err(ProviderError::Unavailable(format!(
+                        "no answer from vault {} (or its token endpoint) within the {:?} timeout ({attempts} attempt(s))",
+                        self.vault, self.timeout
+                    )));
+                }
+                Ok(Ok(response)) => {
+                    let secret = response.into_model().map_err(|err| {
+                        ProviderError::Unavailable(format!(
+                            "vault {} sent an unreadable answer for {target}: {}",
+                            self.vault,
+                            errors::first_line(&err.to_string())
+                        ))
+                    })?;
+                    return secret.value.ok_or_else(|| {
+                        ProviderError::NotFound(format!(
+                            "{target} in vault {} has no value",
+                            self.vault
+                        ))
+                    });
+                }
+                Ok(Err(err)) => errors::classify(&err, &cx),
+            };
+            let (error, wait) = match failure {
+                Failure::Final(error) => return Err(error),
+                Failure::Transient {
+                    error,
+                    after,
+                    throttled: true,
+                } => (error, after.unwrap_or(DEFAULT_THROTTLE_WAIT)),
+                Failure::Transient {
+                    error,
+                    after,
+                    throttled: false,
+                } => {
+                    if transient_retries >= TRANSIENT_RETRIES {
+                        return Err(with_note(error, format!("gave up after {attempts} attempts")));
+                    }
+                    transient_retries += 1;
+                    let backoff = FIRST_BACKOFF * 2u32.pow(transient_retries - 1);
+                    (error, after.map_or(backoff, |after| after.max(backoff)))
+                }
+            };
+            if Instant::now() + wait >= deadline {
+                return Err(with_note(
+                    error,
+                    format!(
+                        "the next attempt would be in {:.1}s, past the {:?} timeout ({attempts} attempt(s))",
+                        wait.as_secs_f64(),
+                        self.timeout
+                    ),
+                ));
+            }
+            tracing::debug!(vault = %self.vault, %target, wait_ms = wait.as_millis() as u64, "retrying after a transient failure");
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+fn with_note(error: ProviderError, note: String) -> ProviderError {
+    match error {
+        ProviderError::Unavailable(message) => ProviderError::Unavailable(format!("{message}; {note}")),
+        other => other,
+    }
+}
+
+/// Key Vault object names: 1-127 characters of 0-9, a-z, A-Z and '-'.
+fn check_name(name: &str) -> Result<(), ProviderError> {
+    let valid = (1..=127).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ProviderError::Invalid(format!(
+            "'{name}' is not a Key Vault secret name (1-127 letters, digits and '-'); set vaultbridge.path to the secret's name in the vault"
+        )))
+    }
+}
+
+/// Version ids are 32 hexadecimal characters; anything that is not
+/// alphanumeric would change the request path.
+fn check_version(version: &str) -> Result<(), ProviderError> {
+    if !version.is_empty() && version.len() <= 64 && version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(())
+    } else {
+        Err(ProviderError::Invalid(format!(
+            "'{version}' is not a Key Vault version id (32 hexadecimal characters); fix or remove vaultbridge.version"
+        )))
+    }
+}
+
+#[async_trait]
+impl Provider for AzureProvider {
+    fn kind(&self) -> &'static str {
+        "azure"
+    }
+
+    async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
+        check_name(secret.path)?;
+        if let Some(version) = secret.version {
+            check_version(version)?;
+        }
+        let target = match secret.version {
+            Some(version) => format!("secret '{}' version {version}", secret.path),
+            None => format!("secret '{}'", secret.path),
+        };
+        let value = self.get(secret.path, secret.version, &target).await?;
+        Ok(SecretValue::new(value.into_bytes()))
+    }
+
+    /// Reads a secret name that no one uses: "not found" proves the vault
+    /// answered and accepted our token, without reading any value.
+    async fn check(&self) -> Result<String, ProviderError> {
+        let probe = "vaultbridge-check-probe";
+        match self.get(probe, None, &format!("secret '{probe}'")).await {
+            Ok(_) | Err(ProviderError::NotFound(_)) => Ok(format!(
+                "vault {} is reachable and accepts the token of {}",
+                self.vault, self.identity
+            )),
+            Err(ProviderError::Denied(_)) => Ok(format!(
+                "vault {} is reachable and accepts the token of {} (which may not read the probe secret: check it may read yours)",
+                self.vault, self.identity
+            )),
+            Err(other) => Err(other),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,301 @@
+//! Unit tests: settings, validation, redaction. The behaviour against a
+//! vault is tested end to end in `tests/tests/azure.rs`, against the double.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::ProviderConfig;
+
+fn parse(toml_text: &str) -> Result<AzureConfig, String> {
+    #[derive(serde::Deserialize)]
+    struct File {
+        providers: HashMap<String, ProviderConfig>,
+    }
+    let file: File = toml::from_str(toml_text).map_err(|e| e.to_string())?;
+    match file.providers.into_values().next() {
+        Some(ProviderConfig::Azure(config)) => Ok(config),
+        _ => Err("not an azure provider".into()),
+    }
+}
+
+fn no_env(_: &str) -> Option<String> {
+    None
+}
+
+fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+    move |name| {
+        pairs
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+}
+
+fn build_err(config: &AzureConfig) -> ConfigError {
+    AzureProvider::new(config, "providers.kv", &no_env).unwrap_err()
+}
+
+#[test]
+fn parses_each_credential_and_refuses_unknown_keys() {
+    let config = parse(
+        r#"
+        [providers.kv]
+        type = "azure"
+        vault_url = "https://myvault.vault.azure.net"
+        authority_host = "https://login.microsoftonline.us"
+        timeout = 2.5
+        [providers.kv.credential]
+        type = "client_secret"
+        tenant_id = "t"
+        client_id = "c"
+        client_secret_file = "/run/secrets/azure"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.timeout, Some(2.5));
+    assert!(matches!(
+        config.credential,
+        CredentialConfig::ClientSecret { ref client_secret_file, .. } if client_secret_file.is_some()
+    ));
+
+    let config = parse(
+        r#"
+        [providers.kv]
+        type = "azure"
+        vault_url = "https://myvault.vault.azure.net"
+        credential = { type = "managed_identity", client_id = "abc" }
+        "#,
+    )
+    .unwrap();
+    assert!(matches!(
+        config.credential,
+        CredentialConfig::ManagedIdentity { client_id: Some(ref id), .. } if id == "abc"
+    ));
+
+    let err = parse(
+        r#"
+        [providers.kv]
+        type = "azure"
+        vault_url = "https://myvault.vault.azure.net"
+        credential = { type = "client_secret", tenant_id = "t", client_id = "c", client_secret = "inline" }
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.contains("client_secret"), "{err}");
+
+    let err = parse(
+        r#"
+        [providers.kv]
+        type = "azure"
+        vault_url = "https://myvault.vault.azure.net"
+        vault = "typo"
+        credential = { type = "managed_identity" }
+        "#,
+    )
+    .unwrap_err();
+    assert!(err.contains("vault"), "{err}");
+}
+
+#[test]
+fn environment_selects_the_credential_like_the_azure_sdks() {
+    assert!(AzureConfig::from_env(&no_env).is_none());
+    assert!(AzureConfig::from_env(&env_of(&[("AZURE_KEYVAULT_URL", "")])).is_none());
+
+    let config = AzureConfig::from_env(&env_of(&[
+        ("AZURE_KEYVAULT_URL", "https://kv.vault.azure.net"),
+        ("AZURE_TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "c"),
+        ("AZURE_CLIENT_SECRET", "s3cr3t-value"),
+        ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
+        ("AZURE_AUTHORITY_HOST", "https://login.chinacloudapi.cn"),
+    ]))
+    .unwrap();
+    assert_eq!(config.vault_url, "https://kv.vault.azure.net");
+    assert_eq!(
+        config.authority_host.as_deref(),
+        Some("https://login.chinacloudapi.cn")
+    );
+    let CredentialConfig::ClientSecret {
+        tenant_id,
+        client_id,
+        client_secret,
+        ..
+    } = &config.credential
+    else {
+        panic!("expected a client secret credential: {config:?}");
+    };
+    assert_eq!((tenant_id.as_str(), client_id.as_str()), ("t", "c"));
+    assert_eq!(client_secret.as_ref().unwrap().expose_secret(), "s3cr3t-value");
+
+    let config = AzureConfig::from_env(&env_of(&[
+        ("AZURE_KEYVAULT_URL", "https://kv.vault.azure.net"),
+        ("AZURE_TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "c"),
+        ("AZURE_FEDERATED_TOKEN_FILE", "/var/run/token"),
+    ]))
+    .unwrap();
+    assert!(matches!(
+        config.credential,
+        CredentialConfig::WorkloadIdentity { ref token_file, .. } if token_file.as_deref() == Some(std::path::Path::new("/var/run/token"))
+    ));
+
+    let config = AzureConfig::from_env(&env_of(&[
+        ("AZURE_KEYVAULT_URL", "https://kv.vault.azure.net"),
+        ("AZURE_CLIENT_ID", "uami"),
+    ]))
+    .unwrap();
+    assert!(matches!(
+        config.credential,
+        CredentialConfig::ManagedIdentity { client_id: Some(ref id), .. } if id == "uami"
+    ));
+}
+
+#[test]
+fn debug_output_never_shows_the_client_secret() {
+    let config = AzureConfig::from_env(&env_of(&[
+        ("AZURE_KEYVAULT_URL", "https://kv.vault.azure.net"),
+        ("AZURE_TENANT_ID", "t"),
+        ("AZURE_CLIENT_ID", "c"),
+        ("AZURE_CLIENT_SECRET", "hunter2-client-secret"),
+    ]))
+    .unwrap();
+    let shown = format!("{config:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("REDACTED"), "{shown}");
+
+    let provider = AzureProvider::new(&config, "providers.azure", &no_env).unwrap();
+    let shown = format!("{provider:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("client_id c"), "{shown}");
+}
+
+fn secret_config(dir: &std::path::Path) -> AzureConfig {
+    let secret = dir.join("secret");
+    std::fs::write(&secret, "value-from-file\n").unwrap();
+    AzureConfig {
+        vault_url: "https://kv.vault.azure.net".into(),
+        credential: CredentialConfig::ClientSecret {
+            tenant_id: "t".into(),
+            client_id: "c".into(),
+            client_secret_file: Some(secret),
+            client_secret: None,
+        },
+        authority_host: None,
+        ca_file: None,
+        timeout: None,
+    }
+}
+
+#[test]
+fn validation_errors_name_the_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = secret_config(dir.path());
+    AzureProvider::new(&good, "providers.kv", &no_env).unwrap();
+
+    let mut config = good.clone();
+    config.vault_url = "http://kv.vault.azure.net".into();
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.vault_url");
+    assert!(err.message.contains("https"), "{err}");
+
+    config.vault_url = "https://kv.vault.azure.net/secrets/x".into();
+    assert_eq!(build_err(&config).key, "providers.kv.vault_url");
+
+    let mut config = good.clone();
+    config.authority_host = Some("http://login.example".into());
+    assert_eq!(build_err(&config).key, "providers.kv.authority_host");
+
+    let mut config = good.clone();
+    config.timeout = Some(0.0);
+    assert_eq!(build_err(&config).key, "providers.kv.timeout");
+
+    let mut config = good.clone();
+    config.ca_file = Some(dir.path().join("missing.pem"));
+    assert_eq!(build_err(&config).key, "providers.kv.ca_file");
+    std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
+    config.ca_file = Some(dir.path().join("junk.pem"));
+    assert_eq!(build_err(&config).key, "providers.kv.ca_file");
+
+    let mut config = good.clone();
+    config.credential = CredentialConfig::ClientSecret {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        client_secret_file: Some(dir.path().join("nope")),
+        client_secret: None,
+    };
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.credential.client_secret_file");
+
+    config.credential = CredentialConfig::ClientSecret {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        client_secret_file: None,
+        client_secret: None,
+    };
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.credential.client_secret_file");
+    assert!(err.message.contains("AZURE_CLIENT_SECRET"), "{err}");
+    // ...which the documented fallback provides.
+    let env = env_of(&[("AZURE_CLIENT_SECRET", "from-env")]);
+    AzureProvider::new(&config, "providers.kv", &env).unwrap();
+
+    config.credential = CredentialConfig::ClientSecret {
+        tenant_id: "".into(),
+        client_id: "c".into(),
+        client_secret_file: None,
+        client_secret: None,
+    };
+    assert_eq!(
+        build_err(&config).key,
+        "providers.kv.credential.tenant_id"
+    );
+
+    config.credential = CredentialConfig::WorkloadIdentity {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        token_file: Some(dir.path().join("no-token")),
+    };
+    assert_eq!(
+        build_err(&config).key,
+        "providers.kv.credential.token_file"
+    );
+
+    config.credential = CredentialConfig::ManagedIdentity {
+        client_id: Some("a".into()),
+        object_id: Some("b".into()),
+        resource_id: None,
+    };
+    assert_eq!(build_err(&config).key, "providers.kv.credential");
+}
+
+#[tokio::test]
+async fn refuses_names_and_versions_that_are_not_key_vault_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let provider = AzureProvider::new(&secret_config(dir.path()), "providers.kv", &no_env).unwrap();
+    for bad in ["", "db_password", "a/b", "../x", "x?y", &"a".repeat(128)] {
+        let err = provider
+            .fetch(SecretRef {
+                path: bad,
+                version: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Invalid(ref m) if m.contains("vaultbridge.path")),
+            "{bad}: {err}"
+        );
+    }
+    for bad in ["", "abc/def", "../1", "v?x=1"] {
+        let err = provider
+            .fetch(SecretRef {
+                path: "db",
+                version: Some(bad),
+            })
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, ProviderError::Invalid(ref m) if m.contains("vaultbridge.version")),
+            "{bad}: {err}"
+        );
+    }
+}
