@@ -5,6 +5,8 @@
 //! have their own modules; each starts its server, polls until it is ready
 //! and stops it by PID on drop.
 
+pub mod docker;
+
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};

@@ -1,0 +1,516 @@
+//! The plugin on the machine's real Docker engine, as a managed plugin:
+//! issue 6's steps 1-7, in order, in one test (they share one swarm, one
+//! plugin and one cleanup guard). Every step is asserted with a deadline;
+//! [`Session`]'s `Drop` removes everything created, even when a step fails.
+//!
+//! Needs root, a running dockerd whose swarm is inactive, and what
+//! `tests/setup.sh` installs (busybox-static, docker-registry). Backends
+//! other than `file` join by adding a [`BackendCase`] to `backends()`.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vaultbridge_tests::assert_log_has_no_values;
+use vaultbridge_tests::docker::{
+    ALIAS, BackendCase, PerTaskCase, ServiceSpec, Session, TaskReport, docker_ok, docker_try,
+    http_get_body, labels, poll, workload_compose_command,
+};
+
+/// Converging a service: image is local, so seconds; generous for slow CI.
+const CONVERGE: Duration = Duration::from_secs(90);
+
+/// Every variable the plugin reads; each must be settable in config.json.
+const PLUGIN_ENV: &[&str] = &[
+    "VAULTBRIDGE_CONFIG",
+    "VAULTBRIDGE_FILE_DIR",
+    "VAULTBRIDGE_DEFAULT_PROVIDER",
+    "VAULTBRIDGE_LOG",
+    "VAULTBRIDGE_LOG_FORMAT",
+    "VAULT_ADDR",
+    "VAULT_NAMESPACE",
+    "VAULT_TOKEN",
+    "VAULT_CACERT",
+    "VAULT_CLIENT_CERT",
+    "VAULT_CLIENT_KEY",
+    "VAULT_TLS_SERVER_NAME",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_PROFILE",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    "AWS_SHARED_CREDENTIALS_FILE",
+    "AWS_CONFIG_FILE",
+    "AWS_ROLE_ARN",
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AZURE_KEYVAULT_URL",
+    "AZURE_TENANT_ID",
+    "AZURE_CLIENT_ID",
+    "AZURE_CLIENT_SECRET",
+    "AZURE_FEDERATED_TOKEN_FILE",
+    "AZURE_AUTHORITY_HOST",
+];
+
+/// The `file` backend: files under `<config mount>/secrets`, served from
+/// `/etc/vaultbridge/secrets` inside the plugin.
+fn file_backend(session: &Session) -> BackendCase {
+    let secrets = session.path("config/secrets");
+    std::fs::create_dir_all(secrets.join("app")).expect("mkdir secrets");
+    let password = format!("file-pw-{}-\u{e9}\u{2603}", session.id);
+    let db = format!(r#"{{"user":"app","password":"{password}"}}"#);
+    std::fs::write(secrets.join("app/db.json"), &db).expect("write secret");
+    // The stack's secret `db` (named `<stack>_db`) reads path `db`.
+    std::fs::write(secrets.join("db"), &db).expect("write secret");
+    // Binary bytes (NUL, newline, high bytes) must arrive exactly.
+    let binary: Vec<u8> = [b"\x00\x01bin\n".as_slice(), session.id.as_bytes(), b"\xff\xfe"].concat();
+    std::fs::write(secrets.join("app/blob"), &binary).expect("write secret");
+    BackendCase {
+        provider: "local".into(),
+        config_toml: "[providers.local]\ntype = \"file\"\nroot = \"/etc/vaultbridge/secrets\"\n"
+            .into(),
+        secret: labels(&[
+            ("vaultbridge.provider", "local"),
+            ("vaultbridge.path", "app/db.json"),
+            ("vaultbridge.field", "password"),
+        ]),
+        expected: password.clone().into_bytes(),
+        per_task: Some(PerTaskCase {
+            labels: labels(&[
+                ("vaultbridge.provider", "local"),
+                ("vaultbridge.path", "app/blob"),
+                ("vaultbridge.reuse", "false"),
+            ]),
+            // A file has one value: the suite checks DoNotReuse was answered
+            // per task. A Vault lease backend gives `None` here.
+            same_value: Some(binary.clone()),
+        }),
+        missing: labels(&[
+            ("vaultbridge.provider", "local"),
+            ("vaultbridge.path", "app/does-not-exist"),
+        ]),
+        missing_reason: vec!["outcome=\"not_found\"".into(), "app/does-not-exist".into()],
+        values: vec![password.into_bytes(), db.into_bytes(), binary],
+    }
+}
+
+/// Every backend that has landed and has its engine case.
+fn backends(session: &mut Session) -> Vec<BackendCase> {
+    vec![file_backend(session)]
+}
+
+fn config_toml(backends: &[BackendCase]) -> String {
+    let mut text = String::from("default_provider = \"local\"\n\n");
+    for backend in backends {
+        text.push_str(&backend.config_toml);
+        text.push('\n');
+    }
+    text
+}
+
+fn assert_reports(what: &str, reports: &[TaskReport], stat: &str, expected: &[u8]) {
+    assert!(!reports.is_empty(), "{what}: no task reported");
+    for report in reports {
+        assert_eq!(
+            report.stat, stat,
+            "{what}: slot {} saw /run/secrets/{} with mode:uid:gid '{}'",
+            report.slot, report.target, report.stat
+        );
+        assert!(
+            report.bytes == expected,
+            "{what}: slot {} read {} bytes from /run/secrets/{}, expected {} bytes (values differ)",
+            report.slot,
+            report.bytes.len(),
+            report.target,
+            expected.len()
+        );
+    }
+}
+
+/// The plugin's `secret served`/`secret lookup failed` lines for one secret.
+fn lines_for(session: &Session, plugin_id: &str, secret: &str) -> Vec<String> {
+    let needle = format!("secret={secret} ");
+    session
+        .log
+        .plugin_lines(plugin_id)
+        .into_iter()
+        .filter(|l| l.contains(&needle))
+        .collect()
+}
+
+fn step(n: u32, title: &str, started: Instant) {
+    eprintln!(
+        "[docker e2e {:>5.1}s] step {n}: {title}",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+#[test]
+fn docker_engine_end_to_end() {
+    let started = Instant::now();
+    let mut s = Session::begin();
+    let id = s.id.clone();
+    let backends = backends(&mut s);
+    let conf_dir = s.path("config");
+    std::fs::write(conf_dir.join("config.toml"), config_toml(&backends)).expect("config.toml");
+    let conf_source = format!("config.source={}", conf_dir.display());
+
+    // ---------------------------------------------------------------- 1
+    step(1, "swarm initialised; create the plugin (offline path)", started);
+    let plugin = s.build_plugin("vaultbridge", &format!("e2e-{id}"), &[]);
+    let plugin_id = s.plugin_id(&plugin);
+    let config: Value =
+        serde_json::from_str(&docker_ok(&["plugin", "inspect", "-f", "{{json .Config}}", &plugin]))
+            .expect("plugin config JSON");
+    assert_eq!(
+        config["Interface"]["Types"],
+        serde_json::json!(["docker.secretprovider/1.0"])
+    );
+    assert_eq!(config["Interface"]["Socket"], "vaultbridge.sock");
+    assert_eq!(config["Network"]["Type"], "host");
+    assert_eq!(config["Linux"]["Capabilities"], serde_json::json!([]));
+    assert_eq!(
+        config["Entrypoint"],
+        serde_json::json!(["/vaultbridge", "serve"])
+    );
+    let mount = &config["Mounts"][0];
+    assert_eq!(mount["Destination"], "/etc/vaultbridge");
+    assert_eq!(mount["Settable"], serde_json::json!(["source"]));
+    for name in PLUGIN_ENV {
+        let entry = config["Env"]
+            .as_array()
+            .and_then(|envs| envs.iter().find(|e| e["Name"] == *name))
+            .unwrap_or_else(|| panic!("config.json does not declare env {name}"));
+        assert_eq!(entry["Settable"], serde_json::json!(["value"]), "{name}");
+    }
+
+    // A bad configuration: enable fails, and the engine's log carries the
+    // plugin's error, word for word what `vaultbridge check` says. On a
+    // plugin of its own: after a failed start, engine 20.10 keeps restarting
+    // the plugin from its exit handler for a few seconds, racing with later
+    // `docker plugin set`/`enable` calls on the same plugin.
+    let bad_dir = format!("/nonexistent-vaultbridge-{id}");
+    let bad_plugin = s.build_plugin(
+        "vaultbridge-badconfig",
+        &format!("e2e-{id}"),
+        &[&format!("VAULTBRIDGE_FILE_DIR={bad_dir}")],
+    );
+    let bad_id = s.plugin_id(&bad_plugin);
+    let check = std::process::Command::new(vaultbridge_tests::binary())
+        .arg("check")
+        .env_clear()
+        .env("VAULTBRIDGE_FILE_DIR", &bad_dir)
+        .output()
+        .expect("run vaultbridge check");
+    assert!(!check.status.success(), "check accepted {bad_dir}");
+    let check_message = String::from_utf8_lossy(&check.stderr).trim().to_string();
+    assert!(check_message.contains(&bad_dir), "{check_message}");
+    let refused = docker_try(&["plugin", "enable", &bad_plugin]);
+    let refused = refused.expect_err("the plugin enabled with a bad configuration");
+    eprintln!("  enable with a bad configuration: {}", refused.lines().last().unwrap_or(""));
+    let line = s.log.wait_plugin_line(
+        &bad_id,
+        0,
+        "the start-up error in the engine's log",
+        Duration::from_secs(30),
+        |l| l.contains("ERROR"),
+    );
+    assert!(
+        line.ends_with(&format!("ERROR vaultbridge::cli: {check_message}")),
+        "engine log line:\n  {line}\ndoes not carry what `vaultbridge check` says:\n  {check_message}"
+    );
+
+    // The default mount source needs nothing on the host: with a provider
+    // from the environment the plugin enables as installed.
+    docker_ok(&["plugin", "set", &plugin, "VAULTBRIDGE_FILE_DIR=/etc/vaultbridge"]);
+    let skip = s.log.plugin_lines(&plugin_id).len();
+    s.enable_plugin(&plugin);
+    s.log.wait_plugin_line(
+        &plugin_id,
+        skip,
+        "the plugin to listen with the default mount",
+        Duration::from_secs(30),
+        |l| l.contains("vaultbridge listening") && l.contains("config=environment variables"),
+    );
+    docker_ok(&["plugin", "disable", &plugin]);
+
+    // The real configuration: config.toml and secrets in the settable mount.
+    docker_ok(&["plugin", "set", &plugin, &conf_source, "VAULTBRIDGE_LOG=info"]);
+    let skip = s.log.plugin_lines(&plugin_id).len();
+    s.enable_plugin(&plugin);
+    let listening = s.log.wait_plugin_line(
+        &plugin_id,
+        skip,
+        "the plugin to listen with config.toml from the mount",
+        Duration::from_secs(30),
+        |l| l.contains("vaultbridge listening"),
+    );
+    assert!(
+        listening.contains("config=file /etc/vaultbridge/config.toml"),
+        "{listening}"
+    );
+    for backend in &backends {
+        assert!(
+            listening.contains(&format!("{} (", backend.provider)),
+            "{listening}"
+        );
+    }
+
+    // ---------------------------------------------------------------- 2
+    let mut step2_services = Vec::new();
+    for backend in &backends {
+        let p = &backend.provider;
+        step(2, &format!("{p}: CLI secret, exact bytes, mode and owner"), started);
+        let secret = format!("vb_{id}_{p}_cli");
+        s.secret_create(&secret, &plugin, &backend.secret);
+        let service = format!("vb-{id}-{p}-cli");
+        let mut spec = ServiceSpec::new(&service, &secret, "app");
+        spec.secrets = vec![format!(
+            "source={secret},target=app,mode=0400,uid=123,gid=456"
+        )];
+        s.service_create(&spec);
+        let reports = s.wait_reports(&service, 1, CONVERGE);
+        assert_reports(&service, &reports, "400:123:456", &backend.expected);
+        let served = lines_for(&s, &plugin_id, &secret);
+        assert!(
+            served.iter().any(|l| l.contains("secret served")
+                && l.contains(&format!("provider=\"{p}\""))
+                && l.contains(&format!("service={service} "))),
+            "no 'secret served' line for {secret}:\n{}",
+            served.join("\n")
+        );
+        step2_services.push((service, secret));
+    }
+
+    // ---------------------------------------------------------------- 3
+    let file = &backends[0];
+    step(3, "stack deploy with driver + labels, <stack>_ prefix", started);
+    let stack = format!("vbst{id}");
+    let image = s.workload_image();
+    let compose = format!(
+        r#"version: "3.8"
+services:
+  app:
+    image: {image}
+    command: {command}
+    environment:
+      VB_SLOT: "{{{{.Task.Slot}}}}"
+      VB_TARGETS: db
+    stop_grace_period: 2s
+    secrets:
+      - source: db
+        target: db
+        mode: 0440
+        uid: "7"
+secrets:
+  db:
+    driver: {plugin}
+    labels:
+      vaultbridge.provider: local
+      vaultbridge.field: password
+"#,
+        command = workload_compose_command()
+    );
+    s.stack_deploy(&stack, &compose);
+    let stack_secret = format!("{stack}_db");
+    let listed = docker_ok(&[
+        "secret",
+        "ls",
+        "--filter",
+        &format!("label=com.docker.stack.namespace={stack}"),
+        "--format",
+        "{{.Name}}",
+    ]);
+    assert_eq!(listed, stack_secret, "the stack's secret is not <stack>_db");
+    let stack_service = format!("{stack}_app");
+    let reports = s.wait_reports(&stack_service, 1, CONVERGE);
+    assert_reports(&stack_service, &reports, "440:7:0", &file.expected);
+    let served = lines_for(&s, &plugin_id, &stack_secret);
+    assert!(
+        served
+            .iter()
+            .any(|l| l.contains("secret served") && l.contains("path=\"db\"")),
+        "the stack's secret was not read from path 'db' (prefix rule):\n{}",
+        served.join("\n")
+    );
+
+    // ---------------------------------------------------------------- 4
+    for backend in &backends {
+        let Some(case) = &backend.per_task else {
+            continue;
+        };
+        let p = &backend.provider;
+        step(4, &format!("{p}: per-task value, two replicas"), started);
+        let secret = format!("vb_{id}_{p}_pertask");
+        s.secret_create(&secret, &plugin, &case.labels);
+        let service = format!("vb-{id}-{p}-pertask");
+        let mut spec = ServiceSpec::new(&service, &secret, "tok");
+        spec.replicas = 2;
+        s.service_create(&spec);
+        let reports = s.wait_reports(&service, 2, CONVERGE);
+        match &case.same_value {
+            Some(bytes) => assert_reports(&service, &reports, "444:0:0", bytes),
+            None => {
+                assert_eq!(reports.len(), 2);
+                assert!(
+                    !reports[0].bytes.is_empty() && reports[0].bytes != reports[1].bytes,
+                    "{service}: the two tasks received the same per-task value"
+                );
+            }
+        }
+        let per_task_answers = lines_for(&s, &plugin_id, &secret)
+            .into_iter()
+            .filter(|l| l.contains("secret served") && l.contains("per_task=true"))
+            .count();
+        assert!(
+            per_task_answers >= 2,
+            "{secret}: expected a DoNotReuse answer per task, saw {per_task_answers}"
+        );
+    }
+
+    // ---------------------------------------------------------------- 5
+    for backend in &backends {
+        let p = &backend.provider;
+        step(5, &format!("{p}: missing backend secret fails the task"), started);
+        let secret = format!("vb_{id}_{p}_missing");
+        s.secret_create(&secret, &plugin, &backend.missing);
+        let service = format!("vb-{id}-{p}-missing");
+        let mut spec = ServiceSpec::new(&service, &secret, "gone");
+        spec.no_restart = true;
+        s.service_create(&spec);
+        let failed = poll(
+            &format!("{service}'s task to fail"),
+            CONVERGE,
+            || {
+                s.task_states(&service)
+                    .into_iter()
+                    .find(|t| t.contains("Failed") || t.contains("Rejected"))
+            },
+            || s.describe_service(&service),
+        );
+        eprintln!("  task: {failed}");
+        assert!(
+            s.reports(&service).iter().all(|r| r.bytes.is_empty()),
+            "{service}: a task read data from a secret that does not exist"
+        );
+        let line = s.log.wait_plugin_line(
+            &plugin_id,
+            0,
+            "the plugin's log line about the missing secret",
+            Duration::from_secs(10),
+            |l| l.contains(&format!("secret={secret} ")) && l.contains("secret lookup failed"),
+        );
+        assert!(line.contains(&format!("provider=\"{p}\"")), "{line}");
+        for reason in &backend.missing_reason {
+            assert!(line.contains(reason.as_str()), "missing '{reason}' in: {line}");
+        }
+        eprintln!("  plugin: {line}");
+    }
+
+    // ---------------------------------------------------------------- 6
+    step(6, "push to a local registry, remove, install --alias", started);
+    let registry = s.start_registry();
+    let remote_name = format!("{registry}/vaultbridge");
+    let remote = s.build_plugin(&remote_name, &format!("e2e-{id}"), &[]);
+    docker_ok(&["plugin", "push", &remote]);
+    let catalog = http_get_body(&registry, "/v2/_catalog").unwrap_or_default();
+    assert!(catalog.contains("vaultbridge"), "registry catalog: {catalog}");
+    docker_ok(&["plugin", "rm", &remote]);
+    s.forget_plugin(&remote);
+    s.track_plugin(ALIAS);
+    docker_ok(&[
+        "plugin",
+        "install",
+        "--alias",
+        ALIAS,
+        "--grant-all-permissions",
+        &remote,
+        &conf_source,
+    ]);
+    s.track_plugin(ALIAS);
+    let installed_id = s.plugin_id(ALIAS);
+    s.log.wait_plugin_line(
+        &installed_id,
+        0,
+        "the installed plugin to listen",
+        Duration::from_secs(30),
+        |l| l.contains("vaultbridge listening") && l.contains("config=file"),
+    );
+    let secret = format!("vb_{id}_installed");
+    s.secret_create(&secret, ALIAS, &file.secret);
+    let installed_service = format!("vb-{id}-installed");
+    s.service_create(&ServiceSpec::new(&installed_service, &secret, "app"));
+    let reports = s.wait_reports(&installed_service, 1, CONVERGE);
+    assert_reports(&installed_service, &reports, "444:0:0", &file.expected);
+
+    // ---------------------------------------------------------------- 7
+    step(7, "disable/enable while services run; scale to 20", started);
+    let running = |s: &Session, service: &str| {
+        s.task_states(service)
+            .iter()
+            .filter(|t| t.contains("| Running | Running"))
+            .count()
+    };
+    docker_ok(&["plugin", "disable", ALIAS]);
+    docker_ok(&["plugin", "disable", &plugin]);
+    for service in [&installed_service, &step2_services[0].0] {
+        assert_eq!(
+            running(&s, service),
+            1,
+            "{service} stopped running while its plugin was disabled:\n{}",
+            s.describe_service(service)
+        );
+    }
+    let skip = s.log.plugin_lines(&installed_id).len();
+    s.enable_plugin(ALIAS);
+    s.enable_plugin(&plugin);
+    s.log.wait_plugin_line(
+        &installed_id,
+        skip,
+        "the plugin to listen again",
+        Duration::from_secs(30),
+        |l| l.contains("vaultbridge listening"),
+    );
+    let served_before = lines_for(&s, &installed_id, &secret).len();
+    docker_ok(&[
+        "service",
+        "scale",
+        "--detach",
+        &format!("{installed_service}=20"),
+    ]);
+    let reports = s.wait_reports(&installed_service, 20, Duration::from_secs(180));
+    assert_eq!(reports.len(), 20, "one report per slot");
+    assert_reports(&installed_service, &reports, "444:0:0", &file.expected);
+    poll(
+        "20 tasks running",
+        CONVERGE,
+        || (running(&s, &installed_service) == 20).then_some(()),
+        || s.describe_service(&installed_service),
+    );
+    let served_after = lines_for(&s, &installed_id, &secret)
+        .iter()
+        .filter(|l| l.contains("secret served"))
+        .count();
+    assert!(
+        served_after >= served_before + 19,
+        "the plugin served {secret} {served_after} times (before scaling: {served_before})"
+    );
+    // The step-2 service still runs on the re-enabled first plugin.
+    assert_eq!(running(&s, &step2_services[0].0), 1);
+
+    // ------------------------------------------------- values never logged
+    let log = s.all_plugin_lines().join("\n");
+    assert!(log.contains("secret served"), "no plugin log collected");
+    let values: Vec<&[u8]> = backends
+        .iter()
+        .flat_map(|b| b.values.iter().map(Vec::as_slice))
+        .collect();
+    assert_log_has_no_values(&log, &values);
+
+    drop(s);
+    eprintln!(
+        "[docker e2e] all steps passed in {:.1}s (cleanup included)",
+        started.elapsed().as_secs_f64()
+    );
+}
