@@ -1,1 +1,0 @@
-//! The `vault` backend: being written (its feature is not in any default set yet).

@@ -1,0 +1,518 @@
+//! Logging in, and keeping a token alive.
+//!
+//! One [`Session`] per provider holds the token behind a `tokio` mutex.
+//! Callers ask [`Session::token`] for a token: if it is fresh enough they get
+//! it at once; otherwise the first caller renews it (at 2/3 of its TTL) or
+//! logs in again (when renewal can no longer extend it: max TTL reached, not
+//! renewable, or renewal failed) while holding the lock, so concurrent
+//! requests wait for that ONE login instead of each starting their own.
+//! Nothing happens before the first request: building the provider does no
+//! network I/O.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::Mutex;
+use tracing::instrument::WithSubscriber;
+use tracing::subscriber::NoSubscriber;
+use vaultrs::error::ClientError;
+
+use super::http::{Failure, Http};
+use crate::ProviderError;
+
+/// How we obtain a token, resolved from the config (files checked).
+pub(crate) enum Method {
+    /// A token given to us: from a file (re-read at each "login") or fixed.
+    Token {
+        file: Option<PathBuf>,
+        fixed: Option<SecretString>,
+        /// Where the fixed token came from, for messages.
+        source: String,
+    },
+    AppRole {
+        mount: String,
+        role_id_file: PathBuf,
+        secret_id_file: PathBuf,
+        wrapped: bool,
+        /// The last wrapping token we unwrapped and what it held: a
+        /// wrapping token works once, so re-logins reuse the secret_id
+        /// until the file holds a new wrapping token.
+        unwrapped: Mutex<Option<(SecretString, SecretString)>>,
+    },
+    Jwt {
+        mount: String,
+        role: String,
+        jwt_file: PathBuf,
+    },
+    Cert {
+        mount: String,
+        name: Option<String>,
+        /// A client with the login certificate, when it differs from the
+        /// provider's own TLS identity.
+        login_http: Option<Http>,
+    },
+    Userpass {
+        mount: String,
+        username: String,
+        password_file: PathBuf,
+    },
+}
+
+impl Method {
+    /// "approle (auth/approle)", for logs and messages. Never a credential.
+    pub fn describe(&self) -> String {
+        match self {
+            Method::Token { file: Some(f), .. } => format!("token from {}", f.display()),
+            Method::Token { source, .. } => format!("token from {source}"),
+            Method::AppRole { mount, role_id_file, .. } => {
+                format!("approle login at auth/{mount} (role_id from {})", role_id_file.display())
+            }
+            Method::Jwt { mount, role, .. } => format!("jwt login at auth/{mount}, role '{role}'"),
+            Method::Cert { mount, name, .. } => match name {
+                Some(name) => format!("cert login at auth/{mount}, role '{name}'"),
+                None => format!("cert login at auth/{mount}"),
+            },
+            Method::Userpass { mount, username, .. } => {
+                format!("userpass login at auth/{mount}, user '{username}'")
+            }
+        }
+    }
+}
+
+/// The token in hand.
+struct TokenState {
+    token: SecretString,
+    /// Bumped at each login, so that a 403 seen with an old token does not
+    /// throw away a newer one.
+    generation: u64,
+    /// When the current lease started (login or last renewal).
+    since: Instant,
+    /// The current lease; `None` for a token that never expires.
+    ttl: Option<Duration>,
+    /// The TTL granted at login: renew when less than a third of it is left.
+    login_ttl: Option<Duration>,
+    renewable: bool,
+    policies: Vec<String>,
+}
+
+impl TokenState {
+    fn remaining(&self, now: Instant) -> Option<Duration> {
+        self.ttl
+            .map(|ttl| ttl.saturating_sub(now.saturating_duration_since(self.since)))
+    }
+
+    /// Less than a third of the login TTL left (renew at 2/3).
+    fn due(&self, now: Instant) -> bool {
+        match (self.remaining(now), self.login_ttl) {
+            (Some(left), Some(full)) => left < full / 3,
+            _ => false,
+        }
+    }
+}
+
+/// A token to use for one request.
+#[derive(Clone)]
+pub(crate) struct Current {
+    pub token: SecretString,
+    pub generation: u64,
+}
+
+/// What `check()` reports about the token.
+pub(crate) struct Identity {
+    pub policies: Vec<String>,
+    pub ttl: Option<Duration>,
+}
+
+pub(crate) struct Session {
+    pub http: Http,
+    pub method: Method,
+    /// `providers.<name>`, for logs.
+    pub name: String,
+    state: Mutex<Option<TokenState>>,
+    generations: std::sync::atomic::AtomicU64,
+}
+
+/// Run a `vaultrs` call with its own logging silenced: it logs every 404 at
+/// ERROR and request details at DEBUG; we log one line per outcome ourselves.
+pub(crate) async fn quiet<T>(
+    call: impl std::future::Future<Output = Result<T, ClientError>>,
+) -> Result<T, Failure> {
+    call.with_subscriber(NoSubscriber::default())
+        .await
+        .map_err(Failure::from_client)
+}
+
+fn secs(d: Duration) -> String {
+    format!("{}s", d.as_secs())
+}
+
+impl Session {
+    pub fn new(http: Http, method: Method, name: String) -> Self {
+        Self {
+            http,
+            method,
+            name,
+            state: Mutex::new(None),
+            generations: Default::default(),
+        }
+    }
+
+    /// A token good for at least a third of its login TTL: renewed or
+    /// re-obtained first when needed. Concurrent callers share one login.
+    pub async fn token(&self) -> Result<Current, ProviderError> {
+        let mut guard = self.state.lock().await;
+        if let Some(state) = guard.as_mut() {
+            let now = Instant::now();
+            if !state.due(now) {
+                return Ok(Current {
+                    token: state.token.clone(),
+                    generation: state.generation,
+                });
+            }
+            if state.renewable {
+                match self.renew(state).await {
+                    Ok(()) if !state.due(Instant::now()) => {
+                        tracing::info!(
+                            provider = %self.name,
+                            ttl = %state.ttl.map(secs).unwrap_or_default(),
+                            "vault token renewed"
+                        );
+                        return Ok(Current {
+                            token: state.token.clone(),
+                            generation: state.generation,
+                        });
+                    }
+                    Ok(()) => tracing::info!(
+                        provider = %self.name,
+                        "vault token cannot be renewed further (max TTL reached); logging in again"
+                    ),
+                    Err(err) => tracing::warn!(
+                        provider = %self.name,
+                        "vault token renewal failed ({err}); logging in again"
+                    ),
+                }
+            } else {
+                tracing::info!(
+                    provider = %self.name,
+                    "vault token is not renewable and expires soon; logging in again"
+                );
+            }
+        }
+        match self.login().await {
+            Ok(fresh) => {
+                tracing::info!(
+                    provider = %self.name,
+                    method = %self.method.describe(),
+                    ttl = %fresh.ttl.map(secs).unwrap_or_else(|| "none".into()),
+                    renewable = fresh.renewable,
+                    "vault login"
+                );
+                let current = Current {
+                    token: fresh.token.clone(),
+                    generation: fresh.generation,
+                };
+                *guard = Some(fresh);
+                Ok(current)
+            }
+            // A failed re-login while the old token still works: use it.
+            Err(err) => match guard.as_ref() {
+                Some(old) if old.remaining(Instant::now()).is_none_or(|l| !l.is_zero()) => {
+                    tracing::warn!(provider = %self.name, "vault login failed ({err}); using the current token until it expires");
+                    Ok(Current {
+                        token: old.token.clone(),
+                        generation: old.generation,
+                    })
+                }
+                _ => Err(err),
+            },
+        }
+    }
+
+    /// Forget the token of `generation` (it was refused); the next
+    /// [`Self::token`] logs in. A newer token is kept.
+    pub async fn invalidate(&self, generation: u64) {
+        let mut guard = self.state.lock().await;
+        if guard.as_ref().is_some_and(|s| s.generation == generation) {
+            tracing::info!(provider = %self.name, "vault token was refused; logging in again");
+            *guard = None;
+        }
+    }
+
+    /// Whether Vault still accepts `token` (lookup-self); `Ok(None)` when
+    /// it does not.
+    pub async fn lookup(&self, token: &SecretString) -> Result<Option<Identity>, Failure> {
+        let client = self.http.vault(token);
+        match quiet(vaultrs::token::lookup_self(&client)).await {
+            Ok(info) => Ok(Some(Identity {
+                policies: info.policies,
+                ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
+            })),
+            Err(f) if f.is_status(403) || f.is_status(401) => Ok(None),
+            Err(f) => Err(f),
+        }
+    }
+
+    /// The policies of the token in hand (for "denied" messages).
+    pub async fn policies(&self) -> Vec<String> {
+        self.state
+            .lock()
+            .await
+            .as_ref()
+            .map(|s| s.policies.clone())
+            .unwrap_or_default()
+    }
+
+    async fn renew(&self, state: &mut TokenState) -> Result<(), Failure> {
+        let client = self.http.vault(&state.token);
+        let started = Instant::now();
+        let auth = quiet(vaultrs::token::renew_self(&client, None)).await?;
+        state.since = started;
+        state.ttl = Some(Duration::from_secs(auth.lease_duration));
+        state.renewable = auth.renewable;
+        Ok(())
+    }
+
+    fn next_generation(&self) -> u64 {
+        self.generations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1
+    }
+
+    async fn login(&self) -> Result<TokenState, ProviderError> {
+        let started = Instant::now();
+        let what = self.method.describe();
+        let login_error = |f: Failure| login_failure(&self.http.shown, &what, f);
+        let none = SecretString::from("");
+        let auth = match &self.method {
+            Method::Token {
+                file,
+                fixed,
+                source,
+            } => {
+                let token = match (file, fixed) {
+                    (Some(file), _) => read_secret(file, "token")?,
+                    (None, Some(token)) => token.clone(),
+                    (None, None) => {
+                        return Err(ProviderError::Unauthenticated(format!(
+                            "no Vault token: {source} is not set; set it, or configure auth.token_file or another auth.method"
+                        )));
+                    }
+                };
+                let client = self.http.vault(&token);
+                let info = match quiet(vaultrs::token::lookup_self(&client)).await {
+                    Ok(info) => info,
+                    Err(f) if f.is_status(403) || f.is_status(401) => {
+                        return Err(ProviderError::Unauthenticated(format!(
+                            "Vault at {} refuses the {what}: it is invalid, revoked or expired; provide a new token",
+                            self.http.shown
+                        )));
+                    }
+                    Err(f) => return Err(login_error(f)),
+                };
+                let ttl = (info.ttl > 0).then(|| Duration::from_secs(info.ttl));
+                return Ok(TokenState {
+                    token,
+                    generation: self.next_generation(),
+                    since: started,
+                    ttl,
+                    login_ttl: ttl,
+                    renewable: info.renewable.unwrap_or(false) && ttl.is_some(),
+                    policies: info.policies,
+                });
+            }
+            Method::AppRole {
+                mount,
+                role_id_file,
+                secret_id_file,
+                wrapped,
+                unwrapped,
+            } => {
+                let role_id = read_secret(role_id_file, "role_id")?;
+                let secret_id = if *wrapped {
+                    self.unwrap_secret_id(secret_id_file, unwrapped).await?
+                } else {
+                    read_secret(secret_id_file, "secret_id")?
+                };
+                let client = self.http.vault(&none);
+                quiet(vaultrs::auth::approle::login(
+                    &client,
+                    mount,
+                    role_id.expose_secret(),
+                    secret_id.expose_secret(),
+                ))
+                .await
+                .map_err(login_error)?
+            }
+            Method::Jwt {
+                mount,
+                role,
+                jwt_file,
+            } => {
+                let jwt = read_secret(jwt_file, "JWT")?;
+                let client = self.http.vault(&none);
+                quiet(vaultrs::auth::oidc::login(
+                    &client,
+                    mount,
+                    jwt.expose_secret(),
+                    Some(role.clone()),
+                ))
+                .await
+                .map_err(login_error)?
+            }
+            Method::Cert {
+                mount,
+                name,
+                login_http,
+            } => {
+                let client = login_http.as_ref().unwrap_or(&self.http).vault(&none);
+                quiet(vaultrs::auth::cert::login(
+                    &client,
+                    mount,
+                    name.as_deref().unwrap_or(""),
+                ))
+                .await
+                .map_err(login_error)?
+            }
+            Method::Userpass {
+                mount,
+                username,
+                password_file,
+            } => {
+                let password = read_secret(password_file, "password")?;
+                let client = self.http.vault(&none);
+                quiet(vaultrs::auth::userpass::login(
+                    &client,
+                    mount,
+                    username,
+                    password.expose_secret(),
+                ))
+                .await
+                .map_err(login_error)?
+            }
+        };
+        let ttl = (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration));
+        Ok(TokenState {
+            token: SecretString::from(auth.client_token),
+            generation: self.next_generation(),
+            since: started,
+            ttl,
+            login_ttl: ttl,
+            renewable: auth.renewable,
+            policies: auth.policies,
+        })
+    }
+
+    /// The secret_id behind the wrapping token in `file`.
+    async fn unwrap_secret_id(
+        &self,
+        file: &Path,
+        cache: &Mutex<Option<(SecretString, SecretString)>>,
+    ) -> Result<SecretString, ProviderError> {
+        let wrapping = read_secret(file, "wrapping token")?;
+        let mut cache = cache.lock().await;
+        if let Some((seen, secret_id)) = cache.as_ref()
+            && seen.expose_secret() == wrapping.expose_secret()
+        {
+            return Ok(secret_id.clone());
+        }
+        let client = self.http.vault(&wrapping);
+        let data: serde_json::Value = quiet(vaultrs::sys::wrapping::unwrap(&client, None))
+            .await
+            .map_err(|f| match f {
+                Failure::Status { code: 400 | 403, .. } => ProviderError::Unauthenticated(format!(
+                    "the wrapping token in {} (auth.secret_id_wrapped) is invalid, expired or already used; write a fresh one (vault write -wrap-ttl=… -f auth/<mount>/role/<role>/secret-id)",
+                    file.display()
+                )),
+                other => login_failure(&self.http.shown, "unwrapping the secret_id", other),
+            })?;
+        let secret_id = data
+            .get("secret_id")
+            .and_then(|v| v.as_str())
+            .map(SecretString::from)
+            .ok_or_else(|| {
+                ProviderError::Unauthenticated(format!(
+                    "the wrapping token in {} does not wrap an AppRole secret_id",
+                    file.display()
+                ))
+            })?;
+        *cache = Some((wrapping, secret_id.clone()));
+        Ok(secret_id)
+    }
+}
+
+/// Read a credential file, trimmed. The message names the file, never
+/// the content.
+fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
+    let text = std::fs::read_to_string(path).map_err(|err| {
+        ProviderError::Unauthenticated(format!("cannot read the {what} file {}: {err}", path.display()))
+    })?;
+    let trimmed = text.trim();
+    if trimmed.is_empty() {
+        return Err(ProviderError::Unauthenticated(format!(
+            "the {what} file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// A failed login, as the operator should read it.
+fn login_failure(address: &str, what: &str, f: Failure) -> ProviderError {
+    match f {
+        Failure::Status { code: 400 | 401 | 403, .. } => ProviderError::Unauthenticated(format!(
+            "{what} was refused by Vault at {address}: {}; check the role and credentials",
+            f.errors()
+        )),
+        Failure::Status { code: 404, .. } => ProviderError::Unauthenticated(format!(
+            "{what}: no such auth method or role at Vault {address} ({}); check auth.mount and the role",
+            f.errors()
+        )),
+        other => super::unavailable(address, &format!("{what} failed"), other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(ttl: u64, elapsed: u64) -> TokenState {
+        let now = Instant::now();
+        TokenState {
+            token: SecretString::from("s.x"),
+            generation: 1,
+            since: now - Duration::from_secs(elapsed),
+            ttl: Some(Duration::from_secs(ttl)),
+            login_ttl: Some(Duration::from_secs(30)),
+            renewable: true,
+            policies: vec![],
+        }
+    }
+
+    #[test]
+    fn renews_after_two_thirds_of_the_login_ttl() {
+        let now = Instant::now();
+        assert!(!state(30, 0).due(now));
+        assert!(!state(30, 19).due(now));
+        assert!(state(30, 21).due(now));
+        // A renewal capped by the max TTL leaves less than a third: due.
+        assert!(state(5, 0).due(now));
+        let mut forever = state(30, 100);
+        forever.ttl = None;
+        assert!(!forever.due(now));
+    }
+
+    #[test]
+    fn unreadable_credentials_name_the_file_not_the_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::write(&empty, " \n").unwrap();
+        let err = read_secret(&empty, "secret_id").unwrap_err();
+        assert!(err.to_string().contains("is empty"), "{err}");
+        let err = read_secret(&dir.path().join("nope"), "role_id").unwrap_err();
+        assert!(matches!(err, ProviderError::Unauthenticated(_)));
+        let full = dir.path().join("full");
+        std::fs::write(&full, "s3cr3t-id\n").unwrap();
+        assert_eq!(read_secret(&full, "x").unwrap().expose_secret(), "s3cr3t-id");
+    }
+}

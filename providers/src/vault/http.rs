@@ -1,0 +1,413 @@
+//! The HTTP side: one rustls `reqwest` client built from OUR settings only,
+//! the `vaultrs` client wrapped around it, and the classification of
+//! failures.
+//!
+//! We build the `reqwest::Client` ourselves and hand it to `vaultrs`
+//! (`VaultClient`'s fields are public) instead of `VaultClient::new`,
+//! because `VaultClientSettingsBuilder` fills unset fields from `VAULT_*`
+//! variables behind our back (any `VAULT_SKIP_VERIFY` value, even "false",
+//! disables verification in some versions), and because `vaultrs` has no
+//! connect timeout, no TLS server-name override and only *adds* CAs to the
+//! system roots where we want `ca_cert` to pin.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Url;
+use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use secrecy::{ExposeSecret, SecretString};
+use vaultrs::api::EndpointMiddleware;
+use vaultrs::client::{VaultClient, VaultClientSettings};
+use vaultrs::error::ClientError;
+
+use crate::ConfigError;
+
+/// A file setting and the config key it came from (for error messages).
+pub(crate) type Keyed<'a> = (&'a Path, String);
+
+/// The TLS files of one HTTP client (the provider's, or a cert login's own).
+pub(crate) struct TlsFiles<'a> {
+    pub ca_cert: Option<Keyed<'a>>,
+    /// Certificate and key.
+    pub client: Option<(Keyed<'a>, Keyed<'a>)>,
+}
+
+/// Everything needed to talk to one Vault: the base URL (host replaced by
+/// `tls_server_name` when set), the client, the namespace.
+#[derive(Clone)]
+pub(crate) struct Http {
+    /// What requests are sent to (may carry `tls_server_name` as host).
+    pub base: Url,
+    /// The address as configured, for messages.
+    pub shown: String,
+    pub client: reqwest::Client,
+    pub namespace: Option<String>,
+    pub timeout: Duration,
+}
+
+/// Parse `address`, refusing what cannot work.
+pub(crate) fn parse_address(address: &str, key: &str) -> Result<Url, ConfigError> {
+    let k = format!("{key}.address");
+    let url = Url::parse(address)
+        .map_err(|err| ConfigError::new(&k, format!("'{address}' is not a URL: {err}")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(ConfigError::new(
+            k,
+            format!("'{address}': the scheme must be https:// (or http:// for a local dev server)"),
+        ));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        return Err(ConfigError::new(k, format!("'{address}' has no host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(ConfigError::new(
+            k,
+            format!("'{address}': give only scheme, host, port (and an optional path prefix)"),
+        ));
+    }
+    Ok(url)
+}
+
+impl Http {
+    /// Build the client. Reads the PEM files (so that a bad file fails at
+    /// start-up, naming its key) but does no network I/O.
+    pub fn new(
+        key: &str,
+        address: &Url,
+        tls: &TlsFiles<'_>,
+        tls_server_name: Option<&str>,
+        skip_verify: bool,
+        namespace: Option<String>,
+        timeout: Duration,
+    ) -> Result<Self, ConfigError> {
+        let https = address.scheme() == "https";
+        let mut builder = reqwest::Client::builder()
+            .tls_backend_rustls()
+            .no_proxy()
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .user_agent(concat!("vaultbridge/", env!("CARGO_PKG_VERSION")));
+        if !https {
+            // reqwest#2988 (what vaultrs works around too): no platform
+            // verifier for a plain-HTTP client.
+            builder = builder.tls_certs_only(Vec::new());
+        } else if let Some((path, ca_key)) = &tls.ca_cert {
+            let pem = std::fs::read(path)
+                .map_err(|err| ConfigError::new(ca_key, format!("{}: {err}", path.display())))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+                ConfigError::new(
+                    ca_key,
+                    format!("{}: not a PEM certificate bundle: {err}", path.display()),
+                )
+            })?;
+            if certs.is_empty() {
+                return Err(ConfigError::new(
+                    ca_key,
+                    format!("{}: no PEM certificate in the file", path.display()),
+                ));
+            }
+            // Pinning: only these CAs, not the system's.
+            builder = builder.tls_certs_only(certs);
+        }
+        if let Some(((cert, cert_key), (private, private_key))) = &tls.client {
+            let mut pem = std::fs::read(cert)
+                .map_err(|err| ConfigError::new(cert_key, format!("{}: {err}", cert.display())))?;
+            pem.push(b'\n');
+            let key_pem = std::fs::read(private).map_err(|err| {
+                ConfigError::new(private_key, format!("{}: {err}", private.display()))
+            })?;
+            pem.extend_from_slice(&key_pem);
+            let identity = reqwest::Identity::from_pem(&pem).map_err(|err| {
+                ConfigError::new(
+                    cert_key,
+                    format!(
+                        "{} / {}: not a PEM certificate and private key: {}",
+                        cert.display(),
+                        private.display(),
+                        error_chain(&err)
+                    ),
+                )
+            })?;
+            builder = builder.identity(identity);
+        }
+        if skip_verify {
+            builder = builder.tls_danger_accept_invalid_certs(true);
+        }
+        let mut base = address.clone();
+        if let Some(name) = tls_server_name {
+            // Connect to `address`'s host, but use `name` for SNI and
+            // certificate verification: requests go to https://<name>:port
+            // and a resolver maps <name> to the configured host's addresses.
+            let host = address.host_str().unwrap_or_default().to_string();
+            let port = address.port_or_known_default().unwrap_or(443);
+            base.set_host(Some(name)).map_err(|err| {
+                ConfigError::new(format!("{key}.tls_server_name"), format!("'{name}': {err}"))
+            })?;
+            builder = builder.dns_resolver(Arc::new(FixedHost { host, port }));
+        }
+        let client = builder.build().map_err(|err| {
+            ConfigError::new(
+                format!("{key}.address"),
+                format!("cannot build the HTTPS client: {}", error_chain(&err)),
+            )
+        })?;
+        // The path prefix must end in '/', or joining drops its last segment.
+        if !base.path().ends_with('/') {
+            let path = format!("{}/", base.path());
+            base.set_path(&path);
+        }
+        Ok(Self {
+            base,
+            shown: address.as_str().trim_end_matches('/').to_string(),
+            client,
+            namespace,
+            timeout,
+        })
+    }
+
+    /// A `vaultrs` client sending `token` (empty for a login).
+    pub fn vault(&self, token: &SecretString) -> VaultClient {
+        let token = token.expose_secret().to_string();
+        let base = self.base.as_str().trim_end_matches('/').to_string();
+        VaultClient {
+            http: rustify::clients::reqwest::Client::new(&base, self.client.clone()),
+            middle: EndpointMiddleware {
+                token: token.clone(),
+                version: "v1".into(),
+                wrap: None,
+                namespace: self.namespace.clone(),
+            },
+            // Every field set here, from our config: nothing from VAULT_*.
+            settings: VaultClientSettings {
+                address: self.base.clone(),
+                ca_certs: Vec::new(),
+                identity: None,
+                timeout: Some(self.timeout),
+                token,
+                verify: true,
+                version: 1,
+                wrapping: false,
+                namespace: self.namespace.clone(),
+                proxy: None,
+            },
+        }
+    }
+
+    /// A request to `/v1/<path>` with our headers, for what `vaultrs` has
+    /// no endpoint for (generic logical paths, whose lease we need to see).
+    pub fn logical(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &SecretString,
+    ) -> Result<reqwest::RequestBuilder, Failure> {
+        let url = self
+            .base
+            .join(&format!("v1/{path}"))
+            .map_err(|err| Failure::Other(format!("'{path}' is not a valid Vault path: {err}")))?;
+        let mut request = self
+            .client
+            .request(method, url)
+            .header("X-Vault-Request", "true")
+            .header("X-Vault-Token", token.expose_secret());
+        if let Some(namespace) = &self.namespace {
+            request = request.header("X-Vault-Namespace", namespace);
+        }
+        Ok(request)
+    }
+}
+
+/// Resolves every name to `host`: used with `tls_server_name`, where the
+/// URL carries the certificate's name but we must connect to `address`.
+struct FixedHost {
+    host: String,
+    port: u16,
+}
+
+impl Resolve for FixedHost {
+    fn resolve(&self, _name: Name) -> Resolving {
+        let target = (self.host.clone(), self.port);
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target).await?.collect();
+            Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+/// A failed call to Vault, classified, with nothing secret in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Failure {
+    /// Vault answered with an HTTP error status.
+    Status { code: u16, errors: Vec<String> },
+    /// No answer: connection refused, DNS, TLS, timeout.
+    Transport { message: String, tls: bool },
+    /// An answer we could not use.
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Status { code, .. } => write!(f, "HTTP {code}: {}", self.errors()),
+            _ => f.write_str(&self.errors()),
+        }
+    }
+}
+
+impl Failure {
+    pub fn is_status(&self, code: u16) -> bool {
+        matches!(self, Failure::Status { code: c, .. } if *c == code)
+    }
+
+    /// Vault's error strings, joined, cleaned of go-multierror framing.
+    pub fn errors(&self) -> String {
+        match self {
+            Failure::Status { errors, .. } => errors.join("; "),
+            Failure::Transport { message, .. } | Failure::Other(message) => message.clone(),
+        }
+    }
+
+    pub fn from_client(err: ClientError) -> Self {
+        match err {
+            ClientError::APIError { code, errors } => Failure::Status {
+                code,
+                errors: clean(errors),
+            },
+            ClientError::RestClientError { source } => Self::from_rest(source),
+            ClientError::ResponseEmptyError | ClientError::ResponseDataEmptyError => {
+                Failure::Other("Vault answered without data".into())
+            }
+            ClientError::JsonParseError { .. } => {
+                Failure::Other("Vault's answer had an unexpected shape".into())
+            }
+            other => Failure::Other(format!("{other}")),
+        }
+    }
+
+    fn from_rest(err: rustify::errors::ClientError) -> Self {
+        use rustify::errors::ClientError as Rest;
+        match err {
+            Rest::ServerResponseError { code, content } => {
+                // Parse only Vault's `errors` list; never keep the body (a
+                // 404 for a deleted version carries the secret's metadata).
+                let errors = content
+                    .as_deref()
+                    .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+                    .and_then(|v| {
+                        v.get("errors")?.as_array().map(|a| {
+                            a.iter()
+                                .filter_map(|e| e.as_str().map(str::to_string))
+                                .collect()
+                        })
+                    })
+                    .unwrap_or_default();
+                Failure::Status {
+                    code,
+                    errors: clean(errors),
+                }
+            }
+            Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
+                match source.downcast_ref::<reqwest::Error>() {
+                    Some(err) => Self::from_reqwest(err),
+                    None => Failure::Transport {
+                        message: error_chain(source.as_ref()),
+                        tls: false,
+                    },
+                }
+            }
+            Rest::ResponseParseError { .. } => {
+                Failure::Other("Vault's answer had an unexpected shape".into())
+            }
+            other => Failure::Other(format!("{other}")),
+        }
+    }
+
+    pub fn from_reqwest(err: &reqwest::Error) -> Self {
+        let chain = error_chain(err);
+        let tls = chain.contains("certificate")
+            || chain.contains("tls")
+            || chain.contains("TLS")
+            || chain.contains("handshake");
+        let message = if err.is_timeout() {
+            format!("no answer in time ({chain})")
+        } else {
+            chain
+        };
+        Failure::Transport { message, tls }
+    }
+}
+
+/// `err` and its sources, `: `-joined, without repeats and without URLs
+/// (reqwest puts the URL in its Display; ours carry no secret, but the
+/// message names the address once already).
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = next {
+        let mut text = e.to_string();
+        if let Some(at) = text.find(" for url (") {
+            text.truncate(at);
+        }
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    parts.join(": ")
+}
+
+/// "1 error occurred:\n\t* permission denied\n\n" -> "permission denied";
+/// one line each, bounded.
+pub(crate) fn clean(errors: Vec<String>) -> Vec<String> {
+    errors
+        .into_iter()
+        .flat_map(|e| {
+            let items: Vec<String> = e
+                .lines()
+                .filter_map(|l| l.trim().strip_prefix("* ").map(str::to_string))
+                .collect();
+            if items.is_empty() { vec![e] } else { items }
+        })
+        .map(|e| {
+            let mut line = e.split_whitespace().collect::<Vec<_>>().join(" ");
+            if line.len() > 300 {
+                let mut cut = 300;
+                while !line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.truncate(cut);
+                line.push('…');
+            }
+            line
+        })
+        .filter(|e| !e.is_empty())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cleans_multierror_framing() {
+        assert_eq!(
+            clean(vec!["1 error occurred:\n\t* permission denied\n\n".into()]),
+            vec!["permission denied".to_string()]
+        );
+        assert_eq!(
+            clean(vec!["no handler for route \"x\"".into()]),
+            vec!["no handler for route \"x\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn refuses_bad_addresses() {
+        assert!(parse_address("vault:8200", "providers.v").is_err());
+        let err = parse_address("ftp://vault", "providers.v").unwrap_err();
+        assert_eq!(err.key, "providers.v.address");
+        assert!(parse_address("https://vault?x=1", "providers.v").is_err());
+        assert!(parse_address("https://vault.example.com:8200", "providers.v").is_ok());
+    }
+}

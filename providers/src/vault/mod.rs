@@ -1,0 +1,847 @@
+//! The `vault` backend: HashiCorp Vault and OpenBao, through `vaultrs`
+//! (rustls only).
+//!
+//! - [`config`]: the `[providers.<name>]` settings and `VAULT_ADDR` defaults.
+//! - `http`: the one HTTP client, built from our settings only (no `VAULT_*`
+//!   read behind our back), and failure classification.
+//! - `auth`: login methods, renewal, single-flight re-login.
+//! - this file: where a `vaultbridge.path` goes (KV v2, KV v1, or a generic
+//!   logical path) and what comes back.
+//!
+//! Path rule (README "Provider: vault"):
+//! 1. a path starting with a `logical_write_prefixes` entry is a logical
+//!    `POST` (its `?k=v&…` suffix is the JSON body); one starting with a
+//!    `logical_prefixes` entry is a logical `GET`. The response's `data` (or
+//!    `auth`, for a login/token path) is returned as compact JSON; a response
+//!    with a lease (or a token) is per task.
+//! 2. else, when the first segment is a known KV mount (`kv_mount` or a
+//!    `kv_mounts` key) and more follows, it is `<mount>/<path>`;
+//! 3. else the whole path is a key under `kv_mount`.
+
+pub mod config;
+
+mod auth;
+mod http;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use secrecy::SecretString;
+
+pub use config::{AuthConfig, VaultConfig};
+
+use crate::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
+use auth::{Current, Method, Session, quiet};
+use http::{Failure, Http, TlsFiles};
+
+/// Validate `config` and build the provider. No network I/O: the first
+/// request logs in.
+pub async fn build(config: &VaultConfig, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
+    Ok(Arc::new(VaultProvider::new(config, key)?))
+}
+
+pub struct VaultProvider {
+    session: Session,
+    kv_mount: String,
+    kv_mounts: std::collections::BTreeMap<String, u8>,
+    logical_get: Vec<String>,
+    logical_post: Vec<String>,
+}
+
+/// A client certificate and key given together (or neither).
+fn pair<'a>(
+    cert: &'a Option<std::path::PathBuf>,
+    private: &'a Option<std::path::PathBuf>,
+    prefix: &str,
+) -> Result<Option<(http::Keyed<'a>, http::Keyed<'a>)>, ConfigError> {
+    match (cert, private) {
+        (None, None) => Ok(None),
+        (Some(c), Some(k)) => Ok(Some((
+            (c.as_path(), format!("{prefix}.client_cert")),
+            (k.as_path(), format!("{prefix}.client_key")),
+        ))),
+        (Some(_), None) => Err(ConfigError::new(
+            format!("{prefix}.client_key"),
+            "client_cert is set but client_key is not; give both",
+        )),
+        (None, Some(_)) => Err(ConfigError::new(
+            format!("{prefix}.client_cert"),
+            "client_key is set but client_cert is not; give both",
+        )),
+    }
+}
+
+/// Where one `vaultbridge.path` points.
+#[derive(Debug, PartialEq, Eq)]
+enum Target<'a> {
+    Kv {
+        mount: &'a str,
+        path: &'a str,
+        version: u8,
+    },
+    Logical {
+        post: bool,
+        path: &'a str,
+        query: Option<&'a str>,
+    },
+}
+
+impl VaultProvider {
+    pub fn new(config: &VaultConfig, key: &str) -> Result<Self, ConfigError> {
+        let address = http::parse_address(&config.address, key)?;
+        let https = address.scheme() == "https";
+        let (kv_mount, kv_mounts) = config::kv_mounts(config, key)?;
+        if config.timeout == 0 {
+            return Err(ConfigError::new(
+                format!("{key}.timeout"),
+                "must be at least 1 second",
+            ));
+        }
+        let need_https = |field: &str| {
+            ConfigError::new(
+                format!("{key}.{field}"),
+                format!("needs an https:// address, not {}", config.address),
+            )
+        };
+        if !https {
+            if config.ca_cert.is_some() {
+                return Err(need_https("ca_cert"));
+            }
+            if config.tls_server_name.is_some() {
+                return Err(need_https("tls_server_name"));
+            }
+            if config.client_cert.is_some() {
+                return Err(need_https("client_cert"));
+            }
+        }
+        if let Some(name) = &config.tls_server_name
+            && (name.is_empty() || name.parse::<std::net::IpAddr>().is_ok())
+        {
+            return Err(ConfigError::new(
+                format!("{key}.tls_server_name"),
+                format!("'{name}' must be a DNS name (the name in the server's certificate)"),
+            ));
+        }
+        let ca_cert = config
+            .ca_cert
+            .as_deref()
+            .map(|p| (p, format!("{key}.ca_cert")));
+        let own_client = pair(&config.client_cert, &config.client_key, key)?;
+        if config.tls_skip_verify {
+            tracing::warn!(
+                provider = %key,
+                "tls_skip_verify = true: the Vault server's certificate is NOT verified; anyone on the path can read every secret"
+            );
+        }
+        let namespace = config
+            .namespace
+            .as_deref()
+            .map(config::trim_slashes)
+            .filter(|n| !n.is_empty())
+            .map(str::to_string);
+        let make_http = |client| {
+            Http::new(
+                key,
+                &address,
+                &TlsFiles {
+                    ca_cert: ca_cert.clone(),
+                    client,
+                },
+                config.tls_server_name.as_deref(),
+                config.tls_skip_verify,
+                namespace.clone(),
+                config.timeout(),
+            )
+        };
+        let http = make_http(own_client.clone())?;
+        let auth_key = format!("{key}.auth");
+        let mount_of = |mount: &str, field: &str| -> Result<String, ConfigError> {
+            let m = config::trim_slashes(mount);
+            if m.is_empty() {
+                Err(ConfigError::new(format!("{auth_key}.{field}"), "is empty"))
+            } else {
+                Ok(m.to_string())
+            }
+        };
+        let method = match &config.auth {
+            AuthConfig::Token(t) => {
+                if let Some(file) = &t.token_file {
+                    config::readable_file(file, &format!("{auth_key}.token_file"))?;
+                }
+                let (fixed, source) = match (&t.token, &t.token_env) {
+                    (Some(token), _) => (Some(token.clone()), "VAULT_TOKEN".to_string()),
+                    // Config file: the token comes from the process
+                    // environment (the plugin's `env` settings).
+                    (None, env_name) => {
+                        let name = env_name.clone().unwrap_or_else(|| "VAULT_TOKEN".into());
+                        let value = std::env::var(&name)
+                            .ok()
+                            .filter(|v| !v.is_empty())
+                            .map(SecretString::from);
+                        if value.is_none() && t.token_file.is_none() && env_name.is_some() {
+                            return Err(ConfigError::new(
+                                format!("{auth_key}.token_env"),
+                                format!("the environment variable {name} is not set"),
+                            ));
+                        }
+                        (value, name)
+                    }
+                };
+                Method::Token {
+                    file: t.token_file.clone(),
+                    fixed,
+                    source,
+                }
+            }
+            AuthConfig::Approle(a) => {
+                config::readable_file(&a.role_id_file, &format!("{auth_key}.role_id_file"))?;
+                config::readable_file(&a.secret_id_file, &format!("{auth_key}.secret_id_file"))?;
+                Method::AppRole {
+                    mount: mount_of(&a.mount, "mount")?,
+                    role_id_file: a.role_id_file.clone(),
+                    secret_id_file: a.secret_id_file.clone(),
+                    wrapped: a.secret_id_wrapped,
+                    unwrapped: Default::default(),
+                }
+            }
+            AuthConfig::Jwt(j) => {
+                config::readable_file(&j.jwt_file, &format!("{auth_key}.jwt_file"))?;
+                if j.role.is_empty() {
+                    return Err(ConfigError::new(format!("{auth_key}.role"), "is empty"));
+                }
+                Method::Jwt {
+                    mount: mount_of(&j.mount, "mount")?,
+                    role: j.role.clone(),
+                    jwt_file: j.jwt_file.clone(),
+                }
+            }
+            AuthConfig::Cert(c) => {
+                if !https {
+                    return Err(ConfigError::new(
+                        format!("{auth_key}.method"),
+                        format!("cert login needs an https:// address, not {}", config.address),
+                    ));
+                }
+                let login_http = match pair(&c.client_cert, &c.client_key, &auth_key)? {
+                    Some(own) => Some(make_http(Some(own))?),
+                    None if own_client.is_some() => None,
+                    None => {
+                        return Err(ConfigError::new(
+                            format!("{auth_key}.client_cert"),
+                            format!(
+                                "cert login needs a client certificate: set auth.client_cert and auth.client_key, or {key}.client_cert and client_key"
+                            ),
+                        ));
+                    }
+                };
+                Method::Cert {
+                    mount: mount_of(&c.mount, "mount")?,
+                    name: c.name.clone().filter(|n| !n.is_empty()),
+                    login_http,
+                }
+            }
+            AuthConfig::Userpass(u) => {
+                config::readable_file(&u.password_file, &format!("{auth_key}.password_file"))?;
+                if u.username.is_empty() {
+                    return Err(ConfigError::new(format!("{auth_key}.username"), "is empty"));
+                }
+                Method::Userpass {
+                    mount: mount_of(&u.mount, "mount")?,
+                    username: u.username.clone(),
+                    password_file: u.password_file.clone(),
+                }
+            }
+        };
+        let prefixes = |list: &[String], field: &str| -> Result<Vec<String>, ConfigError> {
+            list.iter()
+                .map(|p| {
+                    let trimmed = p.trim_start_matches('/');
+                    if trimmed.is_empty() {
+                        Err(ConfigError::new(format!("{key}.{field}"), "contains an empty prefix"))
+                    } else {
+                        Ok(trimmed.to_string())
+                    }
+                })
+                .collect()
+        };
+        Ok(Self {
+            session: Session::new(http, method, key.to_string()),
+            kv_mount,
+            kv_mounts,
+            logical_get: prefixes(&config.logical_prefixes, "logical_prefixes")?,
+            logical_post: prefixes(&config.logical_write_prefixes, "logical_write_prefixes")?,
+        })
+    }
+
+    /// Apply the path rule (module docs).
+    fn target<'a>(&'a self, raw: &'a str) -> Result<Target<'a>, ProviderError> {
+        let path = raw.trim_start_matches('/');
+        let (bare, query) = match path.split_once('?') {
+            Some((bare, query)) => (bare, Some(query)),
+            None => (path, None),
+        };
+        let post = self.logical_post.iter().any(|p| bare.starts_with(p.as_str()));
+        if post || self.logical_get.iter().any(|p| bare.starts_with(p.as_str())) {
+            return Ok(Target::Logical {
+                post,
+                path: bare.trim_end_matches('/'),
+                query,
+            });
+        }
+        if query.is_some() {
+            return Err(ProviderError::Invalid(format!(
+                "'{raw}': a '?' query is only allowed on logical paths (logical_prefixes / logical_write_prefixes)"
+            )));
+        }
+        let path = path.trim_end_matches('/');
+        if path.is_empty() {
+            return Err(ProviderError::Invalid("the path is empty".into()));
+        }
+        if path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+            return Err(ProviderError::Invalid(format!(
+                "'{raw}': empty, '.' and '..' path segments are not allowed"
+            )));
+        }
+        if let Some((first, rest)) = path.split_once('/')
+            && let Some(version) = self.kv_mounts.get(first)
+        {
+            return Ok(Target::Kv {
+                mount: first,
+                path: rest,
+                version: *version,
+            });
+        }
+        Ok(Target::Kv {
+            mount: &self.kv_mount,
+            path,
+            version: self.kv_mounts[&self.kv_mount],
+        })
+    }
+
+    /// Run `op` with a token. On a 403, if Vault no longer accepts the token
+    /// (expired, revoked), log in again and retry once; a 403 with a valid
+    /// token is a real "permission denied" and is returned as is.
+    async fn with_token<T, F, Fut>(&self, op: F) -> Result<T, CallError>
+    where
+        F: Fn(Current) -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
+        let current = self.session.token().await.map_err(CallError::Provider)?;
+        let failure = match op(current.clone()).await {
+            Ok(value) => return Ok(value),
+            Err(f) if f.is_status(403) => f,
+            Err(f) => return Err(CallError::Vault(f)),
+        };
+        match self.session.lookup(&current.token).await {
+            Ok(Some(_)) => return Err(CallError::Vault(failure)),
+            Ok(None) => self.session.invalidate(current.generation).await,
+            Err(f) => return Err(CallError::Vault(f)),
+        }
+        let fresh = self.session.token().await.map_err(CallError::Provider)?;
+        op(fresh).await.map_err(CallError::Vault)
+    }
+
+    async fn denied(&self, what: &str, api_path: &str, f: &Failure) -> ProviderError {
+        let policies = self.session.policies().await;
+        ProviderError::Denied(format!(
+            "permission denied reading {what} (Vault API path '{api_path}'{}): the token from {} has policies [{}], none of which grants 'read' there; grant it or use another role ({})",
+            self.session
+                .http
+                .namespace
+                .as_deref()
+                .map(|n| format!(", namespace '{n}'"))
+                .unwrap_or_default(),
+            self.session.method.describe(),
+            policies.join(", "),
+            f.errors()
+        ))
+    }
+
+    async fn fetch_kv(
+        &self,
+        mount: &str,
+        path: &str,
+        kv_version: u8,
+        version: Option<&str>,
+    ) -> Result<SecretValue, ProviderError> {
+        if kv_version == 1 {
+            let what = format!("'{path}' in KV v1 mount '{mount}'");
+            if version.is_some() {
+                return Err(ProviderError::Invalid(format!(
+                    "{what}: KV v1 keeps no versions; remove the vaultbridge.version label"
+                )));
+            }
+            let result = self
+                .with_token(|c| async move {
+                    let client = self.session.http.vault(&c.token);
+                    quiet(vaultrs::kv1::get_raw(&client, mount, path)).await
+                })
+                .await;
+            let api_path = format!("{mount}/{path}");
+            return match result {
+                Ok(response) => json_value(&response.data, &what).map(SecretValue::new),
+                Err(CallError::Provider(e)) => Err(e),
+                Err(CallError::Vault(f)) => Err(self.kv_error(&what, &api_path, mount, f).await),
+            };
+        }
+
+        let number = version
+            .map(|v| {
+                v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
+                    ProviderError::Invalid(format!(
+                        "vaultbridge.version={v}: a KV v2 version is a positive integer"
+                    ))
+                })
+            })
+            .transpose()?;
+        let what = match number {
+            Some(n) => format!("version {n} of '{path}' in KV v2 mount '{mount}'"),
+            None => format!("'{path}' in KV v2 mount '{mount}'"),
+        };
+        let result = self
+            .with_token(|c| async move {
+                let client = self.session.http.vault(&c.token);
+                match number {
+                    Some(n) => {
+                        quiet(vaultrs::kv2::read_version::<serde_json::Value>(
+                            &client, mount, path, n,
+                        ))
+                        .await
+                    }
+                    None => quiet(vaultrs::kv2::read::<serde_json::Value>(&client, mount, path)).await,
+                }
+            })
+            .await;
+        let api_path = format!("{mount}/data/{path}");
+        match result {
+            Ok(data) => json_value(&data, &what).map(SecretValue::new),
+            Err(CallError::Provider(e)) => Err(e),
+            Err(CallError::Vault(f)) if f.is_status(404) && !no_route(&f) => {
+                Err(self.explain_missing_v2(mount, path, number, &what).await)
+            }
+            Err(CallError::Vault(f)) => Err(self.kv_error(&what, &api_path, mount, f).await),
+        }
+    }
+
+    /// A KV v2 read said 404: tell a deleted or destroyed version from a
+    /// missing one, using the metadata when the policy allows reading it.
+    async fn explain_missing_v2(
+        &self,
+        mount: &str,
+        path: &str,
+        number: Option<u64>,
+        what: &str,
+    ) -> ProviderError {
+        let metadata = self
+            .with_token(|c| async move {
+                let client = self.session.http.vault(&c.token);
+                quiet(vaultrs::kv2::read_metadata(&client, mount, path)).await
+            })
+            .await;
+        let Ok(metadata) = metadata else {
+            return ProviderError::NotFound(format!(
+                "no secret {what} (or it is deleted; the token may not read its metadata to tell)"
+            ));
+        };
+        let wanted = number.unwrap_or(metadata.current_version);
+        match metadata.versions.get(&wanted.to_string()) {
+            Some(v) if v.destroyed => ProviderError::NotFound(format!(
+                "version {wanted} of '{path}' in KV v2 mount '{mount}' was destroyed and cannot be recovered; pick another vaultbridge.version (current is {})",
+                metadata.current_version
+            )),
+            Some(v) if !v.deletion_time.is_empty() => ProviderError::NotFound(format!(
+                "version {wanted} of '{path}' in KV v2 mount '{mount}' was deleted at {}; undelete it (vault kv undelete -versions={wanted} {mount}/{path}) or pick another vaultbridge.version (current is {})",
+                v.deletion_time, metadata.current_version
+            )),
+            _ => ProviderError::NotFound(format!(
+                "'{path}' in KV v2 mount '{mount}' has no version {wanted} (versions {}..={} are kept)",
+                metadata.oldest_version.max(1),
+                metadata.current_version
+            )),
+        }
+    }
+
+    async fn kv_error(&self, what: &str, api_path: &str, mount: &str, f: Failure) -> ProviderError {
+        let shown = &self.session.http.shown;
+        match &f {
+            Failure::Status { code: 404, .. } if no_route(&f) => ProviderError::NotFound(format!(
+                "no secrets engine is mounted at '{mount}/' on Vault {shown} (reading {what}); check kv_mount / kv_mounts or the mount prefix of the path"
+            )),
+            Failure::Status { code: 404, .. } => ProviderError::NotFound(format!("no secret {what}")),
+            Failure::Status { code: 403, .. } => self.denied(what, api_path, &f).await,
+            _ => unavailable(shown, &format!("reading {what}"), f),
+        }
+    }
+
+    async fn fetch_logical(
+        &self,
+        post: bool,
+        path: &str,
+        query: Option<&str>,
+        version: Option<&str>,
+    ) -> Result<SecretValue, ProviderError> {
+        let what = format!("logical path '{path}'");
+        if version.is_some() {
+            return Err(ProviderError::Invalid(format!(
+                "{what}: vaultbridge.version applies to KV v2 only; remove the label"
+            )));
+        }
+        let params: Vec<(String, String)> = match query {
+            None | Some("") => Vec::new(),
+            Some(q) => q
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| match kv.split_once('=') {
+                    Some((k, v)) => Ok((k.to_string(), v.to_string())),
+                    None => Err(ProviderError::Invalid(format!(
+                        "{what}: '{kv}' in the query is not key=value"
+                    ))),
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let params = &params;
+        let result = self
+            .with_token(|c| async move {
+                let method = if post {
+                    reqwest::Method::POST
+                } else {
+                    reqwest::Method::GET
+                };
+                // GET: the query stays on the URL; POST: it is the body.
+                let target = match query {
+                    Some(q) if !post && !q.is_empty() => format!("{path}?{q}"),
+                    _ => path.to_string(),
+                };
+                let mut request = self.session.http.logical(method, &target, &c.token)?;
+                if post {
+                    let body: serde_json::Map<String, serde_json::Value> = params
+                        .iter()
+                        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                        .collect();
+                    request = request
+                        .header("Content-Type", "application/json")
+                        .body(serde_json::Value::Object(body).to_string());
+                }
+                let response = request.send().await.map_err(|e| Failure::from_reqwest(&e))?;
+                let status = response.status().as_u16();
+                let bytes = response.bytes().await.map_err(|e| Failure::from_reqwest(&e))?;
+                if !(200..300).contains(&status) {
+                    let errors = serde_json::from_slice::<serde_json::Value>(&bytes)
+                        .ok()
+                        .and_then(|v| {
+                            v.get("errors")?.as_array().map(|a| {
+                                a.iter()
+                                    .filter_map(|e| e.as_str().map(str::to_string))
+                                    .collect()
+                            })
+                        })
+                        .unwrap_or_default();
+                    return Err(Failure::Status {
+                        code: status,
+                        errors: http::clean(errors),
+                    });
+                }
+                serde_json::from_slice::<LogicalResponse>(&bytes)
+                    .map_err(|_| Failure::Other("the answer is not a Vault JSON response".into()))
+            })
+            .await;
+        let response = match result {
+            Ok(r) => r,
+            Err(CallError::Provider(e)) => return Err(e),
+            Err(CallError::Vault(f)) => {
+                let shown = &self.session.http.shown;
+                return Err(match &f {
+                    Failure::Status { code: 404, .. } if no_route(&f) => ProviderError::NotFound(
+                        format!("no secrets engine handles {what} on Vault {shown}; check the path"),
+                    ),
+                    Failure::Status { code: 404, .. } => {
+                        ProviderError::NotFound(format!("nothing at {what}"))
+                    }
+                    Failure::Status { code: 403, .. } => self.denied(&what, path, &f).await,
+                    Failure::Status { code: 400, .. } => ProviderError::Invalid(format!(
+                        "Vault refused {what}: {}",
+                        f.errors()
+                    )),
+                    _ => unavailable(shown, &format!("requesting {what}"), f),
+                });
+            }
+        };
+        // A token-creating path answers with `auth`, a secrets engine with
+        // `data`. Either way a lease (or a new token) makes it per task.
+        let (body, leased) = match (&response.data, &response.auth) {
+            (Some(data), _) if !data.is_null() => (
+                data.clone(),
+                !response.lease_id.is_empty() || response.lease_duration > 0,
+            ),
+            (_, Some(auth)) if !auth.is_null() => (auth.clone(), true),
+            _ => {
+                return Err(ProviderError::NotFound(format!(
+                    "{what} answered without data"
+                )));
+            }
+        };
+        if leased {
+            tracing::info!(
+                provider = %self.session.name,
+                path,
+                lease_seconds = response.lease_duration,
+                "vault: leased value, left to expire at its TTL (not revoked, not renewed)"
+            );
+        }
+        let bytes = json_value(&body, &what)?;
+        Ok(if leased {
+            SecretValue::per_task(bytes)
+        } else {
+            SecretValue::new(bytes)
+        })
+    }
+}
+
+/// A logical response's envelope: only what we use.
+#[derive(serde::Deserialize)]
+struct LogicalResponse {
+    #[serde(default)]
+    data: Option<serde_json::Value>,
+    #[serde(default)]
+    auth: Option<serde_json::Value>,
+    #[serde(default)]
+    lease_id: String,
+    #[serde(default)]
+    lease_duration: u64,
+}
+
+enum CallError {
+    /// Already phrased (login failed).
+    Provider(ProviderError),
+    Vault(Failure),
+}
+
+/// The secret as compact JSON; an empty map is "not found", not "".
+fn json_value(data: &serde_json::Value, what: &str) -> Result<Vec<u8>, ProviderError> {
+    match data {
+        serde_json::Value::Object(map) if map.is_empty() => Err(ProviderError::NotFound(
+            format!("{what} holds no keys"),
+        )),
+        serde_json::Value::Null => Err(ProviderError::NotFound(format!("{what} holds no data"))),
+        other => Ok(other.to_string().into_bytes()),
+    }
+}
+
+/// 404 "no handler for route": nothing is mounted there.
+fn no_route(f: &Failure) -> bool {
+    matches!(f, Failure::Status { errors, .. } if errors.iter().any(|e| e.contains("no handler for route")))
+}
+
+/// Everything that is not "not found" or "denied": sealed, down, TLS.
+pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderError {
+    match f {
+        Failure::Status { code: 503, ref errors } if errors.iter().any(|e| e.contains("sealed")) => {
+            ProviderError::Unavailable(format!(
+                "{doing}: Vault at {address} is sealed; unseal it"
+            ))
+        }
+        Failure::Status { code, .. } if code >= 500 || code == 429 || code == 412 => {
+            ProviderError::Unavailable(format!(
+                "{doing}: Vault at {address} answered HTTP {code} ({})",
+                f.errors()
+            ))
+        }
+        Failure::Status { code, .. } => ProviderError::Unavailable(format!(
+            "{doing}: Vault at {address} answered HTTP {code} ({})",
+            f.errors()
+        )),
+        Failure::Transport { message, tls: true } => ProviderError::Unavailable(format!(
+            "{doing}: TLS with Vault at {address} failed: {message}; check ca_cert, tls_server_name and the client certificate"
+        )),
+        Failure::Transport { message, .. } => ProviderError::Unavailable(format!(
+            "{doing}: cannot reach Vault at {address}: {message}"
+        )),
+        Failure::Other(message) => {
+            ProviderError::Unavailable(format!("{doing}: Vault at {address}: {message}"))
+        }
+    }
+}
+
+#[async_trait]
+impl Provider for VaultProvider {
+    fn kind(&self) -> &'static str {
+        "vault"
+    }
+
+    async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
+        match self.target(secret.path)? {
+            Target::Kv {
+                mount,
+                path,
+                version,
+            } => self.fetch_kv(mount, path, version, secret.version).await,
+            Target::Logical { post, path, query } => {
+                self.fetch_logical(post, path, query, secret.version).await
+            }
+        }
+    }
+
+    /// Log in (if needed) and look the token up.
+    async fn check(&self) -> Result<String, ProviderError> {
+        let shown = &self.session.http.shown;
+        let current = self.session.token().await?;
+        let identity = match self.session.lookup(&current.token).await {
+            Ok(Some(identity)) => identity,
+            Ok(None) => {
+                return Err(ProviderError::Unauthenticated(format!(
+                    "Vault at {shown} refuses the token just obtained ({})",
+                    self.session.method.describe()
+                )));
+            }
+            Err(f) => return Err(unavailable(shown, "token lookup-self", f)),
+        };
+        Ok(format!(
+            "Vault {shown}{}: authenticated ({}), policies [{}], token TTL {}",
+            self.session
+                .http
+                .namespace
+                .as_deref()
+                .map(|n| format!(" namespace '{n}'"))
+                .unwrap_or_default(),
+            self.session.method.describe(),
+            identity.policies.join(", "),
+            identity
+                .ttl
+                .map(|t| format!("{}s", t.as_secs()))
+                .unwrap_or_else(|| "none (never expires)".into())
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider(extra: &str) -> VaultProvider {
+        let config: VaultConfig = toml::from_str(&format!(
+            "address = \"http://127.0.0.1:1\"\nkv_mounts = {{ kv1 = 1, team = 2 }}\nlogical_prefixes = [\"database/creds/\"]\nlogical_write_prefixes = [\"pki/issue/\"]\n{extra}"
+        ))
+        .unwrap();
+        VaultProvider::new(&config, "providers.v").unwrap()
+    }
+
+    #[test]
+    fn routes_paths_by_the_documented_rule() {
+        let p = provider("");
+        let kv = |mount, path, version| Target::Kv {
+            mount,
+            path,
+            version,
+        };
+        assert_eq!(p.target("app/db").unwrap(), kv("secret", "app/db", 2));
+        assert_eq!(p.target("/app/db/").unwrap(), kv("secret", "app/db", 2));
+        assert_eq!(p.target("secret/app").unwrap(), kv("secret", "app", 2));
+        assert_eq!(p.target("kv1/app").unwrap(), kv("kv1", "app", 1));
+        assert_eq!(p.target("team/x/y").unwrap(), kv("team", "x/y", 2));
+        // A bare mount name is a key under kv_mount.
+        assert_eq!(p.target("kv1").unwrap(), kv("secret", "kv1", 2));
+        assert_eq!(
+            p.target("database/creds/ro").unwrap(),
+            Target::Logical {
+                post: false,
+                path: "database/creds/ro",
+                query: None
+            }
+        );
+        assert_eq!(
+            p.target("pki/issue/web?common_name=a.example.com").unwrap(),
+            Target::Logical {
+                post: true,
+                path: "pki/issue/web",
+                query: Some("common_name=a.example.com")
+            }
+        );
+        assert!(matches!(p.target("app?x=1"), Err(ProviderError::Invalid(_))));
+        assert!(matches!(p.target("a/../b"), Err(ProviderError::Invalid(_))));
+        assert!(matches!(p.target("a//b"), Err(ProviderError::Invalid(_))));
+        assert!(matches!(p.target("/"), Err(ProviderError::Invalid(_))));
+    }
+
+    #[test]
+    fn build_validates_without_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let parse = |text: &str| toml::from_str::<VaultConfig>(text).unwrap();
+        let err = |text: &str| VaultProvider::new(&parse(text), "providers.v").err().unwrap();
+
+        let e = err("address = \"http://x\"\nauth = { method = \"approle\", role_id_file = \"/nope/r\", secret_id_file = \"/nope/s\" }");
+        assert_eq!(e.key, "providers.v.auth.role_id_file");
+        assert!(e.message.contains("/nope/r"), "{e}");
+        let e = err("address = \"http://x\"\nca_cert = \"/ca.pem\"");
+        assert_eq!(e.key, "providers.v.ca_cert");
+        let e = err("address = \"https://x\"\nca_cert = \"/nope/ca.pem\"");
+        assert_eq!(e.key, "providers.v.ca_cert");
+        let bad = dir.path().join("bad.pem");
+        std::fs::write(&bad, "not a pem").unwrap();
+        let e = err(&format!("address = \"https://x\"\nca_cert = \"{}\"", bad.display()));
+        assert_eq!(e.key, "providers.v.ca_cert");
+        let e = err("address = \"https://x\"\nclient_cert = \"/c\"");
+        assert_eq!(e.key, "providers.v.client_key");
+        let e = err("address = \"https://x\"\nauth = { method = \"cert\" }");
+        assert_eq!(e.key, "providers.v.auth.client_cert");
+        let e = err("address = \"http://x\"\nauth = { method = \"cert\" }");
+        assert_eq!(e.key, "providers.v.auth.method");
+        let e = err("address = \"https://x\"\ntls_server_name = \"10.0.0.1\"");
+        assert_eq!(e.key, "providers.v.tls_server_name");
+        let e = err("address = \"x\"");
+        assert_eq!(e.key, "providers.v.address");
+        let e = err("address = \"http://x\"\ntimeout = 0");
+        assert_eq!(e.key, "providers.v.timeout");
+        let e = err("address = \"http://x\"\nauth = { method = \"token\", token_env = \"VAULTBRIDGE_TEST_SURELY_UNSET\" }");
+        assert_eq!(e.key, "providers.v.auth.token_env");
+        // Debug of a provider config never shows a token.
+        let config = VaultConfig::from_env(&|n: &str| match n {
+            "VAULT_ADDR" => Some("http://x".into()),
+            "VAULT_TOKEN" => Some("hvs.very-secret".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert!(!format!("{config:?}").contains("very-secret"));
+        assert!(VaultProvider::new(&config, "providers.vault").is_ok());
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_vault_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s.x\n").unwrap();
+        let p = provider(&format!(
+            "timeout = 2\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            token.display()
+        ));
+        let err = p
+            .fetch(SecretRef {
+                path: "app",
+                version: None,
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Unavailable(_)), "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:1"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn kv1_and_logical_refuse_versions() {
+        let p = provider("");
+        let err = p
+            .fetch(SecretRef {
+                path: "kv1/app",
+                version: Some("2"),
+            })
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
+        let err = p
+            .fetch(SecretRef {
+                path: "secret/app",
+                version: Some("latest"),
+            })
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("positive integer"), "{err}");
+    }
+}
