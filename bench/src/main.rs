@@ -1,0 +1,295 @@
+//! `cargo run --release -p vaultbridge-bench`: measures vaultbridge against
+//! the physical floor of a Unix-socket HTTP server, prints a table with the
+//! ratios the targets are stated in, and writes the figures to
+//! `bench/last-run.json`. BENCHMARKS.md records the results.
+//!
+//! Rows (same load generator for every socket row, see `load.rs`):
+//! 1. floor: a minimal hyper server answering a fixed Docker-shaped response
+//!    of the same size;
+//! 2. vaultbridge, cache hit (file provider, warmed);
+//! 3. vaultbridge, cache miss against OpenBao vs a direct vaultrs read;
+//! 4. burst: 1,000 concurrent GetSecret for one uncached secret, backend
+//!    calls counted by OpenBao's file audit device;
+//! 5. resident memory idle and under concurrency 256; exec-to-answer time.
+
+mod floor;
+mod load;
+mod vault;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use serde_json::json;
+
+use crate::load::{Stats, has_value};
+
+/// A typical secret: a 32-character password.
+pub const SECRET: &[u8] = b"bench-password-0123456789abcdef!";
+const CONCURRENCIES: [usize; 3] = [1, 64, 256];
+const RUN: Duration = Duration::from_secs(3);
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("floor") {
+        // `floor --socket PATH`, as spawned by `Server::spawn`.
+        return floor::serve(Path::new(args.get(3).map(String::as_str).unwrap_or("floor.sock")));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench())
+}
+
+/// The response the floor serves: what vaultbridge answers for [`SECRET`].
+pub fn docker_answer() -> Vec<u8> {
+    let value = base64::engine::general_purpose::STANDARD.encode(SECRET);
+    format!("{{\"Value\":\"{value}\",\"DoNotReuse\":false}}").into_bytes()
+}
+
+fn request_body(name: &str, labels: &[(&str, &str)]) -> Bytes {
+    Bytes::from(vaultbridge_tests::engine_request(name, labels).to_string())
+}
+
+/// The release plugin binary: `$VAULTBRIDGE_BIN`, else built next to us.
+fn plugin_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("VAULTBRIDGE_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "vaultbridge", "--all-features"])
+        .status()?;
+    anyhow::ensure!(status.success(), "building the plugin failed");
+    let exe = std::env::current_exe()?;
+    Ok(exe.with_file_name("vaultbridge"))
+}
+
+struct Server {
+    child: Child,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn spawn(
+        program: &Path,
+        args: &[&str],
+        config: Option<&str>,
+    ) -> anyhow::Result<(Server, Duration)> {
+        let dir = tempfile::tempdir()?;
+        let socket = dir.path().join("bench.sock");
+        let mut command = Command::new(program);
+        command.args(args).arg("--socket").arg(&socket);
+        if let Some(text) = config {
+            let path = dir.path().join("config.toml");
+            std::fs::write(&path, text)?;
+            command.arg("--config").arg(path);
+        }
+        command
+            // The default log level: every GetSecret writes its log line, as in production.
+            .env_remove("VAULTBRIDGE_LOG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let started = Instant::now();
+        let child = command.spawn()?;
+        let server = Server {
+            child,
+            socket,
+            _dir: dir,
+        };
+        // Poll every millisecond: the figure is exec -> first answer.
+        loop {
+            if vaultbridge_tests::raw_request(&server.socket, "POST", "/Plugin.Activate", b"")
+                .is_ok()
+            {
+                return Ok((server, started.elapsed()));
+            }
+            anyhow::ensure!(
+                started.elapsed() < Duration::from_secs(10),
+                "server did not answer"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.child.id())
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn row(name: &str, concurrency: usize, stats: &Stats) -> serde_json::Value {
+    println!(
+        "{name:<34} c={concurrency:<4} p50={:>9.1}µs p99={:>9.1}µs {:>9.0} req/s  (n={}, errors={})",
+        stats.p50.as_secs_f64() * 1e6,
+        stats.p99.as_secs_f64() * 1e6,
+        stats.per_second,
+        stats.requests,
+        stats.errors
+    );
+    json!({"row": name, "concurrency": concurrency, "p50_us": stats.p50.as_secs_f64() * 1e6,
+           "p99_us": stats.p99.as_secs_f64() * 1e6, "per_second": stats.per_second,
+           "requests": stats.requests, "errors": stats.errors})
+}
+
+async fn bench() -> anyhow::Result<()> {
+    let plugin = plugin_binary()?;
+    let me = std::env::current_exe()?;
+    let mut figures = Vec::new();
+    let mut ratios = serde_json::Map::new();
+
+    // 1. The floor.
+    let (floor, _) = Server::spawn(&me, &["floor"], None)?;
+    let floor_socket = floor.socket.clone();
+    let body = request_body("bench", &[]);
+    let mut floor_stats = Vec::new();
+    for c in CONCURRENCIES {
+        let stats = load::run(
+            &floor_socket,
+            "/SecretProvider.GetSecret",
+            body.clone(),
+            c,
+            RUN,
+            has_value,
+        )
+        .await?;
+        figures.push(row("floor (minimal hyper server)", c, &stats));
+        floor_stats.push(stats);
+    }
+    drop(floor);
+
+    // 2. Cache hit, with the file provider.
+    let secrets = tempfile::tempdir()?;
+    std::fs::write(secrets.path().join("bench"), SECRET)?;
+    let config = format!(
+        "[providers.local]\ntype = \"file\"\nroot = \"{}\"\ncache_ttl = \"1h\"\n",
+        secrets.path().display()
+    );
+    let (hit_server, _) = Server::spawn(&plugin, &["serve"], Some(&config))?;
+    let answer = vaultbridge_tests::raw_request(
+        &hit_server.socket,
+        "POST",
+        "/SecretProvider.GetSecret",
+        &body,
+    )?;
+    anyhow::ensure!(
+        answer.body == docker_answer(),
+        "vaultbridge's answer differs from the floor's"
+    );
+    let rss_idle = hit_server.rss_kib();
+    let mut hit_stats = Vec::new();
+    let mut rss_peak = 0;
+    for c in CONCURRENCIES {
+        // Sample the resident set while the load runs.
+        let pid = hit_server.child.id();
+        let peak = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sampler = tokio::spawn({
+            let peak = peak.clone();
+            async move {
+                loop {
+                    peak.fetch_max(rss_kib(pid), std::sync::atomic::Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        });
+        let stats = load::run(
+            &hit_server.socket,
+            "/SecretProvider.GetSecret",
+            body.clone(),
+            c,
+            RUN,
+            has_value,
+        )
+        .await?;
+        sampler.abort();
+        if c == 256 {
+            rss_peak = peak.load(std::sync::atomic::Ordering::Relaxed);
+        }
+        figures.push(row("vaultbridge, cache hit", c, &stats));
+        hit_stats.push(stats);
+    }
+    let rss_256 = rss_peak;
+    drop(hit_server);
+
+    let p50_ratio = hit_stats[1].p50.as_secs_f64() / floor_stats[1].p50.as_secs_f64();
+    let rps_ratio = hit_stats[1].per_second / floor_stats[1].per_second;
+    ratios.insert("hit_p50_over_floor_c64".into(), json!(p50_ratio));
+    ratios.insert("hit_throughput_over_floor_c64".into(), json!(rps_ratio));
+    for (i, c) in CONCURRENCIES.iter().enumerate() {
+        ratios.insert(
+            format!("hit_p50_over_floor_c{c}"),
+            json!(hit_stats[i].p50.as_secs_f64() / floor_stats[i].p50.as_secs_f64()),
+        );
+        ratios.insert(
+            format!("hit_throughput_over_floor_c{c}"),
+            json!(hit_stats[i].per_second / floor_stats[i].per_second),
+        );
+    }
+
+    // 3 and 4. Against OpenBao.
+    let vault_figures = vault::bench(&plugin, &mut figures, &mut ratios).await?;
+
+    // 5. Start-up: exec -> first answer, 20 times.
+    let mut startups = Vec::new();
+    for _ in 0..20 {
+        let (server, elapsed) = Server::spawn(&plugin, &["serve"], Some(&config))?;
+        startups.push(elapsed);
+        drop(server);
+    }
+    startups.sort_unstable();
+    let startup_p50 = startups[startups.len() / 2];
+    let startup_max = *startups.last().unwrap_or(&Duration::ZERO);
+
+    println!();
+    println!(
+        "resident memory: idle {:.1} MB, at concurrency 256 {:.1} MB (target < 30 MB)",
+        rss_idle as f64 / 1024.0,
+        rss_256 as f64 / 1024.0
+    );
+    println!(
+        "exec -> socket answering: median {:.1} ms, max {:.1} ms over 20 starts (target < 50 ms)",
+        startup_p50.as_secs_f64() * 1e3,
+        startup_max.as_secs_f64() * 1e3
+    );
+    println!(
+        "ratios (targets: hit p50 <= 1.5x floor, hit throughput >= 0.6x floor at c64, miss <= 1.1x direct, burst = 1 backend call):"
+    );
+    for (name, value) in &ratios {
+        println!("  {name:<40} {value}");
+    }
+
+    let out = json!({
+        "rows": figures,
+        "ratios": ratios,
+        "rss_idle_kib": rss_idle,
+        "rss_c256_kib": rss_256,
+        "startup_ms_median": startup_p50.as_secs_f64() * 1e3,
+        "startup_ms_max": startup_max.as_secs_f64() * 1e3,
+        "vault": vault_figures,
+        "machine": {"cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)},
+    });
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("last-run.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&out)?)?;
+    println!("figures written to {}", path.display());
+    Ok(())
+}
