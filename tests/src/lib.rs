@@ -6,6 +6,7 @@
 //! and stops it by PID on drop.
 
 pub mod docker;
+pub mod moto;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

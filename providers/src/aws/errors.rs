@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use aws_sdk_secretsmanager::config::http::HttpResponse;
-use aws_sdk_secretsmanager::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 
 use crate::ProviderError;
 
@@ -14,7 +14,8 @@ const MAX_MESSAGE: usize = 400;
 
 /// What the failed call was about, for the message.
 pub(crate) struct Context<'a> {
-    pub path: &'a str,
+    /// The secret's name or ARN; `None` for `check`'s ListSecrets.
+    pub path: Option<&'a str>,
     /// `version id …` / `version stage …`, when a version was asked for.
     pub version: Option<String>,
     pub region: &'a str,
@@ -24,12 +25,12 @@ pub(crate) struct Context<'a> {
 
 impl Context<'_> {
     fn what(&self) -> String {
-        match &self.version {
-            Some(version) => format!(
-                "secret '{}' ({version}) in region {}",
-                self.path, self.region
-            ),
-            None => format!("secret '{}' in region {}", self.path, self.region),
+        match (self.path, &self.version) {
+            (None, _) => format!("ListSecrets in region {}", self.region),
+            (Some(path), Some(version)) => {
+                format!("secret '{path}' ({version}) in region {}", self.region)
+            }
+            (Some(path), None) => format!("secret '{path}' in region {}", self.region),
         }
     }
 }
@@ -188,8 +189,19 @@ where
     }
 }
 
+/// The error's chain of causes, `outer: inner: innermost`, each said once
+/// (the SDK's own `DisplayErrorContext` appends a Debug dump we do not want).
 fn detail<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
-    shorten(scrub(&DisplayErrorContext(err).to_string()))
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(error) = current {
+        let text = error.to_string();
+        if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
+            parts.push(text);
+        }
+        current = error.source();
+    }
+    shorten(scrub(&parts.join(": ")))
 }
 
 fn shorten(mut text: String) -> String {
@@ -228,9 +240,14 @@ fn classify(
             } else {
                 "check the name or ARN, and that the secret lives in the provider's region"
             };
-            ProviderError::NotFound(format!("{what} does not exist; {hint} (AWS {})", aws(code_text)))
+            ProviderError::NotFound(format!(
+                "{what} does not exist; {hint} (AWS {})",
+                aws(code_text)
+            ))
         }
-        Some("InvalidRequestException") if lower_message.contains("deletion") || lower_message.contains("deleted") => {
+        Some("InvalidRequestException")
+            if lower_message.contains("deletion") || lower_message.contains("deleted") =>
+        {
             ProviderError::NotFound(format!(
                 "{what} is scheduled for deletion; restore it (aws secretsmanager restore-secret) \
                  or point vaultbridge.path at another secret (AWS {})",
@@ -242,11 +259,13 @@ fn classify(
              to the principal named (and kms:Decrypt on its key if it uses a customer-managed KMS key)",
             aws(code_text)
         )),
-        Some(c) if c == "DecryptionFailure" || c.starts_with("KMS") => ProviderError::Denied(format!(
-            "{what}: KMS could not decrypt the secret (AWS {}); allow kms:Decrypt on the secret's \
+        Some(c) if c == "DecryptionFailure" || c.starts_with("KMS") => {
+            ProviderError::Denied(format!(
+                "{what}: KMS could not decrypt the secret (AWS {}); allow kms:Decrypt on the secret's \
              KMS key to this provider's principal and check that the key is enabled",
-            aws(code_text)
-        )),
+                aws(code_text)
+            ))
+        }
         Some(c) if AUTH_CODES.contains(&c) => ProviderError::Unauthenticated(format!(
             "Secrets Manager at {endpoint} (region {region}) refused our credentials (AWS {}); check the \
              access key id and secret key, that a session token has not expired, the profile or \
@@ -278,7 +297,9 @@ fn classify(
                  that the principal may call secretsmanager:GetSecretValue",
                 aws(code_text)
             )),
-            Some(404) => ProviderError::NotFound(format!("{what} does not exist (AWS {})", aws(code_text))),
+            Some(404) => {
+                ProviderError::NotFound(format!("{what} does not exist (AWS {})", aws(code_text)))
+            }
             Some(s) if s == 429 || s >= 500 => ProviderError::Unavailable(format!(
                 "Secrets Manager at {endpoint} (region {region}) answered HTTP {s} ({})",
                 aws(code_text)
@@ -382,7 +403,9 @@ fn redact_after_keys(text: &str, keys: &[&str], replacement: &str) -> String {
             continue;
         }
         let value_len = trimmed
-            .find(|c: char| c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ')' | '}' | ';' | '&'))
+            .find(|c: char| {
+                c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ')' | '}' | ';' | '&')
+            })
             .unwrap_or(trimmed.len());
         if value_len == 0 {
             i = key_end;
@@ -418,7 +441,9 @@ fn redact_tokens(text: &str) -> String {
 fn redact_word(word: &str) -> String {
     let is_key_id = ACCESS_KEY_PREFIXES.iter().any(|p| word.starts_with(p))
         && word.len() >= 16
-        && word.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
     if is_key_id {
         return "[access key id]".into();
     }
@@ -447,7 +472,10 @@ mod tests {
         assert!(out.contains("ResourceNotFoundException: gone"), "{out}");
         let debug = r#"ErrorMetadata { code: Some("X"), extras: Some({"aws_request_id": "abc-123-def"}) } RequestId: ABCDEF0123"#;
         let out = scrub(debug);
-        assert!(!out.contains("abc-123-def") && !out.contains("ABCDEF0123"), "{out}");
+        assert!(
+            !out.contains("abc-123-def") && !out.contains("ABCDEF0123"),
+            "{out}"
+        );
         let header = "x-amzn-RequestId=0a1b2c3d-0000-1111-2222-333344445555";
         assert!(!scrub(header).contains("0a1b2c3d"), "{}", scrub(header));
     }
@@ -461,15 +489,28 @@ mod tests {
         assert!(!out.contains("fe5f80f77d5f"), "{out}");
         let loose = "The security token included in the request is invalid. key ASIAQWERTYUIOPASDFGH token=IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQDexample";
         let out = scrub(loose);
-        assert!(out.starts_with("The security token included in the request is invalid."), "{out}");
-        assert!(!out.contains("ASIAQWERTYUIOPASDFGH") && !out.contains("IQoJb3JpZ2lu"), "{out}");
+        assert!(
+            out.starts_with("The security token included in the request is invalid."),
+            "{out}"
+        );
+        assert!(
+            !out.contains("ASIAQWERTYUIOPASDFGH") && !out.contains("IQoJb3JpZ2lu"),
+            "{out}"
+        );
         let mismatch = "The request signature we calculated does not match the signature you provided. \
                         Check your AWS Secret Access Key and signing method.\n\nThe Canonical String for this request should have been\n'POST\n/\n\nhost:x'";
         let out = scrub(mismatch);
-        assert!(out.contains("The request signature we calculated does not match"), "{out}");
+        assert!(
+            out.contains("The request signature we calculated does not match"),
+            "{out}"
+        );
         assert!(!out.contains("host:x"), "{out}");
         let session = "aws_session_token = FwoGZXIvYXdzEJr";
-        assert!(!scrub(session).contains("FwoGZXIvYXdzEJr"), "{}", scrub(session));
+        assert!(
+            !scrub(session).contains("FwoGZXIvYXdzEJr"),
+            "{}",
+            scrub(session)
+        );
     }
 
     #[test]
@@ -484,7 +525,7 @@ mod tests {
 
     fn context(version: Option<&str>) -> Context<'static> {
         Context {
-            path: "db",
+            path: Some("db"),
             version: version.map(str::to_string),
             region: "eu-west-1",
             endpoint: "http://127.0.0.1:1",
@@ -495,33 +536,64 @@ mod tests {
     #[test]
     fn classifies_by_code_then_status() {
         let c = context(None);
-        let is = |code: Option<&str>, message: Option<&str>, status: u16| classify(code, message, Some(status), &c);
-        assert!(matches!(is(Some("ResourceNotFoundException"), None, 404), ProviderError::NotFound(m) if m.contains("eu-west-1")));
+        let is = |code: Option<&str>, message: Option<&str>, status: u16| {
+            classify(code, message, Some(status), &c)
+        };
+        assert!(
+            matches!(is(Some("ResourceNotFoundException"), None, 404), ProviderError::NotFound(m) if m.contains("eu-west-1"))
+        );
         assert!(matches!(
             is(Some("InvalidRequestException"), Some("You can't perform this operation on the secret because it was marked for deletion."), 400),
             ProviderError::NotFound(m) if m.contains("scheduled for deletion")
         ));
-        assert!(matches!(is(Some("InvalidRequestException"), Some("other"), 400), ProviderError::Invalid(_)));
+        assert!(matches!(
+            is(Some("InvalidRequestException"), Some("other"), 400),
+            ProviderError::Invalid(_)
+        ));
         assert!(matches!(
             is(Some("AccessDeniedException"), Some("User: arn:aws:iam::1:user/u is not authorized"), 400),
             ProviderError::Denied(m) if m.contains("user/u")
         ));
-        assert!(matches!(is(Some("DecryptionFailure"), None, 400), ProviderError::Denied(m) if m.contains("kms:Decrypt")));
-        for code in ["UnrecognizedClientException", "InvalidSignatureException", "ExpiredTokenException", "InvalidClientTokenId"] {
-            assert!(matches!(is(Some(code), None, 400), ProviderError::Unauthenticated(_)), "{code}");
+        assert!(
+            matches!(is(Some("DecryptionFailure"), None, 400), ProviderError::Denied(m) if m.contains("kms:Decrypt"))
+        );
+        for code in [
+            "UnrecognizedClientException",
+            "InvalidSignatureException",
+            "ExpiredTokenException",
+            "InvalidClientTokenId",
+        ] {
+            assert!(
+                matches!(is(Some(code), None, 400), ProviderError::Unauthenticated(_)),
+                "{code}"
+            );
         }
-        assert!(matches!(is(Some("ThrottlingException"), None, 400), ProviderError::Unavailable(_)));
-        assert!(matches!(is(Some("InternalServiceError"), None, 500), ProviderError::Unavailable(_)));
+        assert!(matches!(
+            is(Some("ThrottlingException"), None, 400),
+            ProviderError::Unavailable(_)
+        ));
+        assert!(matches!(
+            is(Some("InternalServiceError"), None, 500),
+            ProviderError::Unavailable(_)
+        ));
         assert!(matches!(is(None, None, 503), ProviderError::Unavailable(_)));
         assert!(matches!(is(None, None, 403), ProviderError::Denied(_)));
-        assert!(matches!(is(None, None, 401), ProviderError::Unauthenticated(_)));
-        assert!(matches!(is(Some("Weird"), None, 400), ProviderError::Invalid(_)));
+        assert!(matches!(
+            is(None, None, 401),
+            ProviderError::Unauthenticated(_)
+        ));
+        assert!(matches!(
+            is(Some("Weird"), None, 400),
+            ProviderError::Invalid(_)
+        ));
     }
 
     #[test]
     fn codes_are_normalized() {
         assert_eq!(
-            normalize_code("com.amazonaws.secretsmanager#ResourceNotFoundException:http://internal"),
+            normalize_code(
+                "com.amazonaws.secretsmanager#ResourceNotFoundException:http://internal"
+            ),
             "ResourceNotFoundException"
         );
         assert_eq!(normalize_code("AccessDenied"), "AccessDenied");

@@ -295,7 +295,42 @@ fn describe_endpoint(config: &AwsConfig) -> String {
 }
 
 impl AwsProvider {
+    /// Validate `config` and build the client; credentials come from the
+    /// SDK's standard chain (what the plugin always uses).
     pub async fn new(config: &AwsConfig, key: &str) -> Result<Self, ConfigError> {
+        Self::build(config, key, None).await
+    }
+
+    /// Like [`AwsProvider::new`], but with fixed keys instead of the standard
+    /// chain (they still act as the source credentials of `role_arn`). For
+    /// embedding and for tests that must not depend on the process
+    /// environment; the plugin itself never calls it.
+    pub async fn with_static_credentials(
+        config: &AwsConfig,
+        key: &str,
+        access_key_id: &str,
+        secret_access_key: &SecretString,
+    ) -> Result<Self, ConfigError> {
+        let credentials = aws_sdk_secretsmanager::config::Credentials::new(
+            access_key_id,
+            secret_access_key.expose_secret(),
+            None,
+            None,
+            "vaultbridge-static",
+        );
+        Self::build(
+            config,
+            key,
+            Some(SharedCredentialsProvider::new(credentials)),
+        )
+        .await
+    }
+
+    async fn build(
+        config: &AwsConfig,
+        key: &str,
+        credentials: Option<SharedCredentialsProvider>,
+    ) -> Result<Self, ConfigError> {
         let region = config.region.trim();
         if !valid_region(region) {
             return Err(ConfigError::new(
@@ -318,7 +353,9 @@ impl AwsProvider {
                 if parts.as_ref().map(|p| p.service) != Some("iam") || !arn.contains(":role/") {
                     return Err(ConfigError::new(
                         format!("{key}.role_arn"),
-                        format!("'{arn}' is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"),
+                        format!(
+                            "'{arn}' is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
+                        ),
                     ));
                 }
             }
@@ -369,6 +406,9 @@ impl AwsProvider {
         if let Some(profile) = &config.profile {
             loader = loader.profile_name(profile);
         }
+        if let Some(credentials) = credentials {
+            loader = loader.credentials_provider(credentials);
+        }
         let mut sdk = loader.load().await;
         if let Some(arn) = &config.role_arn {
             let mut role = AssumeRoleProvider::builder(arn).session_name(
@@ -399,7 +439,11 @@ impl AwsProvider {
         })
     }
 
-    fn context<'a>(&'a self, path: &'a str, version: Option<VersionSelector<'a>>) -> errors::Context<'a> {
+    fn context<'a>(
+        &'a self,
+        path: Option<&'a str>,
+        version: Option<VersionSelector<'a>>,
+    ) -> errors::Context<'a> {
         errors::Context {
             path,
             version: version.map(|v| v.describe()),
@@ -435,7 +479,9 @@ impl Provider for AwsProvider {
     async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
         let path = secret.path;
         if path.trim().is_empty() {
-            return Err(ProviderError::Invalid("the secret name or ARN is empty".into()));
+            return Err(ProviderError::Invalid(
+                "the secret name or ARN is empty".into(),
+            ));
         }
         if path.starts_with("arn:") {
             match parse_arn(path) {
@@ -463,7 +509,7 @@ impl Provider for AwsProvider {
             Some(VersionSelector::Stage(stage)) => request.version_stage(stage),
             None => request,
         };
-        let context = self.context(path, version);
+        let context = self.context(Some(path), version);
         let mut output = self
             .bounded(request.send())
             .await?
@@ -489,7 +535,7 @@ impl Provider for AwsProvider {
     /// principal allowed only `GetSecretValue` gets AccessDenied, which still
     /// proves authentication, so that counts as success.
     async fn check(&self) -> Result<String, ProviderError> {
-        let context = self.context("(check: ListSecrets)", None);
+        let context = self.context(None, None);
         let answer = self
             .bounded(self.client.list_secrets().max_results(1).send())
             .await?;
@@ -500,8 +546,15 @@ impl Provider for AwsProvider {
         match answer {
             Ok(_) => Ok(format!("{reached} (ListSecrets allowed)")),
             Err(err) => match errors::map(&err, &context) {
-                ProviderError::Denied(_) if errors::code_of(&err).as_deref() == Some("AccessDeniedException") => {
-                    Ok(format!("{reached} (ListSecrets is not allowed, which is fine: only GetSecretValue is needed)"))
+                ProviderError::Denied(_)
+                    if matches!(
+                        errors::code_of(&err).as_deref(),
+                        Some("AccessDeniedException" | "AccessDenied")
+                    ) =>
+                {
+                    Ok(format!(
+                        "{reached} (ListSecrets is not allowed, which is fine: only GetSecretValue is needed)"
+                    ))
                 }
                 other => Err(other),
             },
@@ -520,7 +573,10 @@ mod tests {
     #[test]
     fn version_rule() {
         let uuid = "a1b2c3d4-0000-4111-8222-123456789abc";
-        assert_eq!(VersionSelector::parse(uuid).unwrap(), VersionSelector::Id(uuid));
+        assert_eq!(
+            VersionSelector::parse(uuid).unwrap(),
+            VersionSelector::Id(uuid)
+        );
         assert_eq!(
             VersionSelector::parse("AWSPREVIOUS").unwrap(),
             VersionSelector::Stage("AWSPREVIOUS")
@@ -573,8 +629,12 @@ mod tests {
     fn from_env_needs_a_region() {
         let none = |_: &str| None;
         assert!(AwsConfig::from_env(&none).is_none());
-        let default_only = |name: &str| (name == "AWS_DEFAULT_REGION").then(|| "eu-west-1".to_string());
-        assert_eq!(AwsConfig::from_env(&default_only).unwrap().region, "eu-west-1");
+        let default_only =
+            |name: &str| (name == "AWS_DEFAULT_REGION").then(|| "eu-west-1".to_string());
+        assert_eq!(
+            AwsConfig::from_env(&default_only).unwrap().region,
+            "eu-west-1"
+        );
         let both = |name: &str| match name {
             "AWS_REGION" => Some("us-east-2".to_string()),
             "AWS_DEFAULT_REGION" => Some("eu-west-1".to_string()),
@@ -594,7 +654,10 @@ mod tests {
         );
         let shown = format!("{c:?}");
         assert!(!shown.contains("very-private"), "{shown}");
-        assert!(shown.contains("[redacted]") && shown.contains("role/reader"), "{shown}");
+        assert!(
+            shown.contains("[redacted]") && shown.contains("role/reader"),
+            "{shown}"
+        );
     }
 
     #[test]
@@ -626,7 +689,8 @@ mod tests {
         assert_eq!(err.key, "providers.prod.session_name");
         let err = build_err("region = \"eu-west-1\"\ntimeout = 0").await;
         assert_eq!(err.key, "providers.prod.timeout");
-        let err = build_err("region = \"eu-west-1\"\nprofile = \"surely-not-a-profile-7f3a\"").await;
+        let err =
+            build_err("region = \"eu-west-1\"\nprofile = \"surely-not-a-profile-7f3a\"").await;
         assert_eq!(err.key, "providers.prod.profile");
         assert!(err.message.contains("surely-not-a-profile-7f3a"), "{err}");
     }
@@ -658,7 +722,12 @@ mod tests {
         )
         .await
         .unwrap();
-        let fetch = |path| provider.fetch(SecretRef { path, version: None });
+        let fetch = |path| {
+            provider.fetch(SecretRef {
+                path,
+                version: None,
+            })
+        };
         let err = fetch("arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf")
             .await
             .unwrap_err();
@@ -666,7 +735,9 @@ mod tests {
             matches!(&err, ProviderError::Invalid(m) if m.contains("us-east-1") && m.contains("eu-west-1")),
             "{err}"
         );
-        let err = fetch("arn:aws:ssm:eu-west-1:123456789012:parameter/db").await.unwrap_err();
+        let err = fetch("arn:aws:ssm:eu-west-1:123456789012:parameter/db")
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
         let err = fetch("").await.unwrap_err();
         assert!(matches!(err, ProviderError::Invalid(_)), "{err}");

@@ -1,0 +1,661 @@
+//! The `aws` backend against a real moto server: each scenario through the
+//! provider directly (`AwsProvider`) and through the plugin's socket (the
+//! real binary, configured by a TOML file or by the standard AWS variables).
+//!
+//! Needs `moto_server` (tests/setup.sh) and a `vaultbridge` binary built
+//! with the `aws` feature (`VAULTBRIDGE_BIN`, or the workspace's build).
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use secrecy::SecretString;
+use serde_json::json;
+use vaultbridge_providers::aws::{AwsConfig, AwsProvider};
+use vaultbridge_providers::{Provider, ProviderError, SecretRef};
+use vaultbridge_tests::moto::{ACCOUNT, Moto, xml_field};
+use vaultbridge_tests::{Answer, Plugin, assert_log_has_no_values, binary, engine_request};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "eu-west-1";
+
+/// The plugin's environment: moto's default account, no instance metadata.
+const TEST_KEYS: &[(&str, &str)] = &[
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+fn aws_config(region: &str, endpoint: &str, timeout: Option<f64>) -> AwsConfig {
+    AwsConfig {
+        region: region.to_string(),
+        endpoint_url: Some(endpoint.to_string()),
+        profile: None,
+        role_arn: None,
+        external_id: None,
+        session_name: None,
+        timeout,
+    }
+}
+
+/// The provider, built as the plugin builds it, with fixed keys.
+async fn provider_as(endpoint: &str, region: &str, key: &str, secret: &str) -> AwsProvider {
+    AwsProvider::with_static_credentials(
+        &aws_config(region, endpoint, Some(5.0)),
+        "providers.aws",
+        key,
+        &SecretString::from(secret.to_string()),
+    )
+    .await
+    .expect("build the aws provider")
+}
+
+async fn provider(moto: &Moto, region: &str) -> AwsProvider {
+    provider_as(&moto.endpoint, region, "test", "test").await
+}
+
+async fn fetch(
+    provider: &AwsProvider,
+    path: &str,
+    version: Option<&str>,
+) -> Result<Vec<u8>, ProviderError> {
+    provider
+        .fetch(SecretRef { path, version })
+        .await
+        .map(|value| value.expose().to_vec())
+}
+
+/// A `[providers.<name>]` table per (name, region), all at moto.
+fn config_toml(moto_endpoint: &str, providers: &[(&str, &str)], extra: &str) -> String {
+    let mut text = String::new();
+    for (name, region) in providers {
+        text.push_str(&format!(
+            "[providers.{name}]\ntype = \"aws\"\nregion = \"{region}\"\nendpoint_url = \"{moto_endpoint}\"\n{extra}\n"
+        ));
+    }
+    text
+}
+
+fn ask(plugin: &Plugin, name: &str, labels: &[(&str, &str)]) -> Answer {
+    let answer = plugin.get_secret(&engine_request(name, labels));
+    assert_eq!(answer.status, 200, "log:\n{}", plugin.log());
+    answer
+}
+
+fn value(plugin: &Plugin, name: &str, labels: &[(&str, &str)]) -> Vec<u8> {
+    let answer = ask(plugin, name, labels);
+    assert_eq!(answer.err(), "", "log:\n{}", plugin.log());
+    answer.value()
+}
+
+fn err(plugin: &Plugin, name: &str, labels: &[(&str, &str)]) -> String {
+    let answer = ask(plugin, name, labels);
+    let err = answer.err();
+    assert!(!err.is_empty(), "expected an Err, got {:?}", answer.json());
+    err
+}
+
+/// `vaultbridge check --config <file>` with a cleared environment plus `env`.
+fn check_cli(config: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run vaultbridge check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}
+
+#[tokio::test]
+async fn strings_json_binary_and_arns() {
+    let moto = Moto::start();
+    let plain = moto.create_string(EAST, "app/plain", "hello from moto");
+    moto.create_string(
+        EAST,
+        "app/json",
+        r#"{"user":"app","password":"pw-json-123","port":5432}"#,
+    );
+    let binary_bytes: &[u8] = &[0, 159, 146, 150, 255, 1, 2];
+    moto.create_binary(EAST, "app/binary", binary_bytes);
+    moto.create_string(EAST, "app/b64", "ZGVjb2RlZCBieXRlcw==");
+    moto.create_string(EAST, "plain-name", "by the secret's own name");
+
+    // Directly.
+    let p = provider(&moto, EAST).await;
+    assert_eq!(
+        fetch(&p, "app/plain", None).await.unwrap(),
+        b"hello from moto"
+    );
+    assert_eq!(
+        fetch(&p, &plain.arn, None).await.unwrap(),
+        b"hello from moto"
+    );
+    assert_eq!(
+        fetch(&p, plain.partial_arn(), None).await.unwrap(),
+        b"hello from moto"
+    );
+    assert_eq!(
+        fetch(&p, "app/json", None).await.unwrap(),
+        br#"{"user":"app","password":"pw-json-123","port":5432}"#,
+        "SecretString comes back as is"
+    );
+    assert_eq!(fetch(&p, "app/binary", None).await.unwrap(), binary_bytes);
+    let checked = p.check().await.unwrap();
+    assert!(checked.contains(EAST), "{checked}");
+
+    // Through the socket.
+    let plugin = Plugin::start(
+        Some(&config_toml(&moto.endpoint, &[("aws", EAST)], "")),
+        TEST_KEYS,
+    );
+    let path = |p| ("vaultbridge.path", p);
+    assert_eq!(
+        value(&plugin, "s1", &[path("app/plain")]),
+        b"hello from moto"
+    );
+    assert_eq!(
+        value(&plugin, "plain-name", &[]),
+        b"by the secret's own name"
+    );
+    assert_eq!(
+        value(
+            &plugin,
+            "s2",
+            &[path("app/json"), ("vaultbridge.field", "password")]
+        ),
+        b"pw-json-123"
+    );
+    assert_eq!(
+        value(
+            &plugin,
+            "s3",
+            &[path("app/json"), ("vaultbridge.field", "port")]
+        ),
+        b"5432"
+    );
+    assert_eq!(value(&plugin, "s4", &[path("app/binary")]), binary_bytes);
+    assert_eq!(
+        value(
+            &plugin,
+            "s5",
+            &[path("app/b64"), ("vaultbridge.decode", "base64")]
+        ),
+        b"decoded bytes"
+    );
+    assert_eq!(
+        value(&plugin, "s6", &[path(&plain.arn)]),
+        b"hello from moto"
+    );
+    assert_eq!(
+        value(&plugin, "s7", &[path(plain.partial_arn())]),
+        b"hello from moto"
+    );
+    let missing_field = err(
+        &plugin,
+        "s8",
+        &[path("app/json"), ("vaultbridge.field", "nope")],
+    );
+    assert!(missing_field.contains("no key 'nope'"), "{missing_field}");
+    assert_log_has_no_values(
+        &plugin.log(),
+        &[b"hello from moto", b"pw-json-123", b"decoded bytes"],
+    );
+
+    let (ok, out) = check_cli(
+        &config_toml(&moto.endpoint, &[("aws", EAST)], ""),
+        TEST_KEYS,
+    );
+    assert!(ok && out.contains("ok    aws (aws)"), "{out}");
+}
+
+#[tokio::test]
+async fn version_ids_and_stages() {
+    let moto = Moto::start();
+    let first = moto.create_string(EAST, "rotating", "value-one");
+    let second = moto.put_string(EAST, "rotating", "value-two", &[]);
+    let blue = moto.put_string(EAST, "rotating", "value-blue", &["blue"]);
+    let unknown_id = "0a1b2c3d-0000-4111-8222-333344445555";
+
+    let p = provider(&moto, EAST).await;
+    let v = |version| fetch(&p, "rotating", Some(version));
+    assert_eq!(fetch(&p, "rotating", None).await.unwrap(), b"value-two");
+    assert_eq!(v("AWSCURRENT").await.unwrap(), b"value-two");
+    assert_eq!(v("AWSPREVIOUS").await.unwrap(), b"value-one");
+    assert_eq!(v(&first.version_id).await.unwrap(), b"value-one");
+    assert_eq!(v(&second).await.unwrap(), b"value-two");
+    assert_eq!(v("blue").await.unwrap(), b"value-blue");
+    let blue_by_id = format!("id:{blue}");
+    assert_eq!(v(&blue_by_id).await.unwrap(), b"value-blue");
+    assert_eq!(v("stage:AWSPREVIOUS").await.unwrap(), b"value-one");
+    match v("green").await {
+        Err(ProviderError::NotFound(m)) => {
+            assert!(m.contains("version stage green"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match v(unknown_id).await {
+        Err(ProviderError::NotFound(m)) => {
+            assert!(m.contains(&format!("version id {unknown_id}")), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let plugin = Plugin::start(
+        Some(&config_toml(&moto.endpoint, &[("aws", EAST)], "")),
+        TEST_KEYS,
+    );
+    let at = |version| value(&plugin, "rotating", &[("vaultbridge.version", version)]);
+    assert_eq!(value(&plugin, "rotating", &[]), b"value-two");
+    assert_eq!(at("AWSPREVIOUS"), b"value-one");
+    assert_eq!(at(&first.version_id), b"value-one");
+    assert_eq!(at(&second), b"value-two");
+    assert_eq!(at("blue"), b"value-blue");
+    assert_eq!(at(&format!("id:{blue}")), b"value-blue");
+    let e = err(&plugin, "rotating", &[("vaultbridge.version", "green")]);
+    assert!(
+        e.contains("not found") && e.contains("version stage green"),
+        "{e}"
+    );
+    let e = err(&plugin, "rotating", &[("vaultbridge.version", unknown_id)]);
+    assert!(e.contains("not found") && e.contains(unknown_id), "{e}");
+    assert_log_has_no_values(&plugin.log(), &[b"value-one", b"value-two", b"value-blue"]);
+}
+
+#[tokio::test]
+async fn missing_deleted_and_wrong_region() {
+    let moto = Moto::start();
+    moto.create_string(EAST, "doomed", "doomed-value");
+    moto.delete(EAST, "doomed");
+    let east_only = moto.create_string(EAST, "east-only", "east-value");
+
+    let east = provider(&moto, EAST).await;
+    let west = provider(&moto, WEST).await;
+    match fetch(&east, "no/such/secret", None).await {
+        Err(ProviderError::NotFound(m)) => {
+            assert!(m.contains("'no/such/secret'") && m.contains(EAST), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match fetch(&east, "doomed", None).await {
+        Err(ProviderError::NotFound(m)) => {
+            assert!(m.contains("scheduled for deletion"), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+    match fetch(&west, "east-only", None).await {
+        Err(ProviderError::NotFound(m)) => assert!(m.contains(WEST), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    match fetch(&west, &east_only.arn, None).await {
+        Err(ProviderError::Invalid(m)) => {
+            assert!(m.contains(EAST) && m.contains(WEST), "{m}")
+        }
+        other => panic!("{other:?}"),
+    }
+
+    let plugin = Plugin::start(
+        Some(&config_toml(
+            &moto.endpoint,
+            &[("east", EAST), ("west", WEST)],
+            "",
+        )),
+        &[TEST_KEYS, &[("VAULTBRIDGE_DEFAULT_PROVIDER", "east")]].concat(),
+    );
+    let e = err(
+        &plugin,
+        "x",
+        &[
+            ("vaultbridge.provider", "east"),
+            ("vaultbridge.path", "no/such/secret"),
+        ],
+    );
+    assert!(
+        e.contains("not found") && e.contains("no/such/secret") && e.contains(EAST),
+        "{e}"
+    );
+    let e = err(
+        &plugin,
+        "x",
+        &[
+            ("vaultbridge.provider", "east"),
+            ("vaultbridge.path", "doomed"),
+        ],
+    );
+    assert!(e.contains("scheduled for deletion"), "{e}");
+    let e = err(
+        &plugin,
+        "x",
+        &[
+            ("vaultbridge.provider", "west"),
+            ("vaultbridge.path", "east-only"),
+        ],
+    );
+    assert!(e.contains("not found") && e.contains(WEST), "{e}");
+    let e = err(
+        &plugin,
+        "x",
+        &[
+            ("vaultbridge.provider", "west"),
+            ("vaultbridge.path", &east_only.arn),
+        ],
+    );
+    assert!(e.contains("invalid request") && e.contains(EAST), "{e}");
+    assert!(
+        plugin.log().contains("not_found"),
+        "outcome logged:\n{}",
+        plugin.log()
+    );
+}
+
+#[tokio::test]
+async fn two_regions_in_one_config() {
+    let moto = Moto::start();
+    moto.create_string(EAST, "shared/db", "east-value");
+    let west_secret = moto.create_string(WEST, "shared/db", "west-value");
+
+    assert_eq!(
+        fetch(&provider(&moto, EAST).await, "shared/db", None)
+            .await
+            .unwrap(),
+        b"east-value"
+    );
+    assert_eq!(
+        fetch(&provider(&moto, WEST).await, "shared/db", None)
+            .await
+            .unwrap(),
+        b"west-value"
+    );
+
+    let config = format!(
+        "default_provider = \"east\"\n{}",
+        config_toml(&moto.endpoint, &[("east", EAST), ("west", WEST)], "")
+    );
+    let plugin = Plugin::start(Some(&config), TEST_KEYS);
+    let path = ("vaultbridge.path", "shared/db");
+    assert_eq!(value(&plugin, "a", &[path]), b"east-value");
+    assert_eq!(
+        value(&plugin, "b", &[path, ("vaultbridge.provider", "west")]),
+        b"west-value"
+    );
+    assert_eq!(
+        value(
+            &plugin,
+            "c",
+            &[
+                ("vaultbridge.provider", "west"),
+                ("vaultbridge.path", &west_secret.arn)
+            ]
+        ),
+        b"west-value"
+    );
+    let (ok, out) = check_cli(&config, TEST_KEYS);
+    assert!(
+        ok && out.contains("ok    east (aws)") && out.contains("ok    west (aws)"),
+        "{out}"
+    );
+}
+
+/// No config file: `AWS_REGION` / `AWS_DEFAULT_REGION` make a provider named
+/// `aws`, and the standard endpoint variables point the SDK at moto.
+#[test]
+fn configured_by_the_standard_environment() {
+    let moto = Moto::start();
+    moto.create_string(EAST, "env/secret", "east-by-env");
+    moto.create_string(WEST, "env/secret", "west-by-env");
+
+    let plugin = Plugin::start(
+        None,
+        &[
+            TEST_KEYS,
+            &[
+                ("AWS_REGION", EAST),
+                ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto.endpoint),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        value(&plugin, "x", &[("vaultbridge.path", "env/secret")]),
+        b"east-by-env"
+    );
+    assert_eq!(
+        value(
+            &plugin,
+            "x",
+            &[
+                ("vaultbridge.provider", "aws"),
+                ("vaultbridge.path", "env/secret")
+            ]
+        ),
+        b"east-by-env"
+    );
+
+    let plugin = Plugin::start(
+        None,
+        &[
+            TEST_KEYS,
+            &[
+                ("AWS_DEFAULT_REGION", WEST),
+                ("AWS_ENDPOINT_URL", &moto.endpoint),
+            ],
+        ]
+        .concat(),
+    );
+    assert_eq!(
+        value(&plugin, "x", &[("vaultbridge.path", "env/secret")]),
+        b"west-by-env"
+    );
+}
+
+/// moto with credential checks on: only keys of moto's IAM users, with a
+/// valid signature, are accepted, and IAM policies are enforced.
+#[tokio::test]
+async fn credentials_are_checked() {
+    // Exactly the calls below run before checks start.
+    let moto = Moto::start_with_auth(6);
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "reader")]);
+    let policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Action": ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"], "Resource": "*"}]});
+    moto.iam(&[
+        ("Action", "PutUserPolicy"),
+        ("UserName", "reader"),
+        ("PolicyName", "read-secrets"),
+        ("PolicyDocument", &policy.to_string()),
+    ]);
+    let reader = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "reader")]);
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "nobody")]);
+    let nobody = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "nobody")]);
+    moto.create_string(EAST, "guarded", "guarded-value");
+    // Checks are on now: moto's unsigned default key is refused.
+    let refused = moto.secrets_as("test", EAST, "ListSecrets", &json!({}));
+    assert_eq!(refused.status, 403, "{}", refused.body);
+
+    let reader_id = xml_field(&reader, "AccessKeyId");
+    let reader_secret = xml_field(&reader, "SecretAccessKey");
+    let nobody_id = xml_field(&nobody, "AccessKeyId");
+    let nobody_secret = xml_field(&nobody, "SecretAccessKey");
+    let wrong_id = "AKIAWRONGWRONGWRONG7";
+
+    // Directly.
+    let good = provider_as(&moto.endpoint, EAST, &reader_id, &reader_secret).await;
+    assert_eq!(
+        fetch(&good, "guarded", None).await.unwrap(),
+        b"guarded-value"
+    );
+    assert!(good.check().await.unwrap().contains("ListSecrets allowed"));
+
+    let denied = provider_as(&moto.endpoint, EAST, &nobody_id, &nobody_secret).await;
+    match fetch(&denied, "guarded", None).await {
+        Err(ProviderError::Denied(m)) => {
+            assert!(
+                m.contains(&format!("arn:aws:iam::{ACCOUNT}:user/nobody")),
+                "{m}"
+            );
+            assert!(m.contains("secretsmanager:GetSecretValue"), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // Authenticated, just not allowed to list: check passes and says so.
+    let checked = denied.check().await.unwrap();
+    assert!(checked.contains("not allowed"), "{checked}");
+
+    let unknown = provider_as(&moto.endpoint, EAST, wrong_id, "wrong-secret").await;
+    for result in [
+        fetch(&unknown, "guarded", None)
+            .await
+            .map(|_| String::new()),
+        unknown.check().await,
+    ] {
+        match result {
+            Err(ProviderError::Unauthenticated(m)) => {
+                assert!(m.contains("InvalidClientTokenId"), "{m}");
+                assert!(!m.contains(wrong_id), "the key id is scrubbed: {m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    let bad_signature = provider_as(&moto.endpoint, EAST, &reader_id, "not-the-secret-key").await;
+    match fetch(&bad_signature, "guarded", None).await {
+        Err(ProviderError::Unauthenticated(m)) => {
+            assert!(m.contains("SignatureDoesNotMatch"), "{m}");
+            assert!(!m.contains(reader_id.as_str()), "{m}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Through the socket, and `vaultbridge check`.
+    let config = config_toml(&moto.endpoint, &[("aws", EAST)], "");
+    let env = |id: &str, secret: &str| {
+        vec![
+            ("AWS_ACCESS_KEY_ID", id.to_string()),
+            ("AWS_SECRET_ACCESS_KEY", secret.to_string()),
+            ("AWS_EC2_METADATA_DISABLED", "true".to_string()),
+        ]
+    };
+    for (id, secret, expect) in [
+        (reader_id.as_str(), reader_secret.as_str(), Ok(())),
+        (
+            nobody_id.as_str(),
+            nobody_secret.as_str(),
+            Err("access denied"),
+        ),
+        (wrong_id, "wrong-secret", Err("authentication failed")),
+        (
+            reader_id.as_str(),
+            "not-the-secret-key",
+            Err("authentication failed"),
+        ),
+    ] {
+        let owned = env(id, secret);
+        let pairs: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let plugin = Plugin::start(Some(&config), &pairs);
+        let path = [("vaultbridge.path", "guarded")];
+        match expect {
+            Ok(()) => assert_eq!(value(&plugin, "g", &path), b"guarded-value"),
+            Err(kind) => {
+                let e = err(&plugin, "g", &path);
+                assert!(e.contains(kind), "{e}");
+                assert!(!e.to_ascii_lowercase().contains("unhandled"), "{e}");
+                assert!(!e.contains(secret), "{e}");
+            }
+        }
+        assert_log_has_no_values(&plugin.log(), &[b"guarded-value", secret.as_bytes()]);
+        let (ok, out) = check_cli(&config, &pairs);
+        let authenticated = expect.is_ok() || id == nobody_id;
+        assert_eq!(ok, authenticated, "{out}");
+        assert!(!out.contains(secret), "{out}");
+    }
+}
+
+/// A stopped server and a server that never answers both give `Unavailable`
+/// within the configured timeout, never a hang.
+#[tokio::test]
+async fn backend_down_is_unavailable_within_the_deadline() {
+    let mut moto = Moto::start();
+    moto.create_string(EAST, "up-then-down", "was-up");
+    let timeout = Duration::from_secs(2);
+    let p = AwsProvider::with_static_credentials(
+        &aws_config(EAST, &moto.endpoint, Some(timeout.as_secs_f64())),
+        "providers.aws",
+        "test",
+        &SecretString::from("test".to_string()),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetch(&p, "up-then-down", None).await.unwrap(), b"was-up");
+    let config = config_toml(&moto.endpoint, &[("aws", EAST)], "timeout = 2");
+    let plugin = Plugin::start(Some(&config), TEST_KEYS);
+    moto.stop();
+
+    let started = Instant::now();
+    match fetch(&p, "up-then-down", None).await {
+        Err(ProviderError::Unavailable(m)) => {
+            assert!(
+                m.contains("cannot reach") && m.contains(&moto.endpoint),
+                "{m}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(started.elapsed() < 2 * timeout, "{:?}", started.elapsed());
+    assert!(matches!(
+        p.check().await,
+        Err(ProviderError::Unavailable(_))
+    ));
+
+    // A listener that accepts connections and never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let hung = AwsProvider::with_static_credentials(
+        &aws_config(EAST, &silent_endpoint, Some(timeout.as_secs_f64())),
+        "providers.aws",
+        "test",
+        &SecretString::from("test".to_string()),
+    )
+    .await
+    .unwrap();
+    let started = Instant::now();
+    match fetch(&hung, "anything", None).await {
+        Err(ProviderError::Unavailable(m)) => assert!(m.contains(&silent_endpoint), "{m}"),
+        other => panic!("{other:?}"),
+    }
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= timeout / 2 && elapsed < 2 * timeout,
+        "{elapsed:?}"
+    );
+
+    // Through the socket. The plugin may retry an unavailable backend within
+    // its own deadline (10 s by default), still well under Docker's 30 s.
+    let started = Instant::now();
+    let e = err(&plugin, "x", &[("vaultbridge.path", "up-then-down")]);
+    assert!(e.contains("unavailable"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(plugin.log().contains("unavailable"), "{}", plugin.log());
+
+    let hung_config = config_toml(&silent_endpoint, &[("aws", EAST)], "timeout = 2");
+    let plugin = Plugin::start(Some(&hung_config), TEST_KEYS);
+    let started = Instant::now();
+    let e = err(&plugin, "x", &[("vaultbridge.path", "anything")]);
+    assert!(e.contains("unavailable"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(silent);
+}
