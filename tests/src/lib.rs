@@ -5,6 +5,7 @@
 //! have their own modules; each starts its server, polls until it is ready
 //! and stops it by PID on drop.
 
+pub mod azure_double;
 pub mod docker;
 pub mod moto;
 

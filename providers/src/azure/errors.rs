@@ -250,12 +250,33 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
 /// managed identity endpoint...), minus the SDK's troubleshooting link lines.
 fn credential_text(err: &azure_core::Error) -> String {
     let text = err.to_string();
+    if let Some(aadsts) = aadsts_text(&text) {
+        return aadsts;
+    }
     let useful: Vec<&str> = text
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with("To troubleshoot"))
         .collect();
     first_line(&useful.join(" "))
+}
+
+/// `AADSTS<code>: <description>` out of an error's text, without what
+/// follows the description's first line (trace and correlation ids).
+///
+/// `azure_identity` 1.0 fails to parse Entra's error body when the
+/// description contains escaped characters (it always does: `\r\n` before
+/// "Trace ID"), and reports a serde error quoting the description instead
+/// of an HTTP error; the code is still in that text.
+fn aadsts_text(text: &str) -> Option<String> {
+    let start = text.find("AADSTS")?;
+    let rest = &text[start..];
+    let end = ["\\r", "\\n", "\r", "\n", " Trace ID", "\""]
+        .iter()
+        .filter_map(|stop| rest.find(stop))
+        .min()
+        .unwrap_or(rest.len());
+    Some(first_line(&rest[..end]))
 }
 
 #[cfg(test)]
@@ -273,6 +294,12 @@ mod tests {
             first_line("AADSTS90002: Tenant not found. Trace ID: abc Correlation ID: def"),
             "AADSTS90002: Tenant not found."
         );
+        let serde_quote = r#"ClientSecretCredential authentication failed. invalid type: string "AADSTS7000215: Invalid client secret provided.\r\nTrace ID: a88b\r\nCorrelation ID: 1"#;
+        assert_eq!(
+            aadsts_text(serde_quote).unwrap(),
+            "AADSTS7000215: Invalid client secret provided."
+        );
+        assert_eq!(aadsts_text("no code here"), None);
         let long = "x".repeat(1000);
         assert_eq!(first_line(&long).chars().count(), MAX_TEXT + 1);
     }
