@@ -8,6 +8,7 @@
 pub mod azure_double;
 pub mod docker;
 pub mod moto;
+pub mod openbao;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
