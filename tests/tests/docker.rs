@@ -418,7 +418,7 @@ secrets:
     assert!(catalog.contains("vaultbridge"), "registry catalog: {catalog}");
     docker_ok(&["plugin", "rm", &remote]);
     s.forget_plugin(&remote);
-    s.track_plugin(ALIAS);
+    s.track_plugin(ALIAS); // for cleanup, should the install half-succeed
     docker_ok(&[
         "plugin",
         "install",
@@ -427,6 +427,7 @@ secrets:
         "--grant-all-permissions",
         &remote,
         &conf_source,
+        "VAULTBRIDGE_LOG=info,vaultbridge=info",
     ]);
     s.track_plugin(ALIAS);
     let installed_id = s.plugin_id(ALIAS);
@@ -437,6 +438,54 @@ secrets:
         Duration::from_secs(30),
         |l| l.contains("vaultbridge listening") && l.contains("config=file"),
     );
+
+    // Upgrade in place to a second pushed build: the alias, the settings and
+    // the secrets that name the driver stay.
+    let upgrade = s.build_plugin(&remote_name, &format!("e2e-{id}-2"), &[]);
+    docker_ok(&["plugin", "push", &upgrade]);
+    docker_ok(&["plugin", "rm", &upgrade]);
+    s.forget_plugin(&upgrade);
+    docker_ok(&["plugin", "disable", ALIAS]);
+    docker_ok(&[
+        "plugin",
+        "upgrade",
+        "--grant-all-permissions",
+        // Without it the CLI asks "Plugin images do not match, are you
+        // sure? [y/N]" for any new tag, and on a closed stdin exits 0
+        // having upgraded nothing.
+        "--skip-remote-check",
+        ALIAS,
+        &upgrade,
+    ]);
+    let reference = docker_ok(&["plugin", "inspect", "-f", "{{.PluginReference}}", ALIAS]);
+    assert_eq!(reference, upgrade, "docker plugin upgrade did not switch the reference");
+    // The engine keeps env settings across an upgrade, but a mount's source
+    // lives in the replaced config: it is back to the default and must be
+    // set again (README, Upgrade).
+    let settings = docker_ok(&["plugin", "inspect", "-f", "{{json .Settings}}", ALIAS]);
+    assert!(
+        settings.contains("VAULTBRIDGE_LOG=info,vaultbridge=info"),
+        "env settings lost in the upgrade: {settings}"
+    );
+    docker_ok(&["plugin", "set", ALIAS, &conf_source]);
+    let installed_id = s.plugin_id(ALIAS);
+    s.track_plugin(ALIAS);
+    let root = docker_ok(&["info", "-f", "{{.DockerRootDir}}"]);
+    let release = std::fs::read_to_string(format!(
+        "{root}/plugins/{installed_id}/rootfs/etc/vaultbridge-release"
+    ))
+    .expect("the upgraded plugin's rootfs has /etc/vaultbridge-release");
+    assert_eq!(release.trim(), upgrade, "the plugin runs another build");
+    let skip = s.log.plugin_lines(&installed_id).len();
+    s.enable_plugin(ALIAS);
+    s.log.wait_plugin_line(
+        &installed_id,
+        skip,
+        "the upgraded plugin to listen with the settings kept",
+        Duration::from_secs(30),
+        |l| l.contains("vaultbridge listening") && l.contains("config=file"),
+    );
+
     let secret = format!("vb_{id}_installed");
     s.secret_create(&secret, ALIAS, &file.secret);
     let installed_service = format!("vb-{id}-installed");
