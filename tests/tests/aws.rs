@@ -659,3 +659,131 @@ async fn backend_down_is_unavailable_within_the_deadline() {
     );
     drop(silent);
 }
+
+/// Shared config/credentials files (mounted into the plugin) with profiles,
+/// and `role_arn`: the source user may only assume the role, the role may
+/// read the secret — so a value proves the role was used.
+#[test]
+fn profiles_and_assumed_roles() {
+    let moto = Moto::start_with_auth(6);
+    let assume = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Action": "sts:AssumeRole", "Resource": "*"}]});
+    let trust = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"AWS": format!("arn:aws:iam::{ACCOUNT}:user/assumer")}, "Action": "sts:AssumeRole"}]});
+    let read = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Action": "secretsmanager:GetSecretValue", "Resource": "*"}]});
+    moto.iam(&[("Action", "CreateUser"), ("UserName", "assumer")]);
+    moto.iam(&[
+        ("Action", "PutUserPolicy"),
+        ("UserName", "assumer"),
+        ("PolicyName", "assume"),
+        ("PolicyDocument", &assume.to_string()),
+    ]);
+    let keys = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "assumer")]);
+    moto.iam(&[
+        ("Action", "CreateRole"),
+        ("RoleName", "secret-reader"),
+        ("AssumeRolePolicyDocument", &trust.to_string()),
+    ]);
+    moto.iam(&[
+        ("Action", "PutRolePolicy"),
+        ("RoleName", "secret-reader"),
+        ("PolicyName", "read"),
+        ("PolicyDocument", &read.to_string()),
+    ]);
+    moto.create_string(EAST, "role-guarded", "role-value");
+    let key_id = xml_field(&keys, "AccessKeyId");
+    let secret_key = xml_field(&keys, "SecretAccessKey");
+    let role = format!("arn:aws:iam::{ACCOUNT}:role/secret-reader");
+    let path = [("vaultbridge.path", "role-guarded")];
+
+    // STS must reach moto too: the global AWS_ENDPOINT_URL covers both.
+    let base_env = |id: &str, secret: &str| {
+        vec![
+            ("AWS_ACCESS_KEY_ID".to_string(), id.to_string()),
+            ("AWS_SECRET_ACCESS_KEY".to_string(), secret.to_string()),
+            ("AWS_ENDPOINT_URL".to_string(), moto.endpoint.clone()),
+            ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+        ]
+    };
+    let start = |config: &str, env: &[(String, String)]| {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Plugin::start(Some(config), &pairs)
+    };
+    let with_role = format!(
+        "[providers.aws]\ntype = \"aws\"\nregion = \"{EAST}\"\nrole_arn = \"{role}\"\nsession_name = \"e2e-session\"\n"
+    );
+    let without_role = format!("[providers.aws]\ntype = \"aws\"\nregion = \"{EAST}\"\n");
+
+    let plugin = start(&with_role, &base_env(&key_id, &secret_key));
+    assert_eq!(value(&plugin, "r", &path), b"role-value");
+    assert_log_has_no_values(&plugin.log(), &[b"role-value", secret_key.as_bytes()]);
+
+    let plugin = start(&without_role, &base_env(&key_id, &secret_key));
+    let e = err(&plugin, "r", &path);
+    assert!(
+        e.contains("access denied") && e.contains("user/assumer"),
+        "{e}"
+    );
+
+    let plugin = start(&with_role, &base_env("AKIAWRONGWRONGWRONG7", "nope"));
+    let e = err(&plugin, "r", &path);
+    assert!(
+        e.contains("authentication failed") && e.contains(&format!("assuming role {role}")),
+        "{e}"
+    );
+    assert!(!e.contains("AKIAWRONGWRONGWRONG7"), "{e}");
+
+    // A mounted credentials file and config file: the profile assumes the
+    // role itself (source_profile), selected by `profile` in the TOML.
+    let dir = tempfile::tempdir().unwrap();
+    let credentials = dir.path().join("credentials");
+    let aws_config_file = dir.path().join("config");
+    std::fs::write(
+        &credentials,
+        format!("[base]\naws_access_key_id = {key_id}\naws_secret_access_key = {secret_key}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        &aws_config_file,
+        format!("[profile via-role]\nrole_arn = {role}\nsource_profile = base\n"),
+    )
+    .unwrap();
+    let files_env = vec![
+        (
+            "AWS_SHARED_CREDENTIALS_FILE".to_string(),
+            credentials.display().to_string(),
+        ),
+        (
+            "AWS_CONFIG_FILE".to_string(),
+            aws_config_file.display().to_string(),
+        ),
+        ("AWS_ENDPOINT_URL".to_string(), moto.endpoint.clone()),
+        ("AWS_EC2_METADATA_DISABLED".to_string(), "true".to_string()),
+    ];
+    let plugin = start(
+        &format!("{without_role}profile = \"via-role\"\n"),
+        &files_env,
+    );
+    assert_eq!(value(&plugin, "r", &path), b"role-value");
+    let plugin = start(&format!("{without_role}profile = \"base\"\n"), &files_env);
+    let e = err(&plugin, "r", &path);
+    assert!(e.contains("access denied"), "{e}");
+
+    // A profile missing from the files stops the plugin at start-up, naming the key.
+    let mut plugin = Plugin::spawn(
+        Some(&format!("{without_role}profile = \"missing\"\n")),
+        &files_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect::<Vec<_>>(),
+        &[],
+    );
+    let status = plugin.wait_exit(Duration::from_secs(10));
+    assert!(matches!(status, Some(s) if !s.success()), "{status:?}");
+    assert!(
+        plugin.log().contains("providers.aws.profile") && plugin.log().contains("'missing'"),
+        "{}",
+        plugin.log()
+    );
+}

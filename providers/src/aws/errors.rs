@@ -21,6 +21,8 @@ pub(crate) struct Context<'a> {
     pub region: &'a str,
     pub endpoint: &'a str,
     pub timeout: Duration,
+    /// The configured `role_arn`, if any.
+    pub role: Option<&'a str>,
 }
 
 impl Context<'_> {
@@ -169,8 +171,12 @@ where
                 || lower.contains("profile")
                 || lower.contains("token")
             {
+                let role = context
+                    .role
+                    .map(|role| format!(" (assuming role {role})"))
+                    .unwrap_or_default();
                 ProviderError::Unauthenticated(format!(
-                    "no usable AWS credentials for region {region}: {text}; provide them through \
+                    "no usable AWS credentials for region {region}{role}: {text}; provide them through \
                      the standard chain (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, a mounted shared \
                      credentials file and profile, a web identity token file, ECS or EC2 instance \
                      roles) and check role_arn/profile"
@@ -393,8 +399,7 @@ fn redact_after_keys(text: &str, keys: &[&str], replacement: &str) -> String {
         // Skip separators; require at least one, so plain prose such as
         // "signature we calculated" is left alone.
         let rest = &text[key_end..];
-        let trimmed = rest
-            .trim_start_matches(|c: char| matches!(c, '=' | ':' | '"' | '\'' | ' ' | '(' | '{'));
+        let trimmed = rest.trim_start_matches(['=', ':', '"', '\'', ' ', '(', '{']);
         let trimmed = trimmed.strip_prefix("Some(").unwrap_or(trimmed);
         let trimmed = trimmed.trim_start_matches(['"', '\'']);
         let separators = rest.len() - trimmed.len();
@@ -530,6 +535,7 @@ mod tests {
             region: "eu-west-1",
             endpoint: "http://127.0.0.1:1",
             timeout: Duration::from_secs(2),
+            role: None,
         }
     }
 

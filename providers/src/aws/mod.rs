@@ -198,6 +198,7 @@ pub struct AwsProvider {
     /// For messages: where requests go.
     endpoint: String,
     timeout: Duration,
+    role_arn: Option<String>,
 }
 
 impl std::fmt::Debug for AwsProvider {
@@ -436,6 +437,7 @@ impl AwsProvider {
             region: region.to_string(),
             endpoint: describe_endpoint(config),
             timeout,
+            role_arn: config.role_arn.clone(),
         })
     }
 
@@ -450,6 +452,7 @@ impl AwsProvider {
             region: &self.region,
             endpoint: &self.endpoint,
             timeout: self.timeout,
+            role: self.role_arn.as_deref(),
         }
     }
 
