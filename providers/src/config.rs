@@ -15,6 +15,9 @@ use crate::Provider;
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
 /// One `[providers.<name>]` table, selected by its `type` key.
+// Variants differ in size (the vault table has many keys); a config is
+// parsed once at start-up, so boxing would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ProviderConfig {
