@@ -287,16 +287,38 @@ pub fn client_certificate(dir: &Path, common_name: &str) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-keyout", "client-ca-key.pem", "-out", "client-ca.pem", "-days", "2", "-subj",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client-ca-key.pem",
+            "-out",
+            "client-ca.pem",
+            "-days",
+            "2",
+            "-subj",
             "/CN=vaultbridge test client CA",
         ],
     );
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-keyout",
-            "client-key.pem", "-out", "client.csr", "-subj", &format!("/CN={common_name}"),
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "client-key.pem",
+            "-out",
+            "client.csr",
+            "-subj",
+            &format!("/CN={common_name}"),
         ],
     );
     std::fs::write(
@@ -307,9 +329,21 @@ pub fn client_certificate(dir: &Path, common_name: &str) {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "client.csr", "-CA", "client-ca.pem", "-CAkey",
-            "client-ca-key.pem", "-CAcreateserial", "-out", "client.pem", "-days", "2",
-            "-extfile", "client-ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "client.csr",
+            "-CA",
+            "client-ca.pem",
+            "-CAkey",
+            "client-ca-key.pem",
+            "-CAcreateserial",
+            "-out",
+            "client.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "client-ext.cnf",
         ],
     );
 }

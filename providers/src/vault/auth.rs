@@ -65,15 +65,24 @@ impl Method {
         match self {
             Method::Token { file: Some(f), .. } => format!("token from {}", f.display()),
             Method::Token { source, .. } => format!("token from {source}"),
-            Method::AppRole { mount, role_id_file, .. } => {
-                format!("approle login at auth/{mount} (role_id from {})", role_id_file.display())
+            Method::AppRole {
+                mount,
+                role_id_file,
+                ..
+            } => {
+                format!(
+                    "approle login at auth/{mount} (role_id from {})",
+                    role_id_file.display()
+                )
             }
             Method::Jwt { mount, role, .. } => format!("jwt login at auth/{mount}, role '{role}'"),
             Method::Cert { mount, name, .. } => match name {
                 Some(name) => format!("cert login at auth/{mount}, role '{name}'"),
                 None => format!("cert login at auth/{mount}"),
             },
-            Method::Userpass { mount, username, .. } => {
+            Method::Userpass {
+                mount, username, ..
+            } => {
                 format!("userpass login at auth/{mount}, user '{username}'")
             }
         }
@@ -445,7 +454,10 @@ impl Session {
 /// the content.
 fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
     let text = std::fs::read_to_string(path).map_err(|err| {
-        ProviderError::Unauthenticated(format!("cannot read the {what} file {}: {err}", path.display()))
+        ProviderError::Unauthenticated(format!(
+            "cannot read the {what} file {}: {err}",
+            path.display()
+        ))
     })?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -460,7 +472,10 @@ fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
 /// A failed login, as the operator should read it.
 fn login_failure(address: &str, what: &str, f: Failure) -> ProviderError {
     match f {
-        Failure::Status { code: 400 | 401 | 403, .. } => ProviderError::Unauthenticated(format!(
+        Failure::Status {
+            code: 400 | 401 | 403,
+            ..
+        } => ProviderError::Unauthenticated(format!(
             "{what} was refused by Vault at {address}: {}; check the role and credentials",
             f.errors()
         )),
@@ -513,6 +528,9 @@ mod tests {
         assert!(matches!(err, ProviderError::Unauthenticated(_)));
         let full = dir.path().join("full");
         std::fs::write(&full, "s3cr3t-id\n").unwrap();
-        assert_eq!(read_secret(&full, "x").unwrap().expose_secret(), "s3cr3t-id");
+        assert_eq!(
+            read_secret(&full, "x").unwrap().expose_secret(),
+            "s3cr3t-id"
+        );
     }
 }

@@ -283,11 +283,17 @@ mod tests {
                secret_id_wrapped = true"#,
         )
         .unwrap();
-        assert!(matches!(&c.auth, AuthConfig::Approle(a) if a.secret_id_wrapped && a.mount == "approle"));
-        assert_eq!((c.kv_mount.as_str(), c.kv_version, c.timeout), ("secret", 2, 10));
+        assert!(
+            matches!(&c.auth, AuthConfig::Approle(a) if a.secret_id_wrapped && a.mount == "approle")
+        );
+        assert_eq!(
+            (c.kv_mount.as_str(), c.kv_version, c.timeout),
+            ("secret", 2, 10)
+        );
         let c = parse("address = \"http://x\"\nauth = { method = \"jwt\", role = \"r\", jwt_file = \"/j\", mount = \"k8s\" }").unwrap();
         assert!(matches!(&c.auth, AuthConfig::Jwt(j) if j.mount == "k8s" && j.role == "r"));
-        let c = parse("address = \"http://x\"\nauth = { method = \"cert\", name = \"web\" }").unwrap();
+        let c =
+            parse("address = \"http://x\"\nauth = { method = \"cert\", name = \"web\" }").unwrap();
         assert!(matches!(&c.auth, AuthConfig::Cert(j) if j.mount == "cert"));
         let c = parse("address = \"http://x\"\nauth = { method = \"userpass\", username = \"u\", password_file = \"/p\" }").unwrap();
         assert!(matches!(&c.auth, AuthConfig::Userpass(_)));
@@ -298,7 +304,8 @@ mod tests {
         assert!(err.contains("kv_mnt"), "{err}");
         let err = parse("address = \"http://x\"\nauth = { method = \"approle\", role_id_file = \"/r\", secret_id_file = \"/s\", secretid = 1 }").unwrap_err();
         assert!(err.contains("secretid"), "{err}");
-        let err = parse("address = \"http://x\"\nauth = { method = \"token\", token = \"s.x\" }").unwrap_err();
+        let err = parse("address = \"http://x\"\nauth = { method = \"token\", token = \"s.x\" }")
+            .unwrap_err();
         assert!(err.contains("token"), "{err}");
         let err = parse("address = \"http://x\"\nauth = { method = \"kerberos\" }").unwrap_err();
         assert!(err.contains("kerberos"), "{err}");
@@ -326,7 +333,9 @@ mod tests {
         let shown = format!("{c:?}");
         assert!(!shown.contains("topsecrettoken"), "{shown}");
         assert!(VaultConfig::from_env(&|_: &str| None).is_none());
-        assert!(VaultConfig::from_env(&|n: &str| (n == "VAULT_TOKEN").then(|| "x".into())).is_none());
+        assert!(
+            VaultConfig::from_env(&|n: &str| (n == "VAULT_TOKEN").then(|| "x".into())).is_none()
+        );
     }
 
     #[test]
@@ -337,8 +346,14 @@ mod tests {
         assert_eq!(mounts.get("kv"), Some(&1));
         assert_eq!(mounts.get("other"), Some(&2));
         let c = parse("address = \"http://x\"\nkv_version = 3").unwrap();
-        assert_eq!(kv_mounts(&c, "providers.v").unwrap_err().key, "providers.v.kv_version");
+        assert_eq!(
+            kv_mounts(&c, "providers.v").unwrap_err().key,
+            "providers.v.kv_version"
+        );
         let c = parse("address = \"http://x\"\nkv_mounts = { \"a/b\" = 2 }").unwrap();
-        assert_eq!(kv_mounts(&c, "providers.v").unwrap_err().key, "providers.v.kv_mounts.a/b");
+        assert_eq!(
+            kv_mounts(&c, "providers.v").unwrap_err().key,
+            "providers.v.kv_mounts.a/b"
+        );
     }
 }

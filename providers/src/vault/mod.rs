@@ -219,7 +219,10 @@ impl VaultProvider {
                 if !https {
                     return Err(ConfigError::new(
                         format!("{auth_key}.method"),
-                        format!("cert login needs an https:// address, not {}", config.address),
+                        format!(
+                            "cert login needs an https:// address, not {}",
+                            config.address
+                        ),
                     ));
                 }
                 let login_http = match pair(&c.client_cert, &c.client_key, &auth_key)? {
@@ -257,7 +260,10 @@ impl VaultProvider {
                 .map(|p| {
                     let trimmed = p.trim_start_matches('/');
                     if trimmed.is_empty() {
-                        Err(ConfigError::new(format!("{key}.{field}"), "contains an empty prefix"))
+                        Err(ConfigError::new(
+                            format!("{key}.{field}"),
+                            "contains an empty prefix",
+                        ))
                     } else {
                         Ok(trimmed.to_string())
                     }
@@ -280,8 +286,16 @@ impl VaultProvider {
             Some((bare, query)) => (bare, Some(query)),
             None => (path, None),
         };
-        let post = self.logical_post.iter().any(|p| bare.starts_with(p.as_str()));
-        if post || self.logical_get.iter().any(|p| bare.starts_with(p.as_str())) {
+        let post = self
+            .logical_post
+            .iter()
+            .any(|p| bare.starts_with(p.as_str()));
+        if post
+            || self
+                .logical_get
+                .iter()
+                .any(|p| bare.starts_with(p.as_str()))
+        {
             return Ok(Target::Logical {
                 post,
                 path: bare.trim_end_matches('/'),
@@ -297,7 +311,10 @@ impl VaultProvider {
         if path.is_empty() {
             return Err(ProviderError::Invalid("the path is empty".into()));
         }
-        if path.split('/').any(|s| s.is_empty() || s == "." || s == "..") {
+        if path
+            .split('/')
+            .any(|s| s.is_empty() || s == "." || s == "..")
+        {
             return Err(ProviderError::Invalid(format!(
                 "'{raw}': empty, '.' and '..' path segments are not allowed"
             )));
@@ -408,7 +425,12 @@ impl VaultProvider {
                         ))
                         .await
                     }
-                    None => quiet(vaultrs::kv2::read::<serde_json::Value>(&client, mount, path)).await,
+                    None => {
+                        quiet(vaultrs::kv2::read::<serde_json::Value>(
+                            &client, mount, path,
+                        ))
+                        .await
+                    }
                 }
             })
             .await;
@@ -467,7 +489,9 @@ impl VaultProvider {
             Failure::Status { code: 404, .. } if no_route(&f) => ProviderError::NotFound(format!(
                 "no secrets engine is mounted at '{mount}/' on Vault {shown} (reading {what}); check kv_mount / kv_mounts or the mount prefix of the path"
             )),
-            Failure::Status { code: 404, .. } => ProviderError::NotFound(format!("no secret {what}")),
+            Failure::Status { code: 404, .. } => {
+                ProviderError::NotFound(format!("no secret {what}"))
+            }
             Failure::Status { code: 403, .. } => self.denied(what, api_path, &f).await,
             _ => unavailable(shown, &format!("reading {what}"), f),
         }
@@ -522,9 +546,15 @@ impl VaultProvider {
                         .header("Content-Type", "application/json")
                         .body(serde_json::Value::Object(body).to_string());
                 }
-                let response = request.send().await.map_err(|e| Failure::from_reqwest(&e))?;
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|e| Failure::from_reqwest(&e))?;
                 let status = response.status().as_u16();
-                let bytes = response.bytes().await.map_err(|e| Failure::from_reqwest(&e))?;
+                let bytes = response
+                    .bytes()
+                    .await
+                    .map_err(|e| Failure::from_reqwest(&e))?;
                 if !(200..300).contains(&status) {
                     let errors = serde_json::from_slice::<serde_json::Value>(&bytes)
                         .ok()
@@ -551,17 +581,18 @@ impl VaultProvider {
             Err(CallError::Vault(f)) => {
                 let shown = &self.session.http.shown;
                 return Err(match &f {
-                    Failure::Status { code: 404, .. } if no_route(&f) => ProviderError::NotFound(
-                        format!("no secrets engine handles {what} on Vault {shown}; check the path"),
-                    ),
+                    Failure::Status { code: 404, .. } if no_route(&f) => {
+                        ProviderError::NotFound(format!(
+                            "no secrets engine handles {what} on Vault {shown}; check the path"
+                        ))
+                    }
                     Failure::Status { code: 404, .. } => {
                         ProviderError::NotFound(format!("nothing at {what}"))
                     }
                     Failure::Status { code: 403, .. } => self.denied(&what, path, &f).await,
-                    Failure::Status { code: 400, .. } => ProviderError::Invalid(format!(
-                        "Vault refused {what}: {}",
-                        f.errors()
-                    )),
+                    Failure::Status { code: 400, .. } => {
+                        ProviderError::Invalid(format!("Vault refused {what}: {}", f.errors()))
+                    }
                     _ => unavailable(shown, &format!("requesting {what}"), f),
                 });
             }
@@ -619,9 +650,9 @@ enum CallError {
 /// The secret as compact JSON; an empty map is "not found", not "".
 fn json_value(data: &serde_json::Value, what: &str) -> Result<Vec<u8>, ProviderError> {
     match data {
-        serde_json::Value::Object(map) if map.is_empty() => Err(ProviderError::NotFound(
-            format!("{what} holds no keys"),
-        )),
+        serde_json::Value::Object(map) if map.is_empty() => {
+            Err(ProviderError::NotFound(format!("{what} holds no keys")))
+        }
         serde_json::Value::Null => Err(ProviderError::NotFound(format!("{what} holds no data"))),
         other => Ok(other.to_string().into_bytes()),
     }
@@ -635,10 +666,11 @@ fn no_route(f: &Failure) -> bool {
 /// Everything that is not "not found" or "denied": sealed, down, TLS.
 pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderError {
     match f {
-        Failure::Status { code: 503, ref errors } if errors.iter().any(|e| e.contains("sealed")) => {
-            ProviderError::Unavailable(format!(
-                "{doing}: Vault at {address} is sealed; unseal it"
-            ))
+        Failure::Status {
+            code: 503,
+            ref errors,
+        } if errors.iter().any(|e| e.contains("sealed")) => {
+            ProviderError::Unavailable(format!("{doing}: Vault at {address} is sealed; unseal it"))
         }
         Failure::Status { code, .. } if code >= 500 || code == 429 || code == 412 => {
             ProviderError::Unavailable(format!(
@@ -756,7 +788,10 @@ mod tests {
                 query: Some("common_name=a.example.com")
             }
         );
-        assert!(matches!(p.target("app?x=1"), Err(ProviderError::Invalid(_))));
+        assert!(matches!(
+            p.target("app?x=1"),
+            Err(ProviderError::Invalid(_))
+        ));
         assert!(matches!(p.target("a/../b"), Err(ProviderError::Invalid(_))));
         assert!(matches!(p.target("a//b"), Err(ProviderError::Invalid(_))));
         assert!(matches!(p.target("/"), Err(ProviderError::Invalid(_))));
@@ -766,9 +801,15 @@ mod tests {
     fn build_validates_without_network() {
         let dir = tempfile::tempdir().unwrap();
         let parse = |text: &str| toml::from_str::<VaultConfig>(text).unwrap();
-        let err = |text: &str| VaultProvider::new(&parse(text), "providers.v").err().unwrap();
+        let err = |text: &str| {
+            VaultProvider::new(&parse(text), "providers.v")
+                .err()
+                .unwrap()
+        };
 
-        let e = err("address = \"http://x\"\nauth = { method = \"approle\", role_id_file = \"/nope/r\", secret_id_file = \"/nope/s\" }");
+        let e = err(
+            "address = \"http://x\"\nauth = { method = \"approle\", role_id_file = \"/nope/r\", secret_id_file = \"/nope/s\" }",
+        );
         assert_eq!(e.key, "providers.v.auth.role_id_file");
         assert!(e.message.contains("/nope/r"), "{e}");
         let e = err("address = \"http://x\"\nca_cert = \"/ca.pem\"");
@@ -777,7 +818,10 @@ mod tests {
         assert_eq!(e.key, "providers.v.ca_cert");
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "not a pem").unwrap();
-        let e = err(&format!("address = \"https://x\"\nca_cert = \"{}\"", bad.display()));
+        let e = err(&format!(
+            "address = \"https://x\"\nca_cert = \"{}\"",
+            bad.display()
+        ));
         assert_eq!(e.key, "providers.v.ca_cert");
         let e = err("address = \"https://x\"\nclient_cert = \"/c\"");
         assert_eq!(e.key, "providers.v.client_key");
@@ -791,7 +835,9 @@ mod tests {
         assert_eq!(e.key, "providers.v.address");
         let e = err("address = \"http://x\"\ntimeout = 0");
         assert_eq!(e.key, "providers.v.timeout");
-        let e = err("address = \"http://x\"\nauth = { method = \"token\", token_env = \"VAULTBRIDGE_TEST_SURELY_UNSET\" }");
+        let e = err(
+            "address = \"http://x\"\nauth = { method = \"token\", token_env = \"VAULTBRIDGE_TEST_SURELY_UNSET\" }",
+        );
         assert_eq!(e.key, "providers.v.auth.token_env");
         // Debug of a provider config never shows a token.
         let config = VaultConfig::from_env(&|n: &str| match n {
