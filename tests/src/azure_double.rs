@@ -73,7 +73,10 @@ fn python() -> PathBuf {
 
 fn run(command: &mut Command, what: &str) {
     let output = command.output().unwrap_or_else(|err| {
-        panic!("{what}: cannot run {:?} ({err}); run tests/setup.sh", command.get_program())
+        panic!(
+            "{what}: cannot run {:?} ({err}); run tests/setup.sh",
+            command.get_program()
+        )
     });
     assert!(
         output.status.success(),
@@ -99,12 +102,25 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         ),
     )
     .expect("write leaf.ext");
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
     run(
         Command::new("openssl")
             .args(["req", "-x509"])
             .args(ec)
-            .args(["-keyout", &path("ca.key"), "-out", &path("ca.pem"), "-days", "2"])
+            .args([
+                "-keyout",
+                &path("ca.key"),
+                "-out",
+                &path("ca.pem"),
+                "-days",
+                "2",
+            ])
             .args(["-subj", "/CN=vaultbridge test CA"])
             .args(["-addext", "basicConstraints=critical,CA:TRUE"])
             .args(["-addext", "keyUsage=critical,keyCertSign,cRLSign"]),
@@ -121,11 +137,28 @@ fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     run(
         Command::new("openssl")
             .args(["x509", "-req", "-in", &path("leaf.csr")])
-            .args(["-CA", &path("ca.pem"), "-CAkey", &path("ca.key"), "-CAcreateserial"])
-            .args(["-out", &path("leaf.pem"), "-days", "2", "-extfile", &path("leaf.ext")]),
+            .args([
+                "-CA",
+                &path("ca.pem"),
+                "-CAkey",
+                &path("ca.key"),
+                "-CAcreateserial",
+            ])
+            .args([
+                "-out",
+                &path("leaf.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &path("leaf.ext"),
+            ]),
         "openssl (leaf)",
     );
-    (dir.join("ca.pem"), dir.join("leaf.pem"), dir.join("leaf.key"))
+    (
+        dir.join("ca.pem"),
+        dir.join("leaf.pem"),
+        dir.join("leaf.key"),
+    )
 }
 
 /// Add `127.0.0.1 vbtest.vault.azure.net ...` for this process, dropping
@@ -138,7 +171,10 @@ fn hosts_add() {
             Some(owner) => owner != pid && Path::new(&format!("/proc/{owner}")).exists(),
             None => true,
         });
-        let names: Vec<String> = VAULTS.iter().map(|v| format!("{v}.{VAULT_DOMAIN}")).collect();
+        let names: Vec<String> = VAULTS
+            .iter()
+            .map(|v| format!("{v}.{VAULT_DOMAIN}"))
+            .collect();
         lines.push(format!("127.0.0.1 {} {HOSTS_MARKER}{pid}", names.join(" ")));
     });
 }
@@ -184,7 +220,10 @@ impl Running {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|err| {
-                panic!("cannot start the Azure double with {} ({err}); run tests/setup.sh", python().display())
+                panic!(
+                    "cannot start the Azure double with {} ({err}); run tests/setup.sh",
+                    python().display()
+                )
             });
         let stdin = child.stdin.take();
         let started = wait_until(Duration::from_secs(15), || ready.exists());
@@ -248,7 +287,9 @@ fn control(port: u16, method: &str, path: &str, body: Option<&Value>) -> std::io
 impl AzureDouble {
     /// The running double, started if no test holds it.
     pub fn start() -> AzureDouble {
-        let mut shared = SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut shared = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(running) = shared.upgrade() {
             return AzureDouble { running };
         }
@@ -325,7 +366,11 @@ impl AzureDouble {
     /// `enabled`, `denied` (403 for everyone), `throttle` (that many 429s
     /// first) and `retry_after` (seconds, default 1).
     pub fn put_secret(&self, vault: &str, name: &str, body: Value) -> String {
-        let answer = self.control("PUT", &format!("/vaults/{vault}/secrets/{name}"), Some(&body));
+        let answer = self.control(
+            "PUT",
+            &format!("/vaults/{vault}/secrets/{name}"),
+            Some(&body),
+        );
         answer["version"].as_str().unwrap_or_default().to_string()
     }
 

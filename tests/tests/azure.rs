@@ -59,7 +59,11 @@ async fn provider(config: &AzureConfig) -> Arc<dyn Provider> {
     build(config, "providers.kv").await.expect("build")
 }
 
-async fn fetch(p: &dyn Provider, path: &str, version: Option<&str>) -> Result<Vec<u8>, ProviderError> {
+async fn fetch(
+    p: &dyn Provider,
+    path: &str,
+    version: Option<&str>,
+) -> Result<Vec<u8>, ProviderError> {
     p.fetch(SecretRef { path, version })
         .await
         .map(|v| v.expose().to_vec())
@@ -152,7 +156,10 @@ async fn provider_errors_are_distinct_and_actionable() {
         Err(ProviderError::Denied(m)) => {
             // Which identity, which vault, what to do.
             assert!(m.contains(&app.client_id) && m.contains(&app.tenant), "{m}");
-            assert!(m.contains(&vault_url) && m.contains("Key Vault Secrets User"), "{m}");
+            assert!(
+                m.contains(&vault_url) && m.contains("Key Vault Secrets User"),
+                "{m}"
+            );
         }
         other => panic!("expected Denied, got {other:?}"),
     }
@@ -175,13 +182,22 @@ async fn provider_wrong_client_secret_surfaces_the_aadsts_code_not_the_secret() 
     double.add_version(VAULT, &name, "value");
     let p = provider(&config(&double, &app, VAULT, 5.0)).await;
 
-    for result in [fetch(&*p, &name, None).await.map(|_| String::new()), p.check().await] {
+    for result in [
+        fetch(&*p, &name, None).await.map(|_| String::new()),
+        p.check().await,
+    ] {
         match result {
             Err(ProviderError::Unauthenticated(m)) => {
                 assert!(m.contains("AADSTS7000215"), "{m}");
-                assert!(m.contains(&app.client_id) && m.contains("client_secret_file"), "{m}");
+                assert!(
+                    m.contains(&app.client_id) && m.contains("client_secret_file"),
+                    "{m}"
+                );
                 assert!(!m.contains(wrong) && !m.contains(&app.secret), "{m}");
-                assert!(!m.contains("Trace ID") && !m.contains("Correlation ID"), "{m}");
+                assert!(
+                    !m.contains("Trace ID") && !m.contains("Correlation ID"),
+                    "{m}"
+                );
             }
             other => panic!("expected Unauthenticated, got {other:?}"),
         }
@@ -208,16 +224,28 @@ async fn provider_waits_out_throttling_within_the_deadline() {
     let p = provider(&config(&double, &app, VAULT, 8.0)).await;
 
     let name = AzureDouble::unique("throttled");
-    double.put_secret(VAULT, &name, json!({"value": "after-throttle", "throttle": 2, "retry_after": 1}));
+    double.put_secret(
+        VAULT,
+        &name,
+        json!({"value": "after-throttle", "throttle": 2, "retry_after": 1}),
+    );
     let started = Instant::now();
     assert_eq!(fetch(&*p, &name, None).await.unwrap(), b"after-throttle");
     // Two 429s, each honoured for its Retry-After of 1 s.
     assert_eq!(double.stats()["throttled"][format!("{VAULT}/{name}")], 2);
-    assert!(started.elapsed() >= Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
 
     // A Retry-After beyond the deadline is reported at once, not slept on.
     let long = AzureDouble::unique("throttled-long");
-    double.put_secret(VAULT, &long, json!({"value": "x", "throttle": 5, "retry_after": 60}));
+    double.put_secret(
+        VAULT,
+        &long,
+        json!({"value": "x", "throttle": 5, "retry_after": 60}),
+    );
     let started = Instant::now();
     match fetch(&*p, &long, None).await {
         Err(ProviderError::Unavailable(m)) => {
@@ -225,7 +253,11 @@ async fn provider_waits_out_throttling_within_the_deadline() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -244,7 +276,11 @@ async fn provider_vault_down_is_unavailable_within_the_deadline() {
         Err(ProviderError::Unavailable(m)) => assert!(m.contains("cannot reach vault"), "{m}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
 
     // Something accepts connections and never answers: the timeout answers.
     let blackhole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -257,7 +293,11 @@ async fn provider_vault_down_is_unavailable_within_the_deadline() {
         Err(ProviderError::Unavailable(m)) => assert!(m.contains(&cfg.vault_url), "{m}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }
-    assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     drop(blackhole);
 }
 
@@ -327,7 +367,10 @@ async fn provider_workload_identity_exchanges_the_federated_token() {
         timeout: Some(5.0),
     };
     let p = provider(&cfg).await;
-    assert_eq!(fetch(&*p, &name, None).await.unwrap(), b"via-workload-identity");
+    assert_eq!(
+        fetch(&*p, &name, None).await.unwrap(),
+        b"via-workload-identity"
+    );
 
     let other = double.dir().join(format!("{client_id}.other"));
     std::fs::write(&other, "a-token-from-another-issuer").unwrap();
@@ -338,7 +381,10 @@ async fn provider_workload_identity_exchanges_the_federated_token() {
     };
     match fetch(&*provider(&cfg).await, &name, None).await {
         Err(ProviderError::Unauthenticated(m)) => {
-            assert!(m.contains("AADSTS700213") && m.contains("federated credential"), "{m}");
+            assert!(
+                m.contains("AADSTS700213") && m.contains("federated credential"),
+                "{m}"
+            );
             assert!(!m.contains("a-token-from-another-issuer"), "{m}");
         }
         other => panic!("expected Unauthenticated, got {other:?}"),
@@ -357,7 +403,10 @@ async fn provider_refuses_a_challenge_for_another_domain() {
     cfg.vault_url = format!("https://127.0.0.1:{}", double.tls_port());
     match fetch(&*provider(&cfg).await, &name, None).await {
         Err(ProviderError::Unauthenticated(m)) => {
-            assert!(m.contains("another domain") && m.contains("vault_url"), "{m}")
+            assert!(
+                m.contains("another domain") && m.contains("vault_url"),
+                "{m}"
+            )
         }
         other => panic!("expected Unauthenticated, got {other:?}"),
     }
@@ -388,7 +437,11 @@ fn plugin_serves_latest_version_field_and_binary() {
     let v1 = double.add_version(VAULT, &plain, "api-key-one");
     double.add_version(VAULT, &plain, "api-key-two");
     let json_name = AzureDouble::unique("db");
-    double.add_version(VAULT, &json_name, r#"{"user":"app","password":"pw-in-json-77"}"#);
+    double.add_version(
+        VAULT,
+        &json_name,
+        r#"{"user":"app","password":"pw-in-json-77"}"#,
+    );
     let pfx_name = AzureDouble::unique("tls-pfx");
     // Binary content (a PFX, say) is stored base64-encoded, as the portal and CLI do.
     let binary: Vec<u8> = vec![0x30, 0x82, 0x00, 0xff, 0xfe, 0x00, 0x01];
@@ -404,18 +457,29 @@ fn plugin_serves_latest_version_field_and_binary() {
     assert_eq!(answer.value(), b"api-key-one", "{}", answer.err());
     let answer = plugin.get_secret(&engine_request(
         "st_db_password",
-        &[("vaultbridge.path", &json_name), ("vaultbridge.field", "password")],
+        &[
+            ("vaultbridge.path", &json_name),
+            ("vaultbridge.field", "password"),
+        ],
     ));
     assert_eq!(answer.value(), b"pw-in-json-77", "{}", answer.err());
     let answer = plugin.get_secret(&engine_request(
         "st_cert",
-        &[("vaultbridge.path", &pfx_name), ("vaultbridge.decode", "base64")],
+        &[
+            ("vaultbridge.path", &pfx_name),
+            ("vaultbridge.decode", "base64"),
+        ],
     ));
     assert_eq!(answer.value(), binary, "{}", answer.err());
 
     assert_log_has_no_values(
         &plugin.log(),
-        &[b"api-key-one", b"api-key-two", b"pw-in-json-77", app.secret.as_bytes()],
+        &[
+            b"api-key-one",
+            b"api-key-two",
+            b"pw-in-json-77",
+            app.secret.as_bytes(),
+        ],
     );
 }
 
@@ -445,7 +509,11 @@ fn plugin_reports_missing_forbidden_and_bad_credentials() {
     let double = AzureDouble::start();
     let app = app(&double, 3599);
     let forbidden = AzureDouble::unique("locked");
-    double.put_secret(VAULT, &forbidden, json!({"value": "locked-value", "denied": true}));
+    double.put_secret(
+        VAULT,
+        &forbidden,
+        json!({"value": "locked-value", "denied": true}),
+    );
     let missing = AzureDouble::unique("absent");
     let plugin = Plugin::start(Some(&toml_provider("kv", &double, &app, VAULT, "")), &[]);
 
@@ -453,27 +521,42 @@ fn plugin_reports_missing_forbidden_and_bad_credentials() {
     assert!(err.contains("not found") && err.contains(&missing), "{err}");
     assert!(err.contains(&double.vault_url(VAULT)), "{err}");
     let err = plugin.get_secret(&engine_request(&forbidden, &[])).err();
-    assert!(err.contains("access denied") && err.contains(&app.client_id), "{err}");
+    assert!(
+        err.contains("access denied") && err.contains(&app.client_id),
+        "{err}"
+    );
     let err = plugin
-        .get_secret(&engine_request("st_x", &[("vaultbridge.path", "not_a_kv_name")]))
+        .get_secret(&engine_request(
+            "st_x",
+            &[("vaultbridge.path", "not_a_kv_name")],
+        ))
         .err();
     assert!(err.contains("vaultbridge.path"), "{err}");
 
     let bad = app_with_secret_file(&double, &app, "wrong-secret-never-logged-91");
     let plugin2 = Plugin::start(Some(&toml_provider("kv", &double, &bad, VAULT, "")), &[]);
     let err = plugin2.get_secret(&engine_request(&missing, &[])).err();
-    assert!(err.contains("authentication failed") && err.contains("AADSTS7000215"), "{err}");
+    assert!(
+        err.contains("authentication failed") && err.contains("AADSTS7000215"),
+        "{err}"
+    );
     for log in [plugin.log(), plugin2.log()] {
         assert_log_has_no_values(
             &log,
-            &[b"locked-value", app.secret.as_bytes(), bad.secret.as_bytes()],
+            &[
+                b"locked-value",
+                app.secret.as_bytes(),
+                bad.secret.as_bytes(),
+            ],
         );
     }
 }
 
 /// The same app, but its secret file holds `secret`.
 fn app_with_secret_file(double: &AzureDouble, app: &App, secret: &str) -> App {
-    let secret_file = double.dir().join(format!("{}.bad", AzureDouble::unique("secret")));
+    let secret_file = double
+        .dir()
+        .join(format!("{}.bad", AzureDouble::unique("secret")));
     std::fs::write(&secret_file, secret).unwrap();
     App {
         tenant: app.tenant.clone(),
@@ -488,7 +571,11 @@ fn plugin_answers_after_throttling() {
     let double = AzureDouble::start();
     let app = app(&double, 3599);
     let name = AzureDouble::unique("busy");
-    double.put_secret(VAULT, &name, json!({"value": "eventually", "throttle": 2, "retry_after": 1}));
+    double.put_secret(
+        VAULT,
+        &name,
+        json!({"value": "eventually", "throttle": 2, "retry_after": 1}),
+    );
     let plugin = Plugin::start(Some(&toml_provider("kv", &double, &app, VAULT, "")), &[]);
     let answer = plugin.get_secret(&engine_request(&name, &[]));
     assert_eq!(answer.value(), b"eventually", "{}", answer.err());
@@ -526,7 +613,12 @@ fn plugin_keeps_working_across_token_expiry() {
     let mut requests = 0;
     while Instant::now() < until {
         let answer = plugin.get_secret(&engine_request(&name, &[]));
-        assert_eq!(answer.value(), b"steady-value", "request {requests}: {}", answer.err());
+        assert_eq!(
+            answer.value(),
+            b"steady-value",
+            "request {requests}: {}",
+            answer.err()
+        );
         requests += 1;
         std::thread::sleep(Duration::from_millis(200));
     }
@@ -561,10 +653,7 @@ fn plugin_configured_from_the_environment_alone() {
             ("SSL_CERT_FILE", &ca),
         ],
     );
-    let answer = plugin.get_secret(&engine_request(
-        &name,
-        &[("vaultbridge.provider", "azure")],
-    ));
+    let answer = plugin.get_secret(&engine_request(&name, &[("vaultbridge.provider", "azure")]));
     assert_eq!(answer.value(), b"env-configured", "{}", answer.err());
     assert_log_has_no_values(&plugin.log(), &[b"env-configured", app.secret.as_bytes()]);
 }
@@ -587,13 +676,23 @@ fn check_command_proves_reachability_and_authentication() {
     };
     let out = run(&toml_provider("kv", &double, &app, VAULT, ""));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("ok    kv (azure)") && text.contains(&app.client_id), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("ok    kv (azure)") && text.contains(&app.client_id),
+        "{text}"
+    );
 
     let bad = app_with_secret_file(&double, &app, "not-the-secret-5150");
     let out = run(&toml_provider("kv", &double, &bad, VAULT, ""));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success(), "{text}");
-    assert!(text.contains("FAIL  kv (azure)") && text.contains("AADSTS7000215"), "{text}");
+    assert!(
+        text.contains("FAIL  kv (azure)") && text.contains("AADSTS7000215"),
+        "{text}"
+    );
     assert!(!text.contains("not-the-secret-5150"), "{text}");
 }

@@ -228,7 +228,9 @@ impl AzureConfig {
             Some(secs) => {
                 return Err(ConfigError::new(
                     format!("{key}.timeout"),
-                    format!("{secs}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"),
+                    format!(
+                        "{secs}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"
+                    ),
                 ));
             }
         };
@@ -236,7 +238,9 @@ impl AzureConfig {
             None => Vec::new(),
             Some(path) => read_ca_file(path, &format!("{key}.ca_file"))?,
         };
-        let credential = self.credential.validate(&format!("{key}.credential"), process_env)?;
+        let credential = self
+            .credential
+            .validate(&format!("{key}.credential"), process_env)?;
         Ok(Validated {
             vault_url,
             authority_host,
@@ -248,12 +252,18 @@ impl AzureConfig {
 }
 
 impl CredentialConfig {
-    fn validate(&self, key: &str, process_env: EnvLookup<'_>) -> Result<ValidCredential, ConfigError> {
+    fn validate(
+        &self,
+        key: &str,
+        process_env: EnvLookup<'_>,
+    ) -> Result<ValidCredential, ConfigError> {
         let required = |value: &str, field: &str, env_name: &str| {
             if value.trim().is_empty() {
                 Err(ConfigError::new(
                     format!("{key}.{field}"),
-                    format!("missing (set it, or {env_name} when configuring from the environment)"),
+                    format!(
+                        "missing (set it, or {env_name} when configuring from the environment)"
+                    ),
                 ))
             } else {
                 Ok(value.trim().to_string())
@@ -365,7 +375,9 @@ fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
     if url.scheme() != "https" || url.host_str().is_none() {
         return Err(ConfigError::new(
             key,
-            format!("'{text}' must be an https:// URL with a host (Azure refuses tokens over plain HTTP)"),
+            format!(
+                "'{text}' must be an https:// URL with a host (Azure refuses tokens over plain HTTP)"
+            ),
         ));
     }
     if !url.username().is_empty() || url.password().is_some() {
@@ -378,14 +390,20 @@ fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError>
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
     // Files written by editors and `echo` end with a newline that is not part of the secret.
-    Ok(SecretString::from(text.trim_end_matches(['\r', '\n']).to_string()))
+    Ok(SecretString::from(
+        text.trim_end_matches(['\r', '\n']).to_string(),
+    ))
 }
 
 fn read_ca_file(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
     let pem = std::fs::read(path)
         .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem)
-        .map_err(|err| ConfigError::new(key, format!("{}: not PEM certificates: {err}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
+        ConfigError::new(
+            key,
+            format!("{}: not PEM certificates: {err}", path.display()),
+        )
+    })?;
     if certs.is_empty() {
         return Err(ConfigError::new(
             key,

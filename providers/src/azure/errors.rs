@@ -206,15 +206,13 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
             StatusCode::BadRequest => Failure::Final(ProviderError::Invalid(format!(
                 "vault {vault} refused the request for {target} as malformed{said}"
             ))),
-            _ if status_num >= 500 || status == StatusCode::RequestTimeout => {
-                Failure::Transient {
-                    error: ProviderError::Unavailable(format!(
-                        "vault {vault} answered HTTP {status_num}{said}"
-                    )),
-                    after: raw.and_then(retry_after),
-                    throttled: false,
-                }
-            }
+            _ if status_num >= 500 || status == StatusCode::RequestTimeout => Failure::Transient {
+                error: ProviderError::Unavailable(format!(
+                    "vault {vault} answered HTTP {status_num}{said}"
+                )),
+                after: raw.and_then(retry_after),
+                throttled: false,
+            },
             _ => Failure::Final(ProviderError::Unavailable(format!(
                 "vault {vault} answered HTTP {status_num} for {target}{said}"
             ))),

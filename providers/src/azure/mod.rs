@@ -98,7 +98,11 @@ impl AzureProvider {
             .map_err(|err| ConfigError::new(key, format!("cannot set up HTTPS: {err}")))?;
         let mut cloud = CustomConfiguration::default();
         // Always set: otherwise the SDK reads AZURE_AUTHORITY_HOST behind our back.
-        cloud.authority_host = valid.authority_host.as_str().trim_end_matches('/').to_string();
+        cloud.authority_host = valid
+            .authority_host
+            .as_str()
+            .trim_end_matches('/')
+            .to_string();
         let client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
             // Our own loop retries, within our deadline (see `fetch`).
@@ -192,7 +196,12 @@ impl AzureProvider {
     }
 
     /// One GET, retried while the deadline allows; see the module docs.
-    async fn get(&self, name: &str, version: Option<&str>, target: &str) -> Result<String, ProviderError> {
+    async fn get(
+        &self,
+        name: &str,
+        version: Option<&str>,
+        target: &str,
+    ) -> Result<String, ProviderError> {
         let started = Instant::now();
         let deadline = started + self.timeout;
         let cx = Context {
@@ -250,7 +259,10 @@ impl AzureProvider {
                     throttled: false,
                 } => {
                     if transient_retries >= TRANSIENT_RETRIES {
-                        return Err(with_note(error, format!("gave up after {attempts} attempts")));
+                        return Err(with_note(
+                            error,
+                            format!("gave up after {attempts} attempts"),
+                        ));
                     }
                     transient_retries += 1;
                     let backoff = FIRST_BACKOFF * 2u32.pow(transient_retries - 1);
@@ -275,7 +287,9 @@ impl AzureProvider {
 
 fn with_note(error: ProviderError, note: String) -> ProviderError {
     match error {
-        ProviderError::Unavailable(message) => ProviderError::Unavailable(format!("{message}; {note}")),
+        ProviderError::Unavailable(message) => {
+            ProviderError::Unavailable(format!("{message}; {note}"))
+        }
         other => other,
     }
 }
@@ -296,7 +310,10 @@ fn check_name(name: &str) -> Result<(), ProviderError> {
 /// Version ids are 32 hexadecimal characters; anything that is not
 /// alphanumeric would change the request path.
 fn check_version(version: &str) -> Result<(), ProviderError> {
-    if !version.is_empty() && version.len() <= 64 && version.bytes().all(|b| b.is_ascii_alphanumeric()) {
+    if !version.is_empty()
+        && version.len() <= 64
+        && version.bytes().all(|b| b.is_ascii_alphanumeric())
+    {
         Ok(())
     } else {
         Err(ProviderError::Invalid(format!(

@@ -125,7 +125,10 @@ fn environment_selects_the_credential_like_the_azure_sdks() {
         panic!("expected a client secret credential: {config:?}");
     };
     assert_eq!((tenant_id.as_str(), client_id.as_str()), ("t", "c"));
-    assert_eq!(client_secret.as_ref().unwrap().expose_secret(), "s3cr3t-value");
+    assert_eq!(
+        client_secret.as_ref().unwrap().expose_secret(),
+        "s3cr3t-value"
+    );
 
     let config = AzureConfig::from_env(&env_of(&[
         ("AZURE_KEYVAULT_URL", "https://kv.vault.azure.net"),
@@ -245,20 +248,14 @@ fn validation_errors_name_the_key() {
         client_secret_file: None,
         client_secret: None,
     };
-    assert_eq!(
-        build_err(&config).key,
-        "providers.kv.credential.tenant_id"
-    );
+    assert_eq!(build_err(&config).key, "providers.kv.credential.tenant_id");
 
     config.credential = CredentialConfig::WorkloadIdentity {
         tenant_id: "t".into(),
         client_id: "c".into(),
         token_file: Some(dir.path().join("no-token")),
     };
-    assert_eq!(
-        build_err(&config).key,
-        "providers.kv.credential.token_file"
-    );
+    assert_eq!(build_err(&config).key, "providers.kv.credential.token_file");
 
     config.credential = CredentialConfig::ManagedIdentity {
         client_id: Some("a".into()),
