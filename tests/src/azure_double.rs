@@ -236,20 +236,26 @@ impl Running {
             serde_json::from_str(&std::fs::read_to_string(&ready).expect("read ready file"))
                 .expect("ready file is JSON");
         let port = |key: &str| info[key].as_u64().expect("port in ready file") as u16;
+        let (tls_port, control_port) = (port("tls_port"), port("control_port"));
+        let answered = wait_until(Duration::from_secs(10), || {
+            control(control_port, "GET", "/ready", None).is_ok()
+        });
+        if !answered {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the Azure double's control port did not answer");
+        }
+        // Nothing may panic from here on: `start` holds SHARED, which the
+        // drop of a half-built `Running` would take again.
         hosts_add();
-        let running = Running {
+        Running {
             child: Mutex::new(Some(child)),
             _stdin: Mutex::new(stdin),
-            tls_port: port("tls_port"),
-            control_port: port("control_port"),
+            tls_port,
+            control_port,
             ca_file,
             dir,
-        };
-        let answered = wait_until(Duration::from_secs(10), || {
-            control(running.control_port, "GET", "/ready", None).is_ok()
-        });
-        assert!(answered, "the Azure double's control port did not answer");
-        running
+        }
     }
 }
 
@@ -259,7 +265,12 @@ impl Drop for Running {
             let _ = child.kill();
             let _ = child.wait();
         }
-        hosts_remove();
+        // Under the lock `start` holds while it adds the line: a double
+        // started meanwhile by another test keeps the (shared) hosts line.
+        let shared = SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if shared.upgrade().is_none() {
+            hosts_remove();
+        }
     }
 }
 
