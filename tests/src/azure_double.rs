@@ -267,7 +267,9 @@ impl Drop for Running {
         }
         // Under the lock `start` holds while it adds the line: a double
         // started meanwhile by another test keeps the (shared) hosts line.
-        let shared = SHARED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let shared = SHARED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if shared.upgrade().is_none() {
             hosts_remove();
         }
