@@ -493,6 +493,7 @@ async fn approle_tokens_are_renewed_and_reobtained_without_a_failure() {
     let renewals = log.matches("vault token renewed").count();
     let relogins = log.matches("max TTL reached); logging in again").count();
     let logins = log.matches("vault login").count();
+    eprintln!("{count} requests, {logins} logins, {renewals} renewals, {relogins} re-logins");
     assert!(renewals >= 4, "renewals: {renewals}\n{log}");
     assert!(
         relogins >= 2 && logins >= 3,
@@ -691,6 +692,13 @@ async fn userpass_login() {
         matches!(err, ProviderError::Unauthenticated(_)) && err.to_string().contains("user 'svc'"),
         "{err}"
     );
+    // The background login at start-up reports a bad credential without
+    // waiting for a request.
+    let wrong_plugin = start_plugin(&wrong);
+    let reported = vaultbridge_tests::wait_until(Duration::from_secs(10), || {
+        wrong_plugin.log().contains("start-up login failed")
+    });
+    assert!(reported, "{}", wrong_plugin.log());
     assert_log_has_no_values(&plugin.log(), &[b"pass-word-123"]);
 }
 
@@ -1001,4 +1009,55 @@ async fn vault_addr_alone_makes_a_provider_and_check_proves_login() {
         "{out}"
     );
     assert!(!out.contains("s.not-a-token"), "{out}");
+}
+
+/// `namespace` sends `X-Vault-Namespace` (OpenBao has namespaces too); a
+/// sealed server is "unavailable" saying so.
+#[tokio::test(flavor = "multi_thread")]
+async fn namespaces_and_a_sealed_server() {
+    let bao = OpenBao::start();
+    bao.bao(&["namespace", "create", "team"]);
+    let in_team = |args: &[&str]| {
+        let out = bao
+            .command(args)
+            .env("BAO_NAMESPACE", "team")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    in_team(&["secrets", "enable", "-path=secret", "kv-v2"]);
+    in_team(&["kv", "put", "secret/app/ns", "k=in-the-team-namespace"]);
+    let mut config = root_config(&bao);
+    config["namespace"] = json!("team");
+    let p = direct(&config).await;
+    assert_eq!(
+        fetch(&p, "app/ns", None).await.unwrap().0,
+        br#"{"k":"in-the-team-namespace"}"#
+    );
+    assert!(p.check().await.unwrap().contains("namespace 'team'"));
+    let root = direct(&root_config(&bao)).await;
+    assert!(matches!(
+        fetch(&root, "app/ns", None).await,
+        Err(ProviderError::NotFound(_))
+    ));
+    let plugin = start_plugin(&config);
+    let answer = ask(
+        &plugin,
+        &[("vaultbridge.path", "app/ns"), ("vaultbridge.field", "k")],
+    );
+    assert_eq!(answer.value(), b"in-the-team-namespace");
+
+    bao.bao(&["operator", "seal"]);
+    let err = fetch(&root, "app/ns", None).await.unwrap_err();
+    assert!(
+        matches!(err, ProviderError::Unavailable(_)) && err.to_string().contains("is sealed"),
+        "{err}"
+    );
+    let sealed_plugin = start_plugin_with(&config, &[("deadline", "2s")]);
+    let answer = ask(&sealed_plugin, &[("vaultbridge.path", "app/ns")]);
+    assert!(answer.err().contains("sealed"), "{}", answer.err());
 }

@@ -140,6 +140,11 @@ pub(crate) struct Session {
     pub name: String,
     state: Mutex<Option<TokenState>>,
     generations: std::sync::atomic::AtomicU64,
+    /// Login attempts finished, and how the last one failed: a caller that
+    /// waited for an attempt shares its result instead of starting another
+    /// (N queued requests must not make N logins against a dead Vault).
+    attempts: std::sync::atomic::AtomicU64,
+    last_error: std::sync::Mutex<Option<ProviderError>>,
 }
 
 /// Run a `vaultrs` call with its own logging silenced: it logs every 404 at
@@ -164,12 +169,16 @@ impl Session {
             name,
             state: Mutex::new(None),
             generations: Default::default(),
+            attempts: Default::default(),
+            last_error: Default::default(),
         }
     }
 
     /// A token good for at least a third of its login TTL: renewed or
     /// re-obtained first when needed. Concurrent callers share one login.
     pub async fn token(&self) -> Result<Current, ProviderError> {
+        use std::sync::atomic::Ordering;
+        let attempts_before = self.attempts.load(Ordering::Acquire);
         let mut guard = self.state.lock().await;
         if let Some(state) = guard.as_mut() {
             let now = Instant::now();
@@ -208,7 +217,19 @@ impl Session {
                 );
             }
         }
-        match self.login().await {
+        // A login finished while we waited for the lock and it failed:
+        // share its error rather than trying again right away.
+        if self.attempts.load(Ordering::Acquire) != attempts_before
+            && let Some(err) = self.last_error.lock().ok().and_then(|e| e.clone())
+        {
+            return Err(err);
+        }
+        let outcome = self.login().await;
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = outcome.as_ref().err().cloned();
+        }
+        self.attempts.fetch_add(1, Ordering::Release);
+        match outcome {
             Ok(fresh) => {
                 tracing::info!(
                     provider = %self.name,

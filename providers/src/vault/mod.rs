@@ -37,11 +37,13 @@ use http::{Failure, Http, TlsFiles};
 /// Validate `config` and build the provider. No network I/O: the first
 /// request logs in.
 pub async fn build(config: &VaultConfig, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
-    Ok(Arc::new(VaultProvider::new(config, key)?))
+    let provider = VaultProvider::new(config, key)?;
+    provider.log_in_in_background();
+    Ok(Arc::new(provider))
 }
 
 pub struct VaultProvider {
-    session: Session,
+    session: Arc<Session>,
     kv_mount: String,
     kv_mounts: std::collections::BTreeMap<String, u8>,
     logical_get: Vec<String>,
@@ -271,12 +273,31 @@ impl VaultProvider {
                 .collect()
         };
         Ok(Self {
-            session: Session::new(http, method, key.to_string()),
+            session: Arc::new(Session::new(http, method, key.to_string())),
             kv_mount,
             kv_mounts,
             logical_get: prefixes(&config.logical_prefixes, "logical_prefixes")?,
             logical_post: prefixes(&config.logical_write_prefixes, "logical_write_prefixes")?,
         })
+    }
+
+    /// Log in now, off the start-up path (the socket must open at once):
+    /// a bad credential shows in the log at start, and the first request
+    /// finds a token (or waits for this one login). Needs a tokio runtime;
+    /// without one the first request logs in.
+    pub fn log_in_in_background(&self) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let session = self.session.clone();
+        runtime.spawn(async move {
+            if let Err(err) = session.token().await {
+                tracing::warn!(
+                    provider = %session.name,
+                    "vault: the start-up login failed ({err}); the next request tries again"
+                );
+            }
+        });
     }
 
     /// Apply the path rule (module docs).
