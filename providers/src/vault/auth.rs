@@ -111,6 +111,18 @@ impl TokenState {
             .map(|ttl| ttl.saturating_sub(now.saturating_duration_since(self.since)))
     }
 
+    /// Not expired yet.
+    fn usable(&self, now: Instant) -> bool {
+        self.remaining(now).is_none_or(|left| !left.is_zero())
+    }
+
+    fn current(&self) -> Current {
+        Current {
+            token: self.token.clone(),
+            generation: self.generation,
+        }
+    }
+
     /// Less than a third of the login TTL left (renew at 2/3).
     fn due(&self, now: Instant) -> bool {
         match (self.remaining(now), self.login_ttl) {
@@ -180,14 +192,24 @@ impl Session {
         use std::sync::atomic::Ordering;
         let attempts_before = self.attempts.load(Ordering::Acquire);
         let mut guard = self.state.lock().await;
+        let now = Instant::now();
+        if let Some(state) = guard.as_ref()
+            && !state.due(now)
+        {
+            return Ok(state.current());
+        }
+        // A login finished while we waited for the lock and it failed:
+        // share its outcome rather than trying again right away (the token
+        // in hand if it still works, else the error).
+        if self.attempts.load(Ordering::Acquire) != attempts_before
+            && let Some(err) = self.last_error.lock().ok().and_then(|e| e.clone())
+        {
+            return match guard.as_ref() {
+                Some(old) if old.usable(now) => Ok(old.current()),
+                _ => Err(err),
+            };
+        }
         if let Some(state) = guard.as_mut() {
-            let now = Instant::now();
-            if !state.due(now) {
-                return Ok(Current {
-                    token: state.token.clone(),
-                    generation: state.generation,
-                });
-            }
             if state.renewable {
                 match self.renew(state).await {
                     Ok(()) if !state.due(Instant::now()) => {
@@ -196,10 +218,7 @@ impl Session {
                             ttl = %state.ttl.map(secs).unwrap_or_default(),
                             "vault token renewed"
                         );
-                        return Ok(Current {
-                            token: state.token.clone(),
-                            generation: state.generation,
-                        });
+                        return Ok(state.current());
                     }
                     Ok(()) => tracing::info!(
                         provider = %self.name,
@@ -216,13 +235,6 @@ impl Session {
                     "vault token is not renewable and expires soon; logging in again"
                 );
             }
-        }
-        // A login finished while we waited for the lock and it failed:
-        // share its error rather than trying again right away.
-        if self.attempts.load(Ordering::Acquire) != attempts_before
-            && let Some(err) = self.last_error.lock().ok().and_then(|e| e.clone())
-        {
-            return Err(err);
         }
         let outcome = self.login().await;
         if let Ok(mut last) = self.last_error.lock() {
@@ -247,12 +259,12 @@ impl Session {
             }
             // A failed re-login while the old token still works: use it.
             Err(err) => match guard.as_ref() {
-                Some(old) if old.remaining(Instant::now()).is_none_or(|l| !l.is_zero()) => {
-                    tracing::warn!(provider = %self.name, "vault login failed ({err}); using the current token until it expires");
-                    Ok(Current {
-                        token: old.token.clone(),
-                        generation: old.generation,
-                    })
+                Some(old) if old.usable(Instant::now()) => {
+                    tracing::warn!(
+                        provider = %self.name,
+                        "vault: logging in again failed ({err}); using the current token until it expires"
+                    );
+                    Ok(old.current())
                 }
                 _ => Err(err),
             },

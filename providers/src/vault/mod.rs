@@ -891,6 +891,50 @@ mod tests {
         assert!(err.to_string().contains("http://127.0.0.1:1"), "{err}");
     }
 
+    /// Five requests waiting for a login that times out make ONE
+    /// connection, and all get its error (no login per waiting request).
+    #[tokio::test(flavor = "multi_thread")]
+    async fn waiting_requests_share_one_failed_login() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                counter.fetch_add(1, Ordering::SeqCst);
+                held.push(stream); // never answered
+            }
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "s.x").unwrap();
+        let config: VaultConfig = toml::from_str(&format!(
+            "address = \"http://127.0.0.1:{port}\"\ntimeout = 1\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            token.display()
+        ))
+        .unwrap();
+        let p = Arc::new(VaultProvider::new(&config, "providers.v").unwrap());
+        let tasks: Vec<_> = (0..5)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.fetch(SecretRef {
+                        path: "app",
+                        version: None,
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for task in tasks {
+            let err = task.await.unwrap().unwrap_err();
+            assert!(matches!(err, ProviderError::Unavailable(_)), "{err}");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
     #[tokio::test]
     async fn kv1_and_logical_refuse_versions() {
         let p = provider("");
