@@ -651,6 +651,17 @@ async fn jwt_login_with_a_generated_key_pair() {
         plugin.log()
     );
 
+    // The JWT file is read again at each login: a refused JWT, then a
+    // rotated valid one in the same file, works without a restart.
+    let rotating = bao.file("jwt-rotating", b"not.a.jwt");
+    let later = direct(&json!({"address": bao.addr,
+        "auth": {"method": "jwt", "role": "app", "jwt_file": rotating}}))
+    .await;
+    let err = fetch(&later, "app/jwt", None).await.unwrap_err();
+    assert!(matches!(err, ProviderError::Unauthenticated(_)), "{err}");
+    std::fs::write(&rotating, &jwt).unwrap();
+    assert!(fetch(&later, "app/jwt", None).await.is_ok());
+
     // A role the JWT does not satisfy: an authentication error.
     let bad = json!({"address": bao.addr, "auth": {"method": "jwt", "role": "nope", "jwt_file": jwt_file}});
     let err = fetch(&direct(&bad).await, "app/jwt", None)
@@ -812,6 +823,39 @@ async fn cert_auth_and_ca_pinning_over_tls() {
         "{}",
         skipping.log()
     );
+
+    // No config file: the CLI's variables, mTLS and the server name
+    // included. VAULT_SKIP_VERIFY is ignored (vaultrs alone would skip).
+    let ca_text = ca.display().to_string();
+    let cert_text = dir.join("client.pem").display().to_string();
+    let key_text = dir.join("client-key.pem").display().to_string();
+    let from_env = Plugin::start(
+        None,
+        &[
+            ("VAULT_ADDR", &bao.addr),
+            ("VAULT_TOKEN", "root"),
+            ("VAULT_CACERT", &ca_text),
+            ("VAULT_TLS_SERVER_NAME", "localhost"),
+            ("VAULT_CLIENT_CERT", &cert_text),
+            ("VAULT_CLIENT_KEY", &key_text),
+        ],
+    );
+    let answer = ask(
+        &from_env,
+        &[("vaultbridge.path", "app/tls"), ("vaultbridge.field", "k")],
+    );
+    assert_eq!(answer.value(), b"over-tls-value");
+    let unverified = Plugin::start(
+        None,
+        &[
+            ("VAULT_ADDR", &bao.addr),
+            ("VAULT_TOKEN", "root"),
+            ("VAULT_SKIP_VERIFY", "true"),
+            ("VAULTBRIDGE_DEADLINE", "2s"),
+        ],
+    );
+    let answer = ask(&unverified, &[("vaultbridge.path", "app/tls")]);
+    assert!(answer.err().contains("TLS"), "{}", answer.err());
 }
 
 #[tokio::test(flavor = "multi_thread")]
