@@ -27,15 +27,17 @@ use serde_json::json;
 use crate::load::{Stats, has_value};
 
 /// A typical secret: a 32-character password.
-pub const SECRET: &[u8] = b"bench-password-0123456789abcdef!";
-const CONCURRENCIES: [usize; 3] = [1, 64, 256];
-const RUN: Duration = Duration::from_secs(3);
+pub(crate) const SECRET: &[u8] = b"bench-password-0123456789abcdef!";
+pub(crate) const CONCURRENCIES: [usize; 3] = [1, 64, 256];
+pub(crate) const RUN: Duration = Duration::from_secs(3);
 
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("floor") {
         // `floor --socket PATH`, as spawned by `Server::spawn`.
-        return floor::serve(Path::new(args.get(3).map(String::as_str).unwrap_or("floor.sock")));
+        return floor::serve(Path::new(
+            args.get(3).map(String::as_str).unwrap_or("floor.sock"),
+        ));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -49,7 +51,7 @@ pub fn docker_answer() -> Vec<u8> {
     format!("{{\"Value\":\"{value}\",\"DoNotReuse\":false}}").into_bytes()
 }
 
-fn request_body(name: &str, labels: &[(&str, &str)]) -> Bytes {
+pub(crate) fn request_body(name: &str, labels: &[(&str, &str)]) -> Bytes {
     Bytes::from(vaultbridge_tests::engine_request(name, labels).to_string())
 }
 
@@ -66,7 +68,7 @@ fn plugin_binary() -> anyhow::Result<PathBuf> {
     Ok(exe.with_file_name("vaultbridge"))
 }
 
-struct Server {
+pub(crate) struct Server {
     child: Child,
     socket: PathBuf,
     _dir: tempfile::TempDir,
@@ -138,7 +140,7 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-fn row(name: &str, concurrency: usize, stats: &Stats) -> serde_json::Value {
+pub(crate) fn row(name: &str, concurrency: usize, stats: &Stats) -> serde_json::Value {
     println!(
         "{name:<34} c={concurrency:<4} p50={:>9.1}µs p99={:>9.1}µs {:>9.0} req/s  (n={}, errors={})",
         stats.p50.as_secs_f64() * 1e6,
