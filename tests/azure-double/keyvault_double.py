@@ -42,11 +42,13 @@ from Microsoft's documentation (cited as [doc] where it is applied):
               AADSTS700016 application not found in the directory (400 unauthorized_client),
               AADSTS90002 tenant not found (400 invalid_request),
               AADSTS70011 invalid scope (400 invalid_scope),
-              AADSTS700213 no matching federated identity record (400 invalid_client).
+              AADSTS700213 no matching federated identity record (400 invalid_client),
+              AADSTS90055 TenantThrottlingError (429, with Retry-After).
 
 Everything else is deliberately absent. The state is set through a separate
 plain-HTTP control listener (127.0.0.1 only), which is not part of any Azure
-API: PUT /clients/{tenant}/{client_id}, PUT /vaults/{vault}/secrets/{name},
+API: PUT /clients/{tenant}/{client_id} (secret, assertion, token_lifetime,
+token_throttle), PUT /vaults/{vault}/secrets/{name},
 GET /stats. The vault is chosen by the first label of the Host header
 (`myvault.vault.azure.net` -> `myvault`), as Key Vault's DNS names do.
 
@@ -138,7 +140,7 @@ class KeyVaultHandler(BaseHTTPRequestHandler):
         form = {k: v[0] for k, v in urllib.parse.parse_qs(raw, keep_blank_values=True).items()}
         client_id = form.get("client_id", "")
 
-        def entra_error(status, error, code, text):
+        def entra_error(status, error, code, text, headers=()):
             # [client-creds] error response; [aadsts] codes.
             trace, corr = str(uuid.uuid4()), str(uuid.uuid4())
             stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
@@ -153,7 +155,7 @@ class KeyVaultHandler(BaseHTTPRequestHandler):
                 "trace_id": trace,
                 "correlation_id": corr,
                 "error_uri": f"{self.authority()}/error?code={code}",
-            })
+            }, headers)
 
         with LOCK:
             clients = STATE["tenants"].get(tenant)
@@ -167,6 +169,15 @@ class KeyVaultHandler(BaseHTTPRequestHandler):
         if client is None:
             return entra_error(400, "unauthorized_client", 700016,
                                f"Application with identifier '{client_id}' was not found in the directory '{tenant}'.")
+        with LOCK:
+            throttled = client.get("token_throttle", 0) > 0
+            if throttled:
+                client["token_throttle"] -= 1
+        if throttled:
+            return entra_error(429, "temporarily_unavailable", 90055,
+                               "TenantThrottlingError - There are too many incoming requests. "
+                               "This exception is thrown for blocked tenants.",
+                               headers=[("Retry-After", "1")])
         scope = form.get("scope", "")
         if scope != VAULT_RESOURCE + "/.default":
             return entra_error(400, "invalid_scope", 70011,
@@ -332,6 +343,7 @@ class ControlHandler(BaseHTTPRequestHandler):
                     "secret": body.get("secret"),
                     "assertion": body.get("assertion"),
                     "token_lifetime": int(body.get("token_lifetime", 3599)),
+                    "token_throttle": int(body.get("token_throttle", 0)),
                 }
             return self.reply(200, {"ok": True})
         if len(parts) == 4 and parts[0] == "vaults" and parts[2] == "secrets" and NAME_RE.match(parts[3]):

@@ -360,6 +360,16 @@ impl AzureDouble {
         );
     }
 
+    /// Make the token endpoint answer the next `count` token requests of
+    /// this (already registered) app with 429 + `Retry-After: 1`.
+    pub fn throttle_token_endpoint(&self, tenant: &str, client_id: &str, secret: &str, count: u32) {
+        self.control(
+            "PUT",
+            &format!("/clients/{tenant}/{client_id}"),
+            Some(&json!({"secret": secret, "token_throttle": count})),
+        );
+    }
+
     /// Register an app with a federated credential: `assertion` is the
     /// service account token it accepts (workload identity).
     pub fn add_federated_client(&self, tenant: &str, client_id: &str, assertion: &str) {

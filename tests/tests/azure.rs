@@ -261,6 +261,28 @@ async fn provider_waits_out_throttling_within_the_deadline() {
 }
 
 #[tokio::test]
+async fn provider_retries_a_throttled_token_endpoint() {
+    let double = AzureDouble::start();
+    let app = app(&double, 3599);
+    double.throttle_token_endpoint(&app.tenant, &app.client_id, &app.secret, 1);
+    let name = AzureDouble::unique("after-token-429");
+    double.add_version(VAULT, &name, "token-eventually");
+    let p = provider(&config(&double, &app, VAULT, 8.0)).await;
+    // A 429 from Entra is transient (its Retry-After honoured), not "bad credentials".
+    assert_eq!(fetch(&*p, &name, None).await.unwrap(), b"token-eventually");
+    assert_eq!(tokens_issued(&double, &app.client_id), 1);
+
+    double.throttle_token_endpoint(&app.tenant, &app.client_id, &app.secret, 100);
+    let fresh = provider(&config(&double, &app, VAULT, 1.5)).await;
+    match fetch(&*fresh, &name, None).await {
+        Err(ProviderError::Unavailable(m)) => {
+            assert!(m.contains("AADSTS90055") && m.contains("HTTP 429"), "{m}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+#[tokio::test]
 async fn provider_vault_down_is_unavailable_within_the_deadline() {
     let double = AzureDouble::start();
     let app = app(&double, 3599);

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
 use azure_core::credentials::TokenCredential;
+use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_identity::{
     ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
@@ -51,6 +52,58 @@ const TRANSIENT_RETRIES: u32 = 2;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// Used when a 429 carries no Retry-After.
 const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
+
+/// Turns the Entra token endpoint's error answers into HTTP errors carrying
+/// the status, the AADSTS codes and the description.
+///
+/// `azure_identity` 1.0 parses Entra's error body into borrowed strings, which
+/// fails whenever the description holds an escape — and Entra's always does
+/// (`\r\n` before "Trace ID"). The SDK then reports a JSON error instead of
+/// the status and the AADSTS code, so a throttled or failing token endpoint
+/// would look like bad credentials. This policy sits right before the
+/// transport of the credential's pipeline and answers such responses with
+/// the error the SDK meant to build.
+#[derive(Debug)]
+struct EntraErrors;
+
+#[async_trait]
+impl Policy for EntraErrors {
+    async fn send(
+        &self,
+        ctx: &azure_core::http::Context,
+        request: &mut azure_core::http::Request,
+        next: &[Arc<dyn Policy>],
+    ) -> PolicyResult {
+        let response = next[0].send(ctx, request, &next[1..]).await?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let raw = response.try_into_raw_response().await?;
+        #[derive(serde::Deserialize, Default)]
+        #[serde(default)]
+        struct EntraError {
+            error: String,
+            error_description: String,
+            error_codes: Vec<i64>,
+        }
+        let body: EntraError = serde_json::from_slice(raw.body().as_ref()).unwrap_or_default();
+        let codes: Vec<String> = body.error_codes.iter().map(i64::to_string).collect();
+        let message = if body.error_description.is_empty() {
+            format!("{} {}", u16::from(status), body.error)
+        } else {
+            errors::first_line(&body.error_description)
+        };
+        Err(azure_core::Error::with_message(
+            azure_core::error::ErrorKind::HttpResponse {
+                status,
+                error_code: (!codes.is_empty()).then(|| codes.join(",")),
+                raw_response: Some(Box::new(raw)),
+            },
+            message,
+        ))
+    }
+}
 
 /// Validate the settings and build the provider (no network I/O).
 pub async fn build(config: &AzureConfig, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
@@ -111,6 +164,11 @@ impl AzureProvider {
             ..Default::default()
         };
 
+        // The token endpoint's pipeline: the same, plus readable Entra errors.
+        let entra_options = ClientOptions {
+            per_try_policies: vec![Arc::new(EntraErrors)],
+            ..client_options.clone()
+        };
         let credential_key = format!("{key}.credential");
         let sdk_error = |err: azure_core::Error| {
             ConfigError::new(&credential_key, errors::first_line(&err.to_string()))
@@ -127,7 +185,7 @@ impl AzureProvider {
                     client_id.clone(),
                     secret.expose_secret().to_string().into(),
                     Some(ClientSecretCredentialOptions {
-                        client_options: client_options.clone(),
+                        client_options: entra_options,
                     }),
                 )
                 .map_err(sdk_error)?,
@@ -140,7 +198,7 @@ impl AzureProvider {
             } => (
                 WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
                     credential_options: ClientAssertionCredentialOptions {
-                        client_options: client_options.clone(),
+                        client_options: entra_options,
                     },
                     client_id: Some(client_id.clone()),
                     tenant_id: Some(tenant_id.clone()),
