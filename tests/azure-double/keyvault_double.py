@@ -48,8 +48,8 @@ from Microsoft's documentation (cited as [doc] where it is applied):
 Everything else is deliberately absent. The state is set through a separate
 plain-HTTP control listener (127.0.0.1 only), which is not part of any Azure
 API: PUT /clients/{tenant}/{client_id} (secret, assertion, token_lifetime,
-token_throttle), PUT /vaults/{vault}/secrets/{name},
-GET /stats. The vault is chosen by the first label of the Host header
+token_throttle), PUT /vaults/{vault}/secrets/{name} (value -> a new version,
+version, enabled, contentType, denied, throttle, retry_after), GET /stats. The vault is chosen by the first label of the Host header
 (`myvault.vault.azure.net` -> `myvault`), as Key Vault's DNS names do.
 
 Usage: keyvault_double.py --cert leaf.pem --key leaf.key --ready-file PATH
