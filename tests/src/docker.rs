@@ -96,7 +96,11 @@ pub fn run_id() -> String {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    format!("{:x}{:x}", std::process::id(), (nanos / 1_000_000) & 0xff_ffff)
+    format!(
+        "{:x}{:x}",
+        std::process::id(),
+        (nanos / 1_000_000) & 0xff_ffff
+    )
 }
 
 // ---------------------------------------------------------------------------
@@ -296,6 +300,10 @@ pub struct BackendCase {
     pub missing_reason: Vec<String>,
     /// Values that must never appear in the plugin's log.
     pub values: Vec<Vec<u8>>,
+    /// `docker plugin set` environment settings it needs (`K=V`).
+    pub settings: Vec<String>,
+    /// Its server's handle, kept alive for the suite's duration.
+    pub server: Option<Box<dyn std::any::Any>>,
 }
 
 pub type Labels = Vec<(String, String)>;
@@ -614,8 +622,8 @@ impl Session {
 
     /// Tasks, logs and the plugins' recent log, for failure messages.
     pub fn describe_service(&self, service: &str) -> String {
-        let logs = docker_try(&["service", "logs", "--raw", "--no-trunc", service])
-            .unwrap_or_else(|e| e);
+        let logs =
+            docker_try(&["service", "logs", "--raw", "--no-trunc", service]).unwrap_or_else(|e| e);
         let plugin_log: Vec<String> = self.all_plugin_lines();
         let tail = plugin_log.len().saturating_sub(15);
         format!(

@@ -64,7 +64,12 @@ fn file_backend(session: &Session) -> BackendCase {
     // The stack's secret `db` (named `<stack>_db`) reads path `db`.
     std::fs::write(secrets.join("db"), &db).expect("write secret");
     // Binary bytes (NUL, newline, high bytes) must arrive exactly.
-    let binary: Vec<u8> = [b"\x00\x01bin\n".as_slice(), session.id.as_bytes(), b"\xff\xfe"].concat();
+    let binary: Vec<u8> = [
+        b"\x00\x01bin\n".as_slice(),
+        session.id.as_bytes(),
+        b"\xff\xfe",
+    ]
+    .concat();
     std::fs::write(secrets.join("app/blob"), &binary).expect("write secret");
     BackendCase {
         provider: "local".into(),
@@ -92,12 +97,178 @@ fn file_backend(session: &Session) -> BackendCase {
         ]),
         missing_reason: vec!["outcome=\"not_found\"".into(), "app/does-not-exist".into()],
         values: vec![password.into_bytes(), db.into_bytes(), binary],
+        settings: Vec::new(),
+        server: None,
     }
 }
 
-/// Every backend that has landed and has its engine case.
+/// Vault through a real OpenBao dev server, reached by a host name (a line
+/// added to /etc/hosts), with the token in a file in the mount. Its per-task
+/// secret is a new token per call (`auth/token/create`), so the two
+/// replicas of step 4 must see different values.
+#[cfg(feature = "vault")]
+fn vault_backend(session: &mut Session) -> BackendCase {
+    use vaultbridge_tests::openbao::OpenBao;
+    let bao = OpenBao::start();
+    let host = format!("openbao-{}.vaultbridge.test", session.id);
+    session.add_host(&host, "127.0.0.1");
+    let password = format!("bao-pw-{}", session.id);
+    bao.bao(&[
+        "kv",
+        "put",
+        "secret/app/db",
+        "user=app",
+        &format!("password={password}"),
+    ]);
+    std::fs::write(session.path("config/bao-token"), "root\n").expect("write token file");
+    BackendCase {
+        provider: "bao".into(),
+        config_toml: format!(
+            "[providers.bao]\ntype = \"vault\"\naddress = \"http://{host}:{}\"\n\
+             logical_write_prefixes = [\"auth/token/create\"]\n\
+             [providers.bao.auth]\nmethod = \"token\"\ntoken_file = \"/etc/vaultbridge/bao-token\"\n",
+            bao.port
+        ),
+        secret: labels(&[
+            ("vaultbridge.provider", "bao"),
+            ("vaultbridge.path", "app/db"),
+            ("vaultbridge.field", "password"),
+        ]),
+        expected: password.clone().into_bytes(),
+        per_task: Some(PerTaskCase {
+            labels: labels(&[
+                ("vaultbridge.provider", "bao"),
+                (
+                    "vaultbridge.path",
+                    "auth/token/create?policies=default&ttl=10m",
+                ),
+                ("vaultbridge.field", "client_token"),
+            ]),
+            same_value: None,
+        }),
+        missing: labels(&[
+            ("vaultbridge.provider", "bao"),
+            ("vaultbridge.path", "app/does-not-exist"),
+        ]),
+        missing_reason: vec!["outcome=\"not_found\"".into(), "app/does-not-exist".into()],
+        values: vec![password.into_bytes()],
+        settings: Vec::new(),
+        server: Some(Box::new(bao)),
+    }
+}
+
+/// AWS Secrets Manager through moto, with credentials in a shared
+/// credentials file in the mount (`AWS_SHARED_CREDENTIALS_FILE`).
+#[cfg(feature = "aws")]
+fn aws_backend(session: &mut Session) -> BackendCase {
+    use vaultbridge_tests::moto::Moto;
+    const REGION: &str = "eu-west-1";
+    let moto = Moto::start();
+    let password = format!("aws-pw-{}", session.id);
+    moto.create_string(
+        REGION,
+        "app/db",
+        &format!(r#"{{"user":"app","password":"{password}"}}"#),
+    );
+    let key_secret = format!("aws-key-secret-{}", session.id);
+    std::fs::write(
+        session.path("config/aws-credentials"),
+        format!("[default]\naws_access_key_id = AKIAVBE2E\naws_secret_access_key = {key_secret}\n"),
+    )
+    .expect("write credentials file");
+    BackendCase {
+        provider: "aws".into(),
+        config_toml: format!(
+            "[providers.aws]\ntype = \"aws\"\nregion = \"{REGION}\"\nendpoint_url = \"{}\"\n",
+            moto.endpoint
+        ),
+        secret: labels(&[
+            ("vaultbridge.provider", "aws"),
+            ("vaultbridge.path", "app/db"),
+            ("vaultbridge.field", "password"),
+        ]),
+        expected: password.clone().into_bytes(),
+        per_task: None,
+        missing: labels(&[
+            ("vaultbridge.provider", "aws"),
+            ("vaultbridge.path", "app/does-not-exist"),
+        ]),
+        missing_reason: vec!["outcome=\"not_found\"".into(), "app/does-not-exist".into()],
+        values: vec![password.into_bytes(), key_secret.into_bytes()],
+        settings: vec!["AWS_SHARED_CREDENTIALS_FILE=/etc/vaultbridge/aws-credentials".into()],
+        server: Some(Box::new(moto)),
+    }
+}
+
+/// Azure Key Vault through the TLS double, reached as
+/// `vbtest.vault.azure.net` (its harness adds the /etc/hosts line), with the
+/// test CA and the client secret as files in the mount.
+#[cfg(feature = "azure")]
+fn azure_backend(session: &mut Session) -> BackendCase {
+    use vaultbridge_tests::azure_double::AzureDouble;
+    let double = AzureDouble::start();
+    let tenant = AzureDouble::unique("tenant");
+    let client_id = AzureDouble::unique("app");
+    let client_secret = format!("azure-client-secret-{}", session.id);
+    double.add_client(&tenant, &client_id, &client_secret, 3600);
+    let password = format!("azure-pw-{}", session.id);
+    double.add_version(
+        "vbtest",
+        "app-db",
+        &format!(r#"{{"user":"app","password":"{password}"}}"#),
+    );
+    std::fs::copy(double.ca_file(), session.path("config/azure-ca.pem")).expect("copy CA");
+    std::fs::write(
+        session.path("config/azure-client-secret"),
+        format!("{client_secret}\n"),
+    )
+    .expect("write client secret file");
+    BackendCase {
+        provider: "kv".into(),
+        config_toml: format!(
+            "[providers.kv]\ntype = \"azure\"\nvault_url = \"{}\"\nauthority_host = \"{}\"\n\
+             ca_file = \"/etc/vaultbridge/azure-ca.pem\"\n\
+             [providers.kv.credential]\ntype = \"client_secret\"\ntenant_id = \"{tenant}\"\n\
+             client_id = \"{client_id}\"\nclient_secret_file = \"/etc/vaultbridge/azure-client-secret\"\n",
+            double.vault_url("vbtest"),
+            double.authority_host()
+        ),
+        secret: labels(&[
+            ("vaultbridge.provider", "kv"),
+            ("vaultbridge.path", "app-db"),
+            ("vaultbridge.field", "password"),
+        ]),
+        expected: password.clone().into_bytes(),
+        per_task: None,
+        missing: labels(&[
+            ("vaultbridge.provider", "kv"),
+            ("vaultbridge.path", "does-not-exist"),
+        ]),
+        missing_reason: vec!["outcome=\"not_found\"".into(), "does-not-exist".into()],
+        values: vec![password.into_bytes(), client_secret.into_bytes()],
+        settings: Vec::new(),
+        server: Some(Box::new(double)),
+    }
+}
+
+/// Every backend the tests crate is built with (tests/run: all of them),
+/// each reached by the plugin over the host network.
 fn backends(session: &mut Session) -> Vec<BackendCase> {
-    vec![file_backend(session)]
+    #[allow(unused_mut)]
+    let mut list = vec![file_backend(session)];
+    #[cfg(feature = "vault")]
+    list.push(vault_backend(session));
+    #[cfg(feature = "aws")]
+    list.push(aws_backend(session));
+    #[cfg(feature = "azure")]
+    list.push(azure_backend(session));
+    let names: Vec<&str> = list.iter().map(|b| b.provider.as_str()).collect();
+    eprintln!(
+        "[docker e2e] backends: {} (vault, aws and azure join with the tests crate's \
+         features of the same names; tests/run enables them all)",
+        names.join(", ")
+    );
+    list
 }
 
 fn config_toml(backends: &[BackendCase]) -> String {
@@ -157,12 +328,21 @@ fn docker_engine_end_to_end() {
     let conf_source = format!("config.source={}", conf_dir.display());
 
     // ---------------------------------------------------------------- 1
-    step(1, "swarm initialised; create the plugin (offline path)", started);
+    step(
+        1,
+        "swarm initialised; create the plugin (offline path)",
+        started,
+    );
     let plugin = s.build_plugin("vaultbridge", &format!("e2e-{id}"), &[]);
     let plugin_id = s.plugin_id(&plugin);
-    let config: Value =
-        serde_json::from_str(&docker_ok(&["plugin", "inspect", "-f", "{{json .Config}}", &plugin]))
-            .expect("plugin config JSON");
+    let config: Value = serde_json::from_str(&docker_ok(&[
+        "plugin",
+        "inspect",
+        "-f",
+        "{{json .Config}}",
+        &plugin,
+    ]))
+    .expect("plugin config JSON");
     assert_eq!(
         config["Interface"]["Types"],
         serde_json::json!(["docker.secretprovider/1.0"])
@@ -208,7 +388,10 @@ fn docker_engine_end_to_end() {
     assert!(check_message.contains(&bad_dir), "{check_message}");
     let refused = docker_try(&["plugin", "enable", &bad_plugin]);
     let refused = refused.expect_err("the plugin enabled with a bad configuration");
-    eprintln!("  enable with a bad configuration: {}", refused.lines().last().unwrap_or(""));
+    eprintln!(
+        "  enable with a bad configuration: {}",
+        refused.lines().last().unwrap_or("")
+    );
     let line = s.log.wait_plugin_line(
         &bad_id,
         0,
@@ -223,7 +406,12 @@ fn docker_engine_end_to_end() {
 
     // The default mount source needs nothing on the host: with a provider
     // from the environment the plugin enables as installed.
-    docker_ok(&["plugin", "set", &plugin, "VAULTBRIDGE_FILE_DIR=/etc/vaultbridge"]);
+    docker_ok(&[
+        "plugin",
+        "set",
+        &plugin,
+        "VAULTBRIDGE_FILE_DIR=/etc/vaultbridge",
+    ]);
     let skip = s.log.plugin_lines(&plugin_id).len();
     s.enable_plugin(&plugin);
     s.log.wait_plugin_line(
@@ -236,7 +424,11 @@ fn docker_engine_end_to_end() {
     docker_ok(&["plugin", "disable", &plugin]);
 
     // The real configuration: config.toml and secrets in the settable mount.
-    docker_ok(&["plugin", "set", &plugin, &conf_source, "VAULTBRIDGE_LOG=info"]);
+    let mut settings: Vec<String> = vec![conf_source.clone(), "VAULTBRIDGE_LOG=info".into()];
+    settings.extend(backends.iter().flat_map(|b| b.settings.iter().cloned()));
+    let mut set_args = vec!["plugin", "set", plugin.as_str()];
+    set_args.extend(settings.iter().map(String::as_str));
+    docker_ok(&set_args);
     let skip = s.log.plugin_lines(&plugin_id).len();
     s.enable_plugin(&plugin);
     let listening = s.log.wait_plugin_line(
@@ -261,7 +453,11 @@ fn docker_engine_end_to_end() {
     let mut step2_services = Vec::new();
     for backend in &backends {
         let p = &backend.provider;
-        step(2, &format!("{p}: CLI secret, exact bytes, mode and owner"), started);
+        step(
+            2,
+            &format!("{p}: CLI secret, exact bytes, mode and owner"),
+            started,
+        );
         let secret = format!("vb_{id}_{p}_cli");
         s.secret_create(&secret, &plugin, &backend.secret);
         let service = format!("vb-{id}-{p}-cli");
@@ -285,7 +481,11 @@ fn docker_engine_end_to_end() {
 
     // ---------------------------------------------------------------- 3
     let file = &backends[0];
-    step(3, "stack deploy with driver + labels, <stack>_ prefix", started);
+    step(
+        3,
+        "stack deploy with driver + labels, <stack>_ prefix",
+        started,
+    );
     let stack = format!("vbst{id}");
     let image = s.workload_image();
     let compose = format!(
@@ -335,6 +535,8 @@ secrets:
         served.join("\n")
     );
 
+    // Per-task values the tasks received (never to be logged either).
+    let mut issued: Vec<Vec<u8>> = Vec::new();
     // ---------------------------------------------------------------- 4
     for backend in &backends {
         let Some(case) = &backend.per_task else {
@@ -357,6 +559,7 @@ secrets:
                     !reports[0].bytes.is_empty() && reports[0].bytes != reports[1].bytes,
                     "{service}: the two tasks received the same per-task value"
                 );
+                issued.extend(reports.iter().map(|r| r.bytes.clone()));
             }
         }
         let per_task_answers = lines_for(&s, &plugin_id, &secret)
@@ -372,7 +575,11 @@ secrets:
     // ---------------------------------------------------------------- 5
     for backend in &backends {
         let p = &backend.provider;
-        step(5, &format!("{p}: missing backend secret fails the task"), started);
+        step(
+            5,
+            &format!("{p}: missing backend secret fails the task"),
+            started,
+        );
         let secret = format!("vb_{id}_{p}_missing");
         s.secret_create(&secret, &plugin, &backend.missing);
         let service = format!("vb-{id}-{p}-missing");
@@ -403,32 +610,44 @@ secrets:
         );
         assert!(line.contains(&format!("provider=\"{p}\"")), "{line}");
         for reason in &backend.missing_reason {
-            assert!(line.contains(reason.as_str()), "missing '{reason}' in: {line}");
+            assert!(
+                line.contains(reason.as_str()),
+                "missing '{reason}' in: {line}"
+            );
         }
         eprintln!("  plugin: {line}");
     }
 
     // ---------------------------------------------------------------- 6
-    step(6, "push to a local registry, remove, install --alias", started);
+    step(
+        6,
+        "push to a local registry, remove, install --alias",
+        started,
+    );
     let registry = s.start_registry();
     let remote_name = format!("{registry}/vaultbridge");
     let remote = s.build_plugin(&remote_name, &format!("e2e-{id}"), &[]);
     docker_ok(&["plugin", "push", &remote]);
     let catalog = http_get_body(&registry, "/v2/_catalog").unwrap_or_default();
-    assert!(catalog.contains("vaultbridge"), "registry catalog: {catalog}");
+    assert!(
+        catalog.contains("vaultbridge"),
+        "registry catalog: {catalog}"
+    );
     docker_ok(&["plugin", "rm", &remote]);
     s.forget_plugin(&remote);
     s.track_plugin(ALIAS); // for cleanup, should the install half-succeed
-    docker_ok(&[
+    // The same settings as the first plugin, given to `install` directly.
+    settings.push("VAULTBRIDGE_LOG=info,vaultbridge=info".into());
+    let mut install = vec![
         "plugin",
         "install",
         "--alias",
         ALIAS,
         "--grant-all-permissions",
         &remote,
-        &conf_source,
-        "VAULTBRIDGE_LOG=info,vaultbridge=info",
-    ]);
+    ];
+    install.extend(settings.iter().map(String::as_str));
+    docker_ok(&install);
     s.track_plugin(ALIAS);
     let installed_id = s.plugin_id(ALIAS);
     s.log.wait_plugin_line(
@@ -458,7 +677,10 @@ secrets:
         &upgrade,
     ]);
     let reference = docker_ok(&["plugin", "inspect", "-f", "{{.PluginReference}}", ALIAS]);
-    assert_eq!(reference, upgrade, "docker plugin upgrade did not switch the reference");
+    assert_eq!(
+        reference, upgrade,
+        "docker plugin upgrade did not switch the reference"
+    );
     // The engine keeps env settings across an upgrade, but a mount's source
     // lives in the replaced config: it is back to the default and must be
     // set again (README, Upgrade).
@@ -554,6 +776,7 @@ secrets:
     let values: Vec<&[u8]> = backends
         .iter()
         .flat_map(|b| b.values.iter().map(Vec::as_slice))
+        .chain(issued.iter().map(Vec::as_slice))
         .collect();
     assert_log_has_no_values(&log, &values);
 
