@@ -440,14 +440,13 @@ fn configured_by_the_standard_environment() {
         b"east-by-env"
     );
 
+    // By host name, as real endpoints are reached (resolved by the binary).
+    let by_name = format!("http://localhost:{}", moto.port);
     let plugin = Plugin::start(
         None,
         &[
             TEST_KEYS,
-            &[
-                ("AWS_DEFAULT_REGION", WEST),
-                ("AWS_ENDPOINT_URL", &moto.endpoint),
-            ],
+            &[("AWS_DEFAULT_REGION", WEST), ("AWS_ENDPOINT_URL", &by_name)],
         ]
         .concat(),
     );
