@@ -74,6 +74,12 @@ if $use_dockerfile; then
   mkdir -p "$dir/rootfs"
   docker export "$container" | tar -x -C "$dir/rootfs"
   docker rm -f "$container" >/dev/null
+  # `docker export` adds the container's init layer; drop it so the tree is
+  # exactly what packaging/rootfs.sh laid out in the image.
+  rm -f "$dir/rootfs/.dockerenv" "$dir/rootfs/etc/hostname" "$dir/rootfs/etc/mtab" \
+    "$dir/rootfs/dev/console"
+  rmdir "$dir/rootfs/dev/pts" "$dir/rootfs/dev/shm" 2>/dev/null || true
+  chmod 0644 "$dir/rootfs/etc/hosts" "$dir/rootfs/etc/resolv.conf"
   docker image rm "$image" >/dev/null
 else
   if [[ -z $binary ]]; then
