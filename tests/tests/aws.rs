@@ -781,3 +781,72 @@ fn profiles_and_assumed_roles() {
         plugin.log()
     );
 }
+
+/// The rest of the standard chain through the plugin, with no keys in the
+/// environment: a web identity token file (STS AssumeRoleWithWebIdentity at
+/// moto) and ECS container credentials (a local credentials endpoint).
+#[test]
+fn web_identity_and_container_credentials() {
+    use std::io::{Read, Write};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let moto = Moto::start();
+    moto.create_string(EAST, "chain/secret", "chain-value");
+    let config = format!("[providers.aws]\ntype = \"aws\"\nregion = \"{EAST}\"\n");
+    let path = [("vaultbridge.path", "chain/secret")];
+
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOiJSUzI1NiJ9.e30.c2ln").unwrap();
+    let token_path = token.display().to_string();
+    let role = format!("arn:aws:iam::{ACCOUNT}:role/web-reader");
+    let plugin = Plugin::start(
+        Some(&config),
+        &[
+            ("AWS_WEB_IDENTITY_TOKEN_FILE", token_path.as_str()),
+            ("AWS_ROLE_ARN", &role),
+            ("AWS_ROLE_SESSION_NAME", "e2e"),
+            ("AWS_ENDPOINT_URL", &moto.endpoint),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(value(&plugin, "w", &path), b"chain-value");
+
+    // ECS: the SDK GETs AWS_CONTAINER_CREDENTIALS_FULL_URI (loopback allowed).
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let uri = format!("http://{}/credentials", listener.local_addr().unwrap());
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&served);
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { break };
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            counter.fetch_add(1, Ordering::SeqCst);
+            let body = r#"{"AccessKeyId":"ASIAECSCONTAINER0001","SecretAccessKey":"ecs-secret","Token":"ecs-token","Expiration":"2099-01-01T00:00:00Z"}"#;
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    let plugin = Plugin::start(
+        Some(&config),
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", uri.as_str()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto.endpoint),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(value(&plugin, "e", &path), b"chain-value");
+    assert!(
+        served.load(Ordering::SeqCst) >= 1,
+        "the ECS endpoint was asked"
+    );
+    assert_log_has_no_values(
+        &plugin.log(),
+        &[b"chain-value", b"ecs-secret", b"ecs-token"],
+    );
+}
