@@ -723,12 +723,38 @@ secrets:
             .filter(|t| t.contains("| Running | Running"))
             .count()
     };
+    // A secret no task holds yet; its service is created while the plugin
+    // is disabled. (A new task of a service whose reusable secret the node
+    // already holds still starts while the plugin is disabled: the worker
+    // keeps the value under the secret's id.)
+    let late_secret = format!("vb_{id}_late");
+    s.secret_create(&late_secret, ALIAS, &file.secret);
     docker_ok(&["plugin", "disable", ALIAS]);
     docker_ok(&["plugin", "disable", &plugin]);
+    let late_service = format!("vb-{id}-late");
+    s.service_create(&ServiceSpec::new(&late_service, &late_secret, "app"));
+    let failed = poll(
+        "the task scheduled while the plugin is disabled to fail",
+        CONVERGE,
+        || {
+            s.task_states(&late_service)
+                .into_iter()
+                .find(|t| t.contains("Failed") || t.contains("Rejected"))
+        },
+        || s.describe_service(&late_service),
+    );
+    eprintln!("  scheduled while disabled: {failed}");
+    assert!(
+        s.reports(&late_service).iter().all(|r| r.bytes.is_empty()),
+        "a task got {late_secret} while the plugin was disabled"
+    );
+    // The tasks that already had their secrets kept running throughout.
     for service in [&installed_service, &step2_services[0].0] {
-        assert_eq!(
-            running(&s, service),
-            1,
+        let slot1 = format!("{service}.1 ");
+        assert!(
+            s.task_states(service)
+                .iter()
+                .any(|t| t.starts_with(&slot1) && t.contains("| Running | Running")),
             "{service} stopped running while its plugin was disabled:\n{}",
             s.describe_service(service)
         );
@@ -743,6 +769,9 @@ secrets:
         Duration::from_secs(30),
         |l| l.contains("vaultbridge listening"),
     );
+    // The restart policy retries the failed task; now it gets its secret.
+    let reports = s.wait_reports(&late_service, 1, CONVERGE);
+    assert_reports(&late_service, &reports, "444:0:0", &file.expected);
     let served_before = lines_for(&s, &installed_id, &secret).len();
     docker_ok(&[
         "service",
