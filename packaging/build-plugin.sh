@@ -68,7 +68,10 @@ if $use_dockerfile; then
   [[ -z $binary ]] || die "--binary and --dockerfile exclude each other"
   image="vaultbridge-rootfs:$tag"
   echo "build-plugin: docker build -t $image $repo" >&2
-  docker build -t "$image" "$repo" >&2
+  # --force-rm: no stopped build containers left behind when a step fails.
+  # The build stage stays in Docker's cache for the next build (reclaim the
+  # space with `docker image prune`).
+  docker build --force-rm -t "$image" "$repo" >&2
   container=$(docker create "$image")
   rm -rf "$dir/rootfs"
   mkdir -p "$dir/rootfs"
