@@ -365,44 +365,88 @@ fn docker_engine_end_to_end() {
         assert_eq!(entry["Settable"], serde_json::json!(["value"]), "{name}");
     }
 
-    // A bad configuration: enable fails, and the engine's log carries the
-    // plugin's error, word for word what `vaultbridge check` says. On a
-    // plugin of its own: after a failed start, engine 20.10 keeps restarting
-    // the plugin from its exit handler for a few seconds, racing with later
-    // `docker plugin set`/`enable` calls on the same plugin.
+    // Bad configurations: enable fails, and the engine's log carries the
+    // plugin's error, what `vaultbridge check` says for the same
+    // configuration. One from the environment (word for word) and one from
+    // a config.toml in the mount (the same but for where the file is).
+    // Each on a plugin of its own: after a failed start, engine 20.10 keeps
+    // restarting the plugin from its exit handler for a few seconds, racing
+    // with later `docker plugin set`/`enable` calls on the same plugin. The
+    // two enables run in parallel (each takes the engine's ~13 s of retries).
+    let check = |args: &[&str], env: &[(&str, &str)]| {
+        let output = std::process::Command::new(vaultbridge_tests::binary())
+            .arg("check")
+            .args(args)
+            .env_clear()
+            .envs(env.iter().copied())
+            .output()
+            .expect("run vaultbridge check");
+        assert!(
+            !output.status.success(),
+            "check accepted a bad configuration"
+        );
+        String::from_utf8_lossy(&output.stderr).trim().to_string()
+    };
     let bad_dir = format!("/nonexistent-vaultbridge-{id}");
-    let bad_plugin = s.build_plugin(
-        "vaultbridge-badconfig",
+    let env_message = check(&[], &[("VAULTBRIDGE_FILE_DIR", &bad_dir)]);
+    assert!(env_message.contains(&bad_dir), "{env_message}");
+    let bad_conf = s.path("bad-config");
+    std::fs::create_dir_all(bad_conf.join("secrets")).expect("mkdir");
+    std::fs::write(
+        bad_conf.join("config.toml"),
+        "[providers.local]\ntype = \"file\"\nroot = \"/etc/vaultbridge/secrets\"\nrooot = \"typo\"\n",
+    )
+    .expect("write bad config");
+    let host_path = bad_conf.join("config.toml").display().to_string();
+    let file_message =
+        check(&["--config", &host_path], &[]).replace(&host_path, "/etc/vaultbridge/config.toml");
+    assert!(file_message.contains("rooot"), "{file_message}");
+    let bad_env = s.build_plugin(
+        "vaultbridge-badenv",
         &format!("e2e-{id}"),
         &[&format!("VAULTBRIDGE_FILE_DIR={bad_dir}")],
     );
-    let bad_id = s.plugin_id(&bad_plugin);
-    let check = std::process::Command::new(vaultbridge_tests::binary())
-        .arg("check")
-        .env_clear()
-        .env("VAULTBRIDGE_FILE_DIR", &bad_dir)
-        .output()
-        .expect("run vaultbridge check");
-    assert!(!check.status.success(), "check accepted {bad_dir}");
-    let check_message = String::from_utf8_lossy(&check.stderr).trim().to_string();
-    assert!(check_message.contains(&bad_dir), "{check_message}");
-    let refused = docker_try(&["plugin", "enable", &bad_plugin]);
-    let refused = refused.expect_err("the plugin enabled with a bad configuration");
-    eprintln!(
-        "  enable with a bad configuration: {}",
-        refused.lines().last().unwrap_or("")
+    let bad_file = s.build_plugin(
+        "vaultbridge-badfile",
+        &format!("e2e-{id}"),
+        &[&format!("config.source={}", bad_conf.display())],
     );
-    let line = s.log.wait_plugin_line(
-        &bad_id,
-        0,
-        "the start-up error in the engine's log",
-        Duration::from_secs(30),
-        |l| l.contains("ERROR"),
-    );
-    assert!(
-        line.ends_with(&format!("ERROR vaultbridge::cli: {check_message}")),
-        "engine log line:\n  {line}\ndoes not carry what `vaultbridge check` says:\n  {check_message}"
-    );
+    let refused: Vec<Result<String, String>> = std::thread::scope(|scope| {
+        let runs: Vec<_> = [&bad_env, &bad_file]
+            .into_iter()
+            .map(|p| scope.spawn(move || docker_try(&["plugin", "enable", p])))
+            .collect();
+        runs.into_iter()
+            .map(|r| r.join().expect("thread"))
+            .collect()
+    });
+    for ((bad, message), refused) in [(&bad_env, &env_message), (&bad_file, &file_message)]
+        .into_iter()
+        .zip(refused)
+    {
+        let refused = refused.expect_err("a plugin enabled with a bad configuration");
+        eprintln!("  enable {bad}: {}", refused.lines().last().unwrap_or(""));
+        // A multi-line message (a TOML error quotes the offending line) is
+        // one engine log entry per line, all tagged with the plugin's id.
+        let bad_id = s.plugin_id(bad);
+        let expected = format!("ERROR vaultbridge::cli: {message}");
+        let wanted = expected.lines().count();
+        let line = poll(
+            "the start-up error in the engine's log",
+            Duration::from_secs(30),
+            || {
+                let lines = s.log.plugin_lines(&bad_id);
+                let first = lines.iter().position(|l| l.contains("ERROR"))?;
+                (lines.len() >= first + wanted).then(|| lines[first..first + wanted].join("\n"))
+            },
+            || s.log.plugin_lines(&bad_id).join("\n"),
+        );
+        assert!(
+            line.ends_with(&expected),
+            "engine log:\n{line}\ndoes not carry what `vaultbridge check` says:\n{message}"
+        );
+        eprintln!("  engine log: {line}");
+    }
 
     // The default mount source needs nothing on the host: with a provider
     // from the environment the plugin enables as installed.
