@@ -110,15 +110,16 @@ impl Config {
         Ok((config, Source::Environment))
     }
 
-    /// Parse and check the TOML text of a config file.
+    /// Parse and check the TOML text of a config file. Errors are one line
+    /// (the engine's log shows each line of plugin output separately).
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let deserializer = toml::Deserializer::parse(text)
-            .map_err(|err| ConfigError::new("(file)", err.to_string()))?;
+            .map_err(|err| ConfigError::new("(file)", one_line(text, &err)))?;
         let config: Config = serde_path_to_error::deserialize(deserializer).map_err(|err| {
             let key = err.path().to_string();
             ConfigError::new(
                 if key == "." { "(file)".into() } else { key },
-                err.into_inner().to_string().trim_end().to_string(),
+                one_line(text, err.inner()),
             )
         })?;
         config.validate_names()?;
@@ -169,6 +170,18 @@ impl Config {
     }
 }
 
+/// A TOML error as "message (line N)", without the multi-line snippet.
+fn one_line(text: &str, err: &toml::de::Error) -> String {
+    let message = err.message().trim().replace('\n', "; ");
+    match err.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("{message} (line {line})")
+        }
+        None => message,
+    }
+}
+
 /// `VAULTBRIDGE_CACHE_TTL`, `VAULTBRIDGE_MAX_STALE`, `VAULTBRIDGE_DEADLINE`,
 /// `VAULTBRIDGE_MAX_CONCURRENCY`: the policy of providers made from the
 /// environment.
@@ -215,6 +228,8 @@ mod tests {
             Config::parse("[providers.local]\ntype = \"file\"\nrot = \"/tmp\"\n").unwrap_err();
         assert!(err.key.starts_with("providers.local"), "{err}");
         assert!(err.message.contains("unknown field `rot`"), "{err}");
+        assert!(err.message.ends_with("(line 1)"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
 
         let err = Config::parse("[providers.x]\ntype = \"nope\"\n").unwrap_err();
         assert!(err.message.contains("unknown variant `nope`"), "{err}");
