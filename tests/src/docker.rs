@@ -827,8 +827,8 @@ pub fn free_port() -> u16 {
         .expect("bind 127.0.0.1:0")
 }
 
-/// Status of a plain HTTP GET, or None if nothing answers.
-pub fn http_get_status(address: &str, path: &str) -> Option<u16> {
+/// A plain HTTP GET sent to `address`, its answer still to read.
+fn http_get(address: &str, path: &str) -> Option<TcpStream> {
     let mut stream = TcpStream::connect(address).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
     write!(
@@ -836,22 +836,20 @@ pub fn http_get_status(address: &str, path: &str) -> Option<u16> {
         "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
+    Some(stream)
+}
+
+/// Status of a plain HTTP GET, or None if nothing answers.
+pub fn http_get_status(address: &str, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
-    stream.read_exact(&mut head).ok()?;
+    http_get(address, path)?.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
 }
 
 /// A plain HTTP GET's body (for the registry's catalog).
 pub fn http_get_body(address: &str, path: &str) -> Option<String> {
-    let mut stream = TcpStream::connect(address).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
     let mut raw = String::new();
-    stream.read_to_string(&mut raw).ok()?;
+    http_get(address, path)?.read_to_string(&mut raw).ok()?;
     raw.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
 }
 

@@ -193,31 +193,35 @@ impl OpenBao {
 
     /// Run `bao <args>`; panics with its stderr on failure. Returns stdout.
     pub fn bao(&self, args: &[&str]) -> String {
-        let out = self.command(args).output().expect("run bao");
-        assert!(
-            out.status.success(),
-            "bao {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.run(args, None)
     }
 
     /// `bao <args...> -` with `stdin` as input (JSON bodies, policies).
     pub fn bao_stdin(&self, args: &[&str], stdin: &str) -> String {
+        self.run(args, Some(stdin))
+    }
+
+    /// `bao <args>` with `stdin` written to it, else no input; panics with
+    /// its stderr on failure. Returns stdout.
+    fn run(&self, args: &[&str], stdin: Option<&str>) -> String {
         let mut command = self.command(args);
-        command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().expect("run bao");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(stdin.as_bytes())
-            .expect("write stdin");
-        let out = child.wait_with_output().expect("bao output");
+        let out = match stdin {
+            None => command.output().expect("run bao"),
+            Some(input) => {
+                command
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                let mut child = command.spawn().expect("run bao");
+                child
+                    .stdin
+                    .take()
+                    .expect("stdin")
+                    .write_all(input.as_bytes())
+                    .expect("write stdin");
+                child.wait_with_output().expect("bao output")
+            }
+        };
         assert!(
             out.status.success(),
             "bao {} failed: {}",

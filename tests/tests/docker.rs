@@ -310,6 +310,21 @@ fn lines_for(session: &Session, plugin_id: &str, secret: &str) -> Vec<String> {
         .collect()
 }
 
+/// Poll until a task of `service` has failed or been rejected; its state
+/// line. Panics naming `what` after `CONVERGE`.
+fn wait_task_failed(s: &Session, service: &str, what: &str) -> String {
+    poll(
+        what,
+        CONVERGE,
+        || {
+            s.task_states(service)
+                .into_iter()
+                .find(|t| t.contains("Failed") || t.contains("Rejected"))
+        },
+        || s.describe_service(service),
+    )
+}
+
 fn step(n: u32, title: &str, started: Instant) {
     eprintln!(
         "[docker e2e {:>5.1}s] step {n}: {title}",
@@ -630,16 +645,7 @@ secrets:
         let mut spec = ServiceSpec::new(&service, &secret, "gone");
         spec.no_restart = true;
         s.service_create(&spec);
-        let failed = poll(
-            &format!("{service}'s task to fail"),
-            CONVERGE,
-            || {
-                s.task_states(&service)
-                    .into_iter()
-                    .find(|t| t.contains("Failed") || t.contains("Rejected"))
-            },
-            || s.describe_service(&service),
-        );
+        let failed = wait_task_failed(&s, &service, &format!("{service}'s task to fail"));
         eprintln!("  task: {failed}");
         assert!(
             s.reports(&service).iter().all(|r| r.bytes.is_empty()),
@@ -777,15 +783,10 @@ secrets:
     docker_ok(&["plugin", "disable", &plugin]);
     let late_service = format!("vb-{id}-late");
     s.service_create(&ServiceSpec::new(&late_service, &late_secret, "app"));
-    let failed = poll(
+    let failed = wait_task_failed(
+        &s,
+        &late_service,
         "the task scheduled while the plugin is disabled to fail",
-        CONVERGE,
-        || {
-            s.task_states(&late_service)
-                .into_iter()
-                .find(|t| t.contains("Failed") || t.contains("Rejected"))
-        },
-        || s.describe_service(&late_service),
     );
     eprintln!("  scheduled while disabled: {failed}");
     assert!(

@@ -269,6 +269,26 @@ impl Failure {
         }
     }
 
+    /// An HTTP error status from Vault and its body, of which only the
+    /// `{"errors": [...]}` list is kept: never the rest (a 404 for a
+    /// deleted version carries the secret's metadata).
+    pub fn from_status(code: u16, body: &[u8]) -> Self {
+        let errors = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| {
+                v.get("errors")?.as_array().map(|a| {
+                    a.iter()
+                        .filter_map(|e| e.as_str().map(str::to_string))
+                        .collect()
+                })
+            })
+            .unwrap_or_default();
+        Failure::Status {
+            code,
+            errors: clean(errors),
+        }
+    }
+
     pub fn from_client(err: ClientError) -> Self {
         match err {
             ClientError::APIError { code, errors } => Failure::Status {
@@ -290,23 +310,7 @@ impl Failure {
         use rustify::errors::ClientError as Rest;
         match err {
             Rest::ServerResponseError { code, content } => {
-                // Parse only Vault's `errors` list; never keep the body (a
-                // 404 for a deleted version carries the secret's metadata).
-                let errors = content
-                    .as_deref()
-                    .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
-                    .and_then(|v| {
-                        v.get("errors")?.as_array().map(|a| {
-                            a.iter()
-                                .filter_map(|e| e.as_str().map(str::to_string))
-                                .collect()
-                        })
-                    })
-                    .unwrap_or_default();
-                Failure::Status {
-                    code,
-                    errors: clean(errors),
-                }
+                Self::from_status(code, content.as_deref().unwrap_or_default().as_bytes())
             }
             Rest::RequestError { source, .. } | Rest::ResponseError { source } => {
                 match source.downcast_ref::<reqwest::Error>() {
@@ -399,6 +403,34 @@ mod tests {
         assert_eq!(
             clean(vec!["no handler for route \"x\"".into()]),
             vec!["no handler for route \"x\"".to_string()]
+        );
+    }
+
+    #[test]
+    fn keeps_only_the_errors_of_a_status_body() {
+        let body = br#"{"errors":["1 error occurred:\n\t* permission denied\n\n"],"data":{"secret":"s3cr3t"}}"#;
+        let failure = Failure::from_status(403, body);
+        assert_eq!(
+            failure,
+            Failure::Status {
+                code: 403,
+                errors: vec!["permission denied".to_string()]
+            }
+        );
+        assert!(!format!("{failure:?}").contains("s3cr3t"));
+        assert_eq!(
+            Failure::from_status(502, b"<html>bad gateway</html>"),
+            Failure::Status {
+                code: 502,
+                errors: vec![]
+            }
+        );
+        assert_eq!(
+            Failure::from_status(500, b""),
+            Failure::Status {
+                code: 500,
+                errors: vec![]
+            }
         );
     }
 

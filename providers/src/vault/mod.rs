@@ -577,20 +577,7 @@ impl VaultProvider {
                     .await
                     .map_err(|e| Failure::from_reqwest(&e))?;
                 if !(200..300).contains(&status) {
-                    let errors = serde_json::from_slice::<serde_json::Value>(&bytes)
-                        .ok()
-                        .and_then(|v| {
-                            v.get("errors")?.as_array().map(|a| {
-                                a.iter()
-                                    .filter_map(|e| e.as_str().map(str::to_string))
-                                    .collect()
-                            })
-                        })
-                        .unwrap_or_default();
-                    return Err(Failure::Status {
-                        code: status,
-                        errors: http::clean(errors),
-                    });
+                    return Err(Failure::from_status(status, &bytes));
                 }
                 serde_json::from_slice::<LogicalResponse>(&bytes)
                     .map_err(|_| Failure::Other("the answer is not a Vault JSON response".into()))
