@@ -42,6 +42,33 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
+    if args.get(1).map(String::as_str) == Some("load") {
+        // `load SOCKET CONCURRENCY SECONDS [per-task]`: the same load against a server
+        // you started yourself (e.g. under `perf record`).
+        let socket = PathBuf::from(
+            args.get(2)
+                .map(String::as_str)
+                .unwrap_or("vaultbridge.sock"),
+        );
+        let concurrency = args.get(3).and_then(|c| c.parse().ok()).unwrap_or(64);
+        let seconds = args.get(4).and_then(|c| c.parse().ok()).unwrap_or(5);
+        // A 5th argument `per-task` makes every request reach the backend.
+        let body = if args.get(5).map(String::as_str) == Some("per-task") {
+            request_body("bench", &[("vaultbridge.reuse", "false")])
+        } else {
+            request_body("bench", &[])
+        };
+        let stats = runtime.block_on(load::run(
+            &socket,
+            "/SecretProvider.GetSecret",
+            body,
+            concurrency,
+            Duration::from_secs(seconds),
+            has_value,
+        ))?;
+        row("load", concurrency, &stats);
+        return Ok(());
+    }
     runtime.block_on(bench())
 }
 
