@@ -145,8 +145,9 @@ impl Cache {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Number of entries and bytes held (for tests and the benchmark).
-    pub fn usage(&self) -> (usize, usize) {
+    /// Number of entries and bytes held.
+    #[cfg(test)]
+    fn usage(&self) -> (usize, usize) {
         let state = self.lock();
         (state.entries.len(), state.bytes)
     }

@@ -234,7 +234,13 @@ async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> 
     };
     let labels: BTreeMap<String, String> = labels.into_iter().collect();
     let result = match Lookup::from_labels(&name, &labels) {
-        Ok(lookup) => resolver.resolve(&lookup).await.map_err(|e| e.to_string()),
+        Ok(lookup) => match resolver.route(&lookup) {
+            Ok(upstream) => resolver
+                .resolve(upstream, &lookup)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(err) => Err(err.to_string()),
+        },
         Err(err) => Err(err.to_string()),
     };
     match result {

@@ -95,10 +95,18 @@ impl Config {
             .map(|(name, backend)| (name, ProviderEntry { tuning, backend }))
             .collect();
         if providers.is_empty() {
-            let root = vaultbridge_providers::file::DEFAULT_ROOT;
-            let config: Config = Config::parse(&format!(
-                "[providers.file]\ntype = \"file\"\nroot = \"{root}\"\n"
-            ))?;
+            let file = vaultbridge_providers::file::FileConfig {
+                root: vaultbridge_providers::file::DEFAULT_ROOT.into(),
+            };
+            let entry = ProviderEntry {
+                tuning: Tuning::default(),
+                backend: ProviderConfig::File(file),
+            };
+            let config = Config {
+                default_provider: None,
+                cache: Limits::default(),
+                providers: BTreeMap::from([("file".to_string(), entry)]),
+            };
             return Ok((config, Source::EmbeddedDefault));
         }
         let config = Config {

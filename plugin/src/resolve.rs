@@ -127,10 +127,6 @@ impl Resolver {
             .map(|(name, upstream)| (name.as_str(), &upstream.provider))
     }
 
-    pub fn cache(&self) -> &Cache {
-        &self.cache
-    }
-
     /// The provider a lookup is routed to, by name.
     pub fn route<'a>(&'a self, lookup: &'a Lookup) -> Result<&'a Arc<Upstream>, ResolveError> {
         let name = match (&lookup.provider, &self.default) {
@@ -157,12 +153,16 @@ impl Resolver {
             .join(", ")
     }
 
-    /// Fetch and shape one secret, through the cache unless it is per task.
-    pub async fn resolve(&self, lookup: &Lookup) -> Result<Resolved, ResolveError> {
-        let upstream = self.route(lookup)?.clone();
+    /// Fetch and shape one secret from the provider [`Self::route`] chose,
+    /// through the cache unless it is per task.
+    pub async fn resolve(
+        &self,
+        upstream: &Arc<Upstream>,
+        lookup: &Lookup,
+    ) -> Result<Resolved, ResolveError> {
         if !lookup.reuse {
             // `vaultbridge.reuse=false`: this task's own value, never shared.
-            let fetched = fetch_and_shape(upstream, lookup.clone()).await?;
+            let fetched = fetch_and_shape(upstream.clone(), lookup.clone()).await?;
             return Ok(Resolved {
                 value: fetched.value,
                 per_task: true,

@@ -86,23 +86,26 @@ async fn get_secret(
 /// Resolve one request and log exactly one line about it.
 async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Response {
     let started = Instant::now();
-    let lookup = Lookup::from_labels(&request.secret_name, &request.secret_labels);
-    let (provider, path) = match &lookup {
-        Ok(lookup) => (
-            resolver
-                .route(lookup)
-                .map(|upstream| upstream.name.as_str())
-                .unwrap_or("-"),
-            lookup.path.as_str(),
-        ),
-        Err(_) => ("-", "-"),
-    };
-    let result = match &lookup {
-        Ok(lookup) => resolver.resolve(lookup).await.map_err(|err| {
-            let outcome = outcome(&err);
-            (outcome, err.to_string())
-        }),
-        Err(err) => Err(("bad_labels", err.to_string())),
+    // Labels, then the provider: either may be wrong, and the log line names
+    // what was known when it failed.
+    let lookup = Lookup::from_labels(&request.secret_name, &request.secret_labels)
+        .map_err(|err| ("bad_labels", err.to_string()));
+    let routed = lookup.as_ref().map_err(Clone::clone).and_then(|lookup| {
+        resolver
+            .route(lookup)
+            .map(|upstream| (lookup, upstream))
+            .map_err(|err| (outcome(&err), err.to_string()))
+    });
+    let path = lookup.as_ref().map_or("-", |lookup| lookup.path.as_str());
+    let provider = routed
+        .as_ref()
+        .map_or("-", |(_, upstream)| upstream.name.as_str());
+    let result = match &routed {
+        Ok((lookup, upstream)) => resolver
+            .resolve(upstream, lookup)
+            .await
+            .map_err(|err| (outcome(&err), err.to_string())),
+        Err(err) => Err(err.clone()),
     };
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     match result {
