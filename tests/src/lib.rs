@@ -175,20 +175,21 @@ impl Plugin {
 
     /// Send SIGTERM and wait up to `timeout` for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
-        let child = self.child.as_mut()?;
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(child.id().to_string())
-            .status();
-        let mut status = None;
-        wait_until(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        status
+        self.signal_term();
+        self.wait_exit(timeout)
     }
 
-    /// Wait for the process to exit on its own (for start-up failures).
+    /// Send SIGTERM without waiting for the process to exit.
+    pub fn signal_term(&self) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Wait up to `timeout` for the process to exit.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let child = self.child.as_mut()?;
         let mut status = None;
@@ -233,8 +234,13 @@ pub fn raw_request(
     {
         return Err(err);
     }
-    // After such an early answer Linux reports ECONNRESET once the answer
-    // has been read, where a normal close gives EOF.
+    read_answer(&mut stream)
+}
+
+/// Read one answer from a connection the server closes after replying.
+pub fn read_answer(stream: &mut UnixStream) -> std::io::Result<Answer> {
+    // After an early answer (413 before the body was read) Linux reports
+    // ECONNRESET once the answer has been read, where a normal close gives EOF.
     let mut raw = Vec::new();
     let mut buf = [0u8; 16 * 1024];
     loop {

@@ -1,7 +1,7 @@
 //! The real binary on a real Unix socket, spoken to in raw HTTP/1.1 the way
 //! dockerd does, with the `file` provider (no server needed).
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
@@ -314,36 +314,24 @@ fn sigterm_finishes_in_flight_requests_then_removes_the_socket() {
     stream.write_all(first).unwrap();
     std::thread::sleep(Duration::from_millis(100));
 
-    let socket = plugin.socket.clone();
-    // Send SIGTERM without waiting, then complete the request.
-    let killer = std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "sleep 0.2; pkill -TERM -f -- '--socket {}'",
-            socket.display()
-        ))
-        .spawn()
-        .unwrap();
-    std::thread::sleep(Duration::from_millis(600));
+    // SIGTERM while the request is in flight, then complete the request.
+    plugin.signal_term();
+    assert!(
+        wait_until(Duration::from_secs(10), || plugin
+            .log()
+            .contains("shutting down")),
+        "{}",
+        plugin.log()
+    );
     stream.write_all(rest).unwrap();
-    let mut raw = Vec::new();
     stream
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
-    let mut buf = [0u8; 4096];
-    // Read until the JSON body is complete (the server closes after replying).
-    while let Ok(n) = stream.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        raw.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&raw);
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    assert!(text.contains("\"Value\""), "{text}");
-    let _ = killer.wait_with_output();
+    let answer = vaultbridge_tests::read_answer(&mut stream).unwrap();
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(answer.value(), PASSWORD);
 
-    let status = plugin.terminate(Duration::from_secs(10)).expect("exited");
+    let status = plugin.wait_exit(Duration::from_secs(10)).expect("exited");
     assert!(status.success(), "{status:?}\n{}", plugin.log());
     assert!(!plugin.socket.exists(), "socket file left behind");
     // The request was answered after the signal, not before.
