@@ -252,10 +252,7 @@ impl Session {
                     renewable = fresh.renewable,
                     "vault login"
                 );
-                let current = Current {
-                    token: fresh.token.clone(),
-                    generation: fresh.generation,
-                };
+                let current = fresh.current();
                 *guard = Some(fresh);
                 Ok(current)
             }
