@@ -680,12 +680,6 @@ pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderErr
         } if errors.iter().any(|e| e.contains("sealed")) => {
             ProviderError::Unavailable(format!("{doing}: Vault at {address} is sealed; unseal it"))
         }
-        Failure::Status { code, .. } if code >= 500 || code == 429 || code == 412 => {
-            ProviderError::Unavailable(format!(
-                "{doing}: Vault at {address} answered HTTP {code} ({})",
-                f.errors()
-            ))
-        }
         Failure::Status { code, .. } => ProviderError::Unavailable(format!(
             "{doing}: Vault at {address} answered HTTP {code} ({})",
             f.errors()
