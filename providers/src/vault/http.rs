@@ -40,6 +40,9 @@ pub(crate) struct TlsFiles<'a> {
 pub(crate) struct Http {
     /// What requests are sent to (may carry `tls_server_name` as host).
     pub base: Url,
+    /// `base` without its trailing '/', as `rustify` wants it: computed
+    /// once here, not on every request.
+    rest_base: String,
     /// The address as configured, for messages.
     pub shown: String,
     pub client: reqwest::Client,
@@ -159,6 +162,7 @@ impl Http {
             base.set_path(&path);
         }
         Ok(Self {
+            rest_base: base.as_str().trim_end_matches('/').to_string(),
             base,
             shown: address.as_str().trim_end_matches('/').to_string(),
             client,
@@ -170,9 +174,8 @@ impl Http {
     /// A `vaultrs` client sending `token` (empty for a login).
     pub fn vault(&self, token: &SecretString) -> VaultClient {
         let token = token.expose_secret().to_string();
-        let base = self.base.as_str().trim_end_matches('/').to_string();
         VaultClient {
-            http: rustify::clients::reqwest::Client::new(&base, self.client.clone()),
+            http: rustify::clients::reqwest::Client::new(&self.rest_base, self.client.clone()),
             middle: EndpointMiddleware {
                 token: token.clone(),
                 version: "v1".into(),
