@@ -43,12 +43,12 @@ pub async fn bench(
             ("vaultbridge.reuse", "false"),
         ],
     );
-    let client = VaultClient::new(
+    let client = std::sync::Arc::new(VaultClient::new(
         VaultClientSettingsBuilder::default()
             .address(&bao.addr)
             .token("root")
             .build()?,
-    )?;
+    )?);
     for c in CONCURRENCIES {
         let plugin_stats = load::run(
             &server.socket,
@@ -92,11 +92,10 @@ pub async fn bench(
 
 /// KV v2 reads straight from vaultrs, `concurrency` at a time.
 async fn direct_reads(
-    client: &VaultClient,
+    client: &std::sync::Arc<VaultClient>,
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<Stats> {
-    let client = std::sync::Arc::new(client_clone(client)?);
     let warmup = Duration::from_millis(300);
     let measure_from = Instant::now() + warmup;
     let end = measure_from + duration;
@@ -129,15 +128,6 @@ async fn direct_reads(
         errors += task_errors;
     }
     Ok(Stats::from_latencies(all, errors, duration))
-}
-
-fn client_clone(client: &VaultClient) -> anyhow::Result<VaultClient> {
-    Ok(VaultClient::new(
-        VaultClientSettingsBuilder::default()
-            .address(client.settings.address.as_str())
-            .token(client.settings.token.as_str())
-            .build()?,
-    )?)
 }
 
 /// KV reads of `path` in OpenBao's own audit log.
