@@ -285,45 +285,52 @@ pub fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// The `openssl req` options for a new, unencrypted EC P-256 key.
+const NEW_P256_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:P-256",
+    "-nodes",
+];
+
 /// A client CA and a client certificate it signed, in `dir`:
 /// `client-ca.pem`, `client.pem`, `client-key.pem` (EC P-256).
 pub fn client_certificate(dir: &Path, common_name: &str) {
     openssl(
         dir,
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "client-ca-key.pem",
-            "-out",
-            "client-ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=vaultbridge test client CA",
-        ],
+            &["req", "-x509"][..],
+            &NEW_P256_KEY,
+            &[
+                "-keyout",
+                "client-ca-key.pem",
+                "-out",
+                "client-ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=vaultbridge test client CA",
+            ],
+        ]
+        .concat(),
     );
+    let subject = format!("/CN={common_name}");
     openssl(
         dir,
         &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "client-key.pem",
-            "-out",
-            "client.csr",
-            "-subj",
-            &format!("/CN={common_name}"),
-        ],
+            &["req"][..],
+            &NEW_P256_KEY,
+            &[
+                "-keyout",
+                "client-key.pem",
+                "-out",
+                "client.csr",
+                "-subj",
+                &subject,
+            ],
+        ]
+        .concat(),
     );
     std::fs::write(
         dir.join("client-ext.cnf"),
