@@ -26,6 +26,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::docker::repo_root;
 use crate::wait_until;
 
 /// The vault names the double answers to (the first DNS label picks the vault).
@@ -51,13 +52,6 @@ struct Running {
     control_port: u16,
     ca_file: PathBuf,
     dir: tempfile::TempDir,
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
 }
 
 /// The `.venv-test` interpreter when tests/setup.sh made one, else python3

@@ -13,13 +13,14 @@
 //! ([`Moto::start_with_auth`]).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::TcpStream;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use crate::docker::{free_port, repo_root};
 use crate::wait_until;
 
 /// The account moto puts resources in.
@@ -27,10 +28,7 @@ pub const ACCOUNT: &str = "123456789012";
 
 /// `moto_server` from the repository's test venv, else from `PATH`.
 pub fn moto_server_binary() -> PathBuf {
-    let repo = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent");
-    let local = repo.join(".venv-test/bin/moto_server");
+    let local = repo_root().join(".venv-test/bin/moto_server");
     if local.is_file() {
         return local;
     }
@@ -46,15 +44,6 @@ pub fn moto_server_binary() -> PathBuf {
             local.display()
         )
     })
-}
-
-/// A free TCP port on 127.0.0.1 (free when asked; [`Moto::start`] retries
-/// if another process takes it first).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
 }
 
 /// A running `moto_server`, killed on drop.
