@@ -7,6 +7,7 @@ use std::time::Duration;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 
+use super::VersionSelector;
 use crate::ProviderError;
 
 /// The longest AWS message we pass on (after scrubbing).
@@ -16,8 +17,8 @@ const MAX_MESSAGE: usize = 400;
 pub(crate) struct Context<'a> {
     /// The secret's name or ARN; `None` for `check`'s ListSecrets.
     pub path: Option<&'a str>,
-    /// `version id …` / `version stage …`, when a version was asked for.
-    pub version: Option<String>,
+    /// The version asked for, if any.
+    pub version: Option<VersionSelector<'a>>,
     pub region: &'a str,
     pub endpoint: &'a str,
     pub timeout: Duration,
@@ -30,7 +31,11 @@ impl Context<'_> {
         match (self.path, &self.version) {
             (None, _) => format!("ListSecrets in region {}", self.region),
             (Some(path), Some(version)) => {
-                format!("secret '{path}' ({version}) in region {}", self.region)
+                format!(
+                    "secret '{path}' ({}) in region {}",
+                    version.describe(),
+                    self.region
+                )
             }
             (Some(path), None) => format!("secret '{path}' in region {}", self.region),
         }
@@ -528,10 +533,10 @@ mod tests {
         assert_eq!(scrub("héllo wörld — ok"), "héllo wörld — ok");
     }
 
-    fn context(version: Option<&str>) -> Context<'static> {
+    fn context(version: Option<&'static str>) -> Context<'static> {
         Context {
             path: Some("db"),
-            version: version.map(str::to_string),
+            version: version.map(VersionSelector::Stage),
             region: "eu-west-1",
             endpoint: "http://127.0.0.1:1",
             timeout: Duration::from_secs(2),

@@ -155,7 +155,7 @@ impl<'a> VersionSelector<'a> {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         match self {
             VersionSelector::Id(id) => format!("version id {id}"),
             VersionSelector::Stage(stage) => format!("version stage {stage}"),
@@ -448,7 +448,7 @@ impl AwsProvider {
     ) -> errors::Context<'a> {
         errors::Context {
             path,
-            version: version.map(|v| v.describe()),
+            version,
             region: &self.region,
             endpoint: &self.endpoint,
             timeout: self.timeout,
@@ -525,10 +525,7 @@ impl Provider for AwsProvider {
         }
         Err(ProviderError::NotFound(format!(
             "secret '{path}' ({}) in region {} has neither SecretString nor SecretBinary",
-            context
-                .version
-                .as_deref()
-                .unwrap_or("version stage AWSCURRENT"),
+            version.map_or_else(|| "version stage AWSCURRENT".to_string(), |v| v.describe()),
             self.region
         )))
     }
