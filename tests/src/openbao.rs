@@ -387,29 +387,48 @@ pub fn sign_jwt(dir: &Path, key_pem: &Path, claims: &serde_json::Value) -> Strin
 }
 
 /// A TCP listener that accepts connections and never answers (a hung
-/// server), for deadline tests. Dropped with the returned guard.
+/// server), for deadline tests. Stopped on drop: the listening socket and
+/// every connection it accepted are closed.
 pub struct BlackHole {
     pub port: u16,
-    _listener: TcpListener,
-    _held: std::sync::Arc<std::sync::Mutex<Vec<TcpStream>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepting: Option<std::thread::JoinHandle<()>>,
 }
 
 impl BlackHole {
     pub fn start() -> BlackHole {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let accept = listener.try_clone().expect("clone listener");
-        let keep = held.clone();
-        std::thread::spawn(move || {
-            for stream in accept.incoming().flatten() {
-                keep.lock().expect("lock").push(stream);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = stop.clone();
+        // The thread owns the listener and the held connections: both are
+        // closed when it returns.
+        let accepting = std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming().flatten() {
+                if stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    break;
+                }
+                held.push(stream);
             }
         });
         BlackHole {
             port,
-            _listener: listener,
-            _held: held,
+            stop,
+            accepting: Some(accepting),
+        }
+    }
+}
+
+impl Drop for BlackHole {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the blocked accept() so that the thread sees `stop` (wait
+        // for it only then: never hang a test in drop).
+        if TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+            && let Some(accepting) = self.accepting.take()
+        {
+            let _ = accepting.join();
         }
     }
 }
