@@ -133,6 +133,14 @@ fn raw_field(raw: &HttpResponse, name: &str) -> Option<String> {
     xml().or_else(json).filter(|value| !value.is_empty())
 }
 
+/// The call (the SDK's, or our hard bound over it) ran out of time.
+pub(crate) fn no_answer(context: &Context<'_>) -> ProviderError {
+    ProviderError::Unavailable(format!(
+        "no answer from Secrets Manager at {} (region {}) within {:?}",
+        context.endpoint, context.region, context.timeout
+    ))
+}
+
 /// Map any SDK error of a Secrets Manager call.
 pub(crate) fn map<E>(err: &SdkError<E, HttpResponse>, context: &Context<'_>) -> ProviderError
 where
@@ -147,10 +155,7 @@ where
             let message = message_of(err).map(|m| scrub(&m));
             classify(code.as_deref(), message.as_deref(), Some(status), context)
         }
-        SdkError::TimeoutError(_) => ProviderError::Unavailable(format!(
-            "no answer from Secrets Manager at {endpoint} (region {region}) within {:?}",
-            context.timeout
-        )),
+        SdkError::TimeoutError(_) => no_answer(context),
         SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
             ProviderError::Unavailable(format!(
                 "cannot reach Secrets Manager at {endpoint} (region {region}): {}",

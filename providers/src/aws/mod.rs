@@ -464,12 +464,7 @@ impl AwsProvider {
     ) -> Result<T, ProviderError> {
         tokio::time::timeout(self.timeout + Duration::from_millis(500), call)
             .await
-            .map_err(|_| {
-                ProviderError::Unavailable(format!(
-                    "no answer from Secrets Manager at {} (region {}) within {:?}",
-                    self.endpoint, self.region, self.timeout
-                ))
-            })
+            .map_err(|_| errors::no_answer(&self.context(None, None)))
     }
 }
 
