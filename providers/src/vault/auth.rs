@@ -138,10 +138,11 @@ pub(crate) struct Current {
     pub generation: u64,
 }
 
-/// What `check()` reports about the token.
+/// What lookup-self says about a token (for `check()` and a token "login").
 pub(crate) struct Identity {
     pub policies: Vec<String>,
     pub ttl: Option<Duration>,
+    pub renewable: bool,
 }
 
 pub(crate) struct Session {
@@ -288,6 +289,7 @@ impl Session {
             Ok(info) => Ok(Some(Identity {
                 policies: info.policies,
                 ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
+                renewable: info.renewable.unwrap_or(false),
             })),
             Err(f) if f.is_status(403) || f.is_status(401) => Ok(None),
             Err(f) => Err(f),
@@ -340,10 +342,9 @@ impl Session {
                         )));
                     }
                 };
-                let client = self.http.vault(&token);
-                let info = match quiet(vaultrs::token::lookup_self(&client)).await {
-                    Ok(info) => info,
-                    Err(f) if f.is_status(403) || f.is_status(401) => {
+                let info = match self.lookup(&token).await {
+                    Ok(Some(info)) => info,
+                    Ok(None) => {
                         return Err(ProviderError::Unauthenticated(format!(
                             "Vault at {} refuses the {what}: it is invalid, revoked or expired; provide a new token",
                             self.http.shown
@@ -351,14 +352,13 @@ impl Session {
                     }
                     Err(f) => return Err(login_error(f)),
                 };
-                let ttl = (info.ttl > 0).then(|| Duration::from_secs(info.ttl));
                 return Ok(TokenState {
                     token,
                     generation: self.next_generation(),
                     since: started,
-                    ttl,
-                    login_ttl: ttl,
-                    renewable: info.renewable.unwrap_or(false) && ttl.is_some(),
+                    ttl: info.ttl,
+                    login_ttl: info.ttl,
+                    renewable: info.renewable && info.ttl.is_some(),
                     policies: info.policies,
                 });
             }
