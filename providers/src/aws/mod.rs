@@ -540,19 +540,17 @@ impl Provider for AwsProvider {
         );
         match answer {
             Ok(_) => Ok(format!("{reached} (ListSecrets allowed)")),
-            Err(err) => match errors::map(&err, &context) {
-                ProviderError::Denied(_)
-                    if matches!(
-                        errors::code_of(&err).as_deref(),
-                        Some("AccessDeniedException" | "AccessDenied")
-                    ) =>
-                {
-                    Ok(format!(
-                        "{reached} (ListSecrets is not allowed, which is fine: only GetSecretValue is needed)"
-                    ))
-                }
-                other => Err(other),
-            },
+            Err(err)
+                if matches!(
+                    errors::code_of(&err).as_deref(),
+                    Some("AccessDeniedException" | "AccessDenied")
+                ) =>
+            {
+                Ok(format!(
+                    "{reached} (ListSecrets is not allowed, which is fine: only GetSecretValue is needed)"
+                ))
+            }
+            Err(err) => Err(errors::map(&err, &context)),
         }
     }
 }
