@@ -32,8 +32,6 @@ use serde::{Deserialize, Deserializer};
 
 use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue};
 
-pub use errors::scrub;
-
 /// The default bound on one lookup, the SDK's retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest `timeout` accepted: Docker's own plugin timeout is 30 s.
