@@ -229,7 +229,11 @@ fn validate_url(url: &str) -> Result<(), String> {
         .or_else(|| url.strip_prefix("http://"))
         .ok_or_else(|| format!("'{url}' must start with https:// or http://"))?;
     let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if host.is_empty() || host.contains('@') || host.chars().any(char::is_whitespace) {
+    // Not quoted: the part before '@' may be a password.
+    if host.contains('@') {
+        return Err("must not carry credentials".to_string());
+    }
+    if host.is_empty() || host.chars().any(char::is_whitespace) {
         return Err(format!("'{url}' has no usable host"));
     }
     Ok(())
@@ -669,6 +673,11 @@ mod tests {
         assert_eq!(err.key, "providers.prod.region");
         let err = build_err("region = \"eu-west-1\"\nendpoint_url = \"localhost:4566\"").await;
         assert_eq!(err.key, "providers.prod.endpoint_url");
+        let err =
+            build_err("region = \"eu-west-1\"\nendpoint_url = \"http://user:hunter2@localhost\"")
+                .await;
+        assert_eq!(err.key, "providers.prod.endpoint_url");
+        assert!(!err.to_string().contains("hunter2"), "{err}");
         let err = build_err("region = \"eu-west-1\"\nrole_arn = \"reader\"").await;
         assert_eq!(err.key, "providers.prod.role_arn");
         let err = build_err("region = \"eu-west-1\"\nexternal_id = \"abc\"").await;

@@ -372,6 +372,10 @@ impl CredentialConfig {
 
 fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(text).map_err(|err| ConfigError::new(key, format!("'{text}': {err}")))?;
+    // Before any message that quotes the URL: a password must not reach the log.
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(ConfigError::new(key, "must not carry credentials"));
+    }
     if url.scheme() != "https" || url.host_str().is_none() {
         return Err(ConfigError::new(
             key,
@@ -379,9 +383,6 @@ fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
                 "'{text}' must be an https:// URL with a host (Azure refuses tokens over plain HTTP)"
             ),
         ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ConfigError::new(key, "must not carry credentials"));
     }
     Ok(url)
 }

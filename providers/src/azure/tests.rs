@@ -203,6 +203,11 @@ fn validation_errors_name_the_key() {
 
     config.vault_url = "https://kv.vault.azure.net/secrets/x".into();
     assert_eq!(build_err(&config).key, "providers.kv.vault_url");
+    // A password in the URL is refused without being quoted, whatever else is wrong.
+    config.vault_url = "http://user:hunter2@kv.vault.azure.net".into();
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.vault_url");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
 
     let mut config = good.clone();
     config.authority_host = Some("http://login.example".into());
