@@ -73,9 +73,9 @@ pub async fn bench(
         "burst",
         &[("vaultbridge.path", "burst"), ("vaultbridge.field", "pw")],
     );
-    let before = reads(&bao, "secret/data/burst");
+    let before = bao.audit_reads("secret/data/burst");
     let burst = load::burst(&server.socket, burst_body, 1000).await?;
-    let backend_calls = reads(&bao, "secret/data/burst") - before;
+    let backend_calls = bao.audit_reads("secret/data/burst") - before;
     println!(
         "burst: 1000 concurrent GetSecret, one uncached secret -> {backend_calls} OpenBao read(s) (audit log), p50 {:.1} ms, p99 {:.1} ms, {} errors",
         burst.p50.as_secs_f64() * 1e3,
@@ -128,18 +128,4 @@ async fn direct_reads(
         errors += task_errors;
     }
     Ok(Stats::from_latencies(all, errors, duration))
-}
-
-/// KV reads of `path` in OpenBao's own audit log.
-fn reads(bao: &OpenBao, path: &str) -> usize {
-    std::fs::read_to_string(&bao.audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter(|e| {
-            e["type"] == "request"
-                && e["request"]["path"] == path
-                && e["request"]["operation"] == "read"
-        })
-        .count()
 }

@@ -240,11 +240,25 @@ impl OpenBao {
 
     /// Requests in the audit log whose path is `path` (responses excluded).
     pub fn audit_count(&self, path: &str) -> usize {
+        self.audited(path, |_| true)
+    }
+
+    /// Read requests for `path` in the audit log: what a KV lookup costs
+    /// the server (the write that seeded the path is logged there too).
+    pub fn audit_reads(&self, path: &str) -> usize {
+        self.audited(path, |operation| operation == "read")
+    }
+
+    fn audited(&self, path: &str, operation: impl Fn(&serde_json::Value) -> bool) -> usize {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["type"] == "request" && v["request"]["path"] == path)
+            .filter(|v| {
+                v["type"] == "request"
+                    && v["request"]["path"] == path
+                    && operation(&v["request"]["operation"])
+            })
             .count()
     }
 

@@ -26,21 +26,6 @@ fn ask(plugin: &Plugin, path: &str) -> vaultbridge_tests::Answer {
     ))
 }
 
-/// Read requests for `path` in OpenBao's own audit log (the seeding write
-/// is logged for the same path, so the operation matters).
-fn reads(bao: &OpenBao, path: &str) -> usize {
-    std::fs::read_to_string(&bao.audit)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-        .filter(|entry| {
-            entry["type"] == "request"
-                && entry["request"]["path"] == path
-                && entry["request"]["operation"] == "read"
-        })
-        .count()
-}
-
 #[test]
 fn a_burst_of_one_thousand_is_one_backend_call() {
     let bao = OpenBao::start();
@@ -74,7 +59,7 @@ fn a_burst_of_one_thousand_is_one_backend_call() {
     for thread in threads {
         assert_eq!(thread.join().unwrap(), b"one-call-only");
     }
-    assert_eq!(reads(&bao, "secret/data/burst"), 1, "backend reads");
+    assert_eq!(bao.audit_reads("secret/data/burst"), 1, "backend reads");
 }
 
 #[test]
