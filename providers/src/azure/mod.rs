@@ -149,13 +149,10 @@ impl AzureProvider {
             .tls_certs_merge(valid.ca_certs)
             .build()
             .map_err(|err| ConfigError::new(key, format!("cannot set up HTTPS: {err}")))?;
+        let authority_base = valid.authority_host.as_str().trim_end_matches('/');
         let mut cloud = CustomConfiguration::default();
         // Always set: otherwise the SDK reads AZURE_AUTHORITY_HOST behind our back.
-        cloud.authority_host = valid
-            .authority_host
-            .as_str()
-            .trim_end_matches('/')
-            .to_string();
+        cloud.authority_host = authority_base.to_string();
         let client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
             // Our own loop retries, within our deadline (see `fetch`).
@@ -173,7 +170,6 @@ impl AzureProvider {
         let sdk_error = |err: azure_core::Error| {
             ConfigError::new(&credential_key, errors::first_line(&err.to_string()))
         };
-        let authority_base = valid.authority_host.as_str().trim_end_matches('/');
         let (credential, authority): (Arc<dyn TokenCredential>, String) = match &valid.credential {
             ValidCredential::ClientSecret {
                 tenant_id,
