@@ -788,8 +788,28 @@ fn profiles_and_assumed_roles() {
 #[test]
 fn web_identity_and_container_credentials() {
     use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpListener, TcpStream};
     use std::sync::Arc;
-    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::thread::JoinHandle;
+
+    /// The ECS credentials endpoint: stopped (and its thread joined) on drop,
+    /// also when the test panics.
+    struct CredentialsEndpoint {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+    impl Drop for CredentialsEndpoint {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            // Wake the blocking accept so the loop sees `stop`.
+            let _ = TcpStream::connect(self.addr);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
 
     let moto = Moto::start();
     moto.create_string(EAST, "chain/secret", "chain-value");
@@ -814,13 +834,19 @@ fn web_identity_and_container_credentials() {
     assert_eq!(value(&plugin, "w", &path), b"chain-value");
 
     // ECS: the SDK GETs AWS_CONTAINER_CREDENTIALS_FULL_URI (loopback allowed).
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let uri = format!("http://{}/credentials", listener.local_addr().unwrap());
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let uri = format!("http://{addr}/credentials");
     let served = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&served);
-    std::thread::spawn(move || {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = Arc::clone(&stop);
+    let thread = std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { break };
+            if stopped.load(Ordering::SeqCst) {
+                break;
+            }
             let mut request = [0u8; 4096];
             let _ = stream.read(&mut request);
             counter.fetch_add(1, Ordering::SeqCst);
@@ -832,6 +858,11 @@ fn web_identity_and_container_credentials() {
             );
         }
     });
+    let _endpoint = CredentialsEndpoint {
+        addr,
+        stop,
+        thread: Some(thread),
+    };
     let plugin = Plugin::start(
         Some(&config),
         &[
