@@ -257,7 +257,8 @@ pub fn read_answer(stream: &mut UnixStream) -> std::io::Result<Answer> {
     parse_response(&raw)
 }
 
-fn parse_response(raw: &[u8]) -> std::io::Result<Answer> {
+/// Split a raw HTTP/1.1 answer (read to the end) into status, headers, body.
+pub(crate) fn parse_response(raw: &[u8]) -> std::io::Result<Answer> {
     let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let split = raw
         .windows(4)

@@ -343,25 +343,19 @@ fn http(
     stream.write_all(body)?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
-    let bad = |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let split = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| bad("no end of headers"))?;
-    let head = String::from_utf8_lossy(&raw[..split]);
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| bad("no status"))?;
-    if head
+    let answer = crate::parse_response(&raw)?;
+    if answer
+        .headers
         .to_ascii_lowercase()
         .contains("transfer-encoding: chunked")
     {
-        return Err(bad("chunked answers are not expected from moto"));
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "chunked answers are not expected from moto",
+        ));
     }
     Ok(Reply {
-        status,
-        body: String::from_utf8_lossy(&raw[split + 4..]).to_string(),
+        status: answer.status,
+        body: String::from_utf8_lossy(&answer.body).to_string(),
     })
 }
