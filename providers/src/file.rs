@@ -168,9 +168,12 @@ mod tests {
         .unwrap()
     }
 
+    /// Through the shared path check first, as the plugin does.
     async fn fetch(p: &FileProvider, path: &str) -> Result<Vec<u8>, ProviderError> {
+        let path = crate::SecretPath::parse(path)
+            .map_err(|err| ProviderError::Invalid(err.to_string()))?;
         p.fetch(SecretRef {
-            path,
+            path: &path,
             version: None,
         })
         .await
@@ -188,7 +191,10 @@ mod tests {
         let p = provider(dir.path());
 
         assert_eq!(fetch(&p, "db/password").await.unwrap(), b"s3cret");
-        assert_eq!(fetch(&p, "./db/password").await.unwrap(), b"s3cret");
+        assert!(matches!(
+            fetch(&p, "./db/password").await,
+            Err(ProviderError::Invalid(_))
+        ));
         assert!(matches!(
             fetch(&p, "missing").await,
             Err(ProviderError::NotFound(_))
@@ -226,7 +232,7 @@ mod tests {
         let p = provider(dir.path());
         let err = p
             .fetch(SecretRef {
-                path: "a",
+                path: &crate::SecretPath::parse("a").unwrap(),
                 version: Some("2"),
             })
             .await
