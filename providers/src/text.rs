@@ -38,8 +38,7 @@ pub fn shown_max(text: &str, max_chars: usize) -> Cow<'_, str> {
         return Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len().min(max_chars * 2) + 32);
-    let mut count = 0;
-    for (at, c) in text.char_indices() {
+    for (count, (at, c)) in text.char_indices().enumerate() {
         if count == max_chars {
             let _ = write!(out, "…(+{} bytes)", text.len() - at);
             break;
@@ -49,7 +48,6 @@ pub fn shown_max(text: &str, max_chars: usize) -> Cow<'_, str> {
         } else {
             out.push(c);
         }
-        count += 1;
     }
     Cow::Owned(out)
 }

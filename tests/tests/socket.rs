@@ -559,3 +559,63 @@ fn cli_get_and_check() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// Request fields and labels are the secret creator's text: they cannot
+/// forge a log line, make an answer huge, or change a stored value.
+#[test]
+fn hostile_request_text_is_escaped_bounded_and_values_are_exact() {
+    let (plugin, secrets) = plugin_with_secrets();
+    std::fs::write(
+        secrets.path().join("root/nums.json"),
+        r#"{"n": 123456789012345678901234567890, "f": 1.10, "o": {"a": [1.0]}}"#,
+    )
+    .unwrap();
+    let field = |name: &str| {
+        plugin
+            .get_secret(&engine_request(
+                "x",
+                &[
+                    ("vaultbridge.path", "nums.json"),
+                    ("vaultbridge.field", name),
+                ],
+            ))
+            .value()
+    };
+    assert_eq!(field("n"), b"123456789012345678901234567890");
+    assert_eq!(field("f"), b"1.10");
+    assert_eq!(field("o"), br#"{"a": [1.0]}"#);
+
+    let forged = "db\nFORGED vaultbridge: secret served outcome=ok\x1b[2K\u{2028}";
+    let mut request = engine_request(forged, &[]);
+    request["ServiceName"] = forged.into();
+    request["TaskName"] = forged.into();
+    let err = plugin.get_secret(&request).err();
+    assert!(err.contains("refused") && !err.contains('\n'), "{err}");
+    let answer = plugin.get_secret(&engine_request(
+        "x",
+        &[("vaultbridge.path", forged), ("vaultbridge.decode", forged)],
+    ));
+    assert!(
+        !answer.err().chars().any(char::is_control),
+        "{}",
+        answer.err()
+    );
+
+    let huge = "n".repeat(900_000);
+    let answer = plugin.get_secret(&engine_request(&huge, &[("vaultbridge.version", &huge)]));
+    assert!(answer.body.len() < 5_000, "{} bytes", answer.body.len());
+
+    let log = plugin.log();
+    assert!(
+        !log.lines().any(|line| line.starts_with("FORGED")),
+        "a forged line: {log}"
+    );
+    assert!(
+        !log.contains('\u{1b}') && !log.contains('\u{2028}'),
+        "{log}"
+    );
+    assert!(
+        log.lines().all(|line| line.len() < 10_000),
+        "a huge log line"
+    );
+}

@@ -999,3 +999,102 @@ async fn namespaces_and_a_sealed_server() {
     let answer = ask(&sealed_plugin, &[("vaultbridge.path", "app/ns")]);
     assert_refused(&answer, &["sealed"]);
 }
+
+/// Labels chosen by whoever creates a secret cannot leave the configured
+/// prefixes: dot segments, percent escapes and the like are refused before
+/// any request, so Vault never sees them (its audit log proves it), and
+/// fields come back exactly as stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_paths_never_reach_vault_and_fields_keep_their_text() {
+    let bao = OpenBao::start();
+    bao.bao_stdin(
+        &["kv", "put", "secret/app/nums", "-"],
+        r#"{"big": 123456789012345678901234567890, "f": 1.10, "s": "x"}"#,
+    );
+    let mut config = root_config(&bao);
+    config["logical_prefixes"] = json!(["database/creds/"]);
+    config["logical_write_prefixes"] = json!(["pki/issue/"]);
+    let plugin = start_plugin(&config);
+    // One good read first: the login (a token lookup-self) is behind us.
+    // OpenBao's KV engine itself stores numbers as float64; the plugin
+    // returns its text unchanged (a serde_json::Value would print `e29`).
+    assert_eq!(
+        ask_field(&plugin, "app/nums", "big"),
+        b"1.2345678901234568e+29"
+    );
+    assert_eq!(ask_field(&plugin, "app/nums", "f"), b"1.1");
+    let watched = [
+        "auth/token/lookup-self",
+        "sys/policy/evil",
+        "auth/token/create",
+    ];
+    let before: Vec<usize> = watched.iter().map(|p| bao.audit_count(p)).collect();
+    for path in [
+        "database/creds/../../auth/token/lookup-self",
+        "database/creds/./../../auth/token/lookup-self",
+        "database/creds/%2e%2e/%2e%2e/auth/token/lookup-self",
+        "database/creds/%2E%2E%2F%2E%2E%2Fauth/token/lookup-self",
+        "database/creds/..\\..\\auth/token/lookup-self",
+        "database/creds//../auth/token/lookup-self",
+        "pki/issue/../../sys/policy/evil?policy=path",
+        "pki/issue/web?common_name=a&x=1#/../../../sys/policy/evil",
+        "database/creds/ro\n../../auth/token/lookup-self",
+        "/auth/token/lookup-self",
+    ] {
+        let answer = ask(&plugin, &[("vaultbridge.path", path)]);
+        let err = answer.err();
+        assert!(err.contains("vaultbridge.path"), "{path:?}: {err}");
+        assert!(answer.json().get("Value").is_none(), "{path:?}");
+        assert!(!err.contains('\n'), "{err}");
+    }
+    let after: Vec<usize> = watched.iter().map(|p| bao.audit_count(p)).collect();
+    assert_eq!(after, before, "requests reached {watched:?}");
+    assert!(!plugin.log().contains("root\""), "the token never shows");
+}
+
+/// A token with a trailing newline is trimmed; one with a control character
+/// inside, or a namespace with a newline, is refused at start naming the
+/// setting (it used to panic inside the HTTP client on every request).
+#[tokio::test(flavor = "multi_thread")]
+async fn header_values_are_trimmed_or_refused_at_start() {
+    let bao = OpenBao::start();
+    kv_put(&bao, "secret/app/db", &["password=pw"]);
+    let env = [("VAULT_ADDR", bao.addr.as_str()), ("VAULT_TOKEN", "root\n")];
+    let plugin = Plugin::start(None, &env);
+    assert_eq!(ask_field(&plugin, "app/db", "password"), b"pw");
+    drop(plugin);
+
+    let addr = bao.addr.as_str();
+    let cases: [(&[(&str, &str)], &str); 2] = [
+        (
+            &[("VAULT_ADDR", addr), ("VAULT_TOKEN", "ro\u{1}ot")],
+            "VAULT_TOKEN",
+        ),
+        (
+            &[
+                ("VAULT_ADDR", addr),
+                ("VAULT_TOKEN", "root"),
+                ("VAULT_NAMESPACE", "team\nx"),
+            ],
+            "providers.vault.namespace",
+        ),
+    ];
+    for (env, key) in cases {
+        let mut plugin = Plugin::spawn(None, env, &[]);
+        let status = plugin.wait_exit(Duration::from_secs(10)).expect("exits");
+        assert!(!status.success());
+        let log = plugin.log();
+        assert!(log.contains(key), "{key}: {log}");
+        assert!(!log.contains("panicked"), "{log}");
+        assert!(!log.contains("ro\u{1}ot"), "{log}");
+    }
+
+    let token = bao.file("token", b"ro\x07ot\n");
+    let mut plugin = Plugin::spawn(
+        Some(&toml_provider("v", &token_config(&bao, &token))),
+        &[],
+        &[],
+    );
+    plugin.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(plugin.log().contains("auth.token_file"), "{}", plugin.log());
+}
