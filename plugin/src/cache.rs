@@ -503,7 +503,7 @@ mod tests {
             futures::future::join_all((0..5).map(|_| cache.get_or_fetch(&k, LIFE, panicking)))
                 .await;
         for result in results {
-            let err = result.err().expect("the panic is an error");
+            let err = result.expect_err("the panic is an error");
             assert!(matches!(err, ResolveError::Internal(_)), "{err}");
         }
         assert!(cache.lock().flights.is_empty(), "no flight left behind");
