@@ -50,8 +50,9 @@ pub enum Command {
         socket: PathBuf,
         #[command(flatten)]
         config: ConfigArg,
-        /// Seconds in-flight requests may take to finish after SIGTERM.
-        #[arg(long, default_value_t = server::DEFAULT_GRACE.as_secs())]
+        /// Seconds in-flight requests may take to finish after SIGTERM (0-300).
+        #[arg(long, default_value_t = server::DEFAULT_GRACE.as_secs(),
+              value_parser = clap::value_parser!(u64).range(0..=300))]
         grace_period: u64,
     },
     /// Validate the configuration and check every provider is reachable.

@@ -7,5 +7,14 @@ use vaultbridge::cli::{Cli, init_logging, run};
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // A panic is a bug: log where it happened, as one line in our log
+    // format, but not its message, which may quote data we were handling.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(at = %at, "internal error: a panic (a bug; please report it with this location)");
+    }));
     run(cli).await
 }
