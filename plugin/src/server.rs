@@ -649,4 +649,67 @@ mod tests {
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(json["Err"].as_str().unwrap().contains("larger than"));
     }
+
+    #[test]
+    fn accept_errors_log_once_per_interval_with_the_count_not_logged() {
+        let mut errors = AcceptErrors::default();
+        let start = Instant::now();
+        assert_eq!(
+            errors.recovered(),
+            None,
+            "nothing to report before a failure"
+        );
+        assert_eq!(errors.failed(start), Some(0));
+        for ms in [100, 500, 999] {
+            assert_eq!(errors.failed(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(errors.failed(start + Duration::from_millis(1000)), Some(3));
+        assert_eq!(errors.failed(start + Duration::from_millis(1100)), None);
+        assert_eq!(errors.recovered(), Some(1));
+        assert_eq!(errors.recovered(), None);
+        // A new episode logs its first failure at once.
+        assert_eq!(errors.failed(start + Duration::from_millis(1200)), Some(0));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_staged_in_a_private_folder_then_linked_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, staging) = stage(dir.path()).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        // Whatever the umask, nobody else can reach the socket while staged.
+        assert_eq!(mode(&staging.dir), 0o700);
+        assert_eq!(mode(&staging.socket), 0o600);
+        assert_eq!(staging.dir.parent(), Some(dir.path()));
+        let staged_dir = staging.dir.clone();
+        drop(staging);
+        assert!(!staged_dir.exists(), "staging folder left behind");
+        drop(listener);
+
+        let path = dir.path().join("vaultbridge.sock");
+        let listener = bind(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["vaultbridge.sock"], "only the socket remains");
+        // It is the listener's socket: a client reaches it.
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_a_live_server_and_a_non_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vaultbridge.sock");
+        let _live = bind(&path).unwrap();
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(bind(&file), Err(BindError::NotASocket(_))));
+        // Neither attempt left a staging folder behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
 }
