@@ -1,25 +1,37 @@
 //! The HTTP/1.1 server on the plugin's Unix socket.
 //!
 //! [`app`] builds the router (testable without a socket), [`bind`] prepares
-//! the socket file, [`run`] serves until shutdown with a bound on in-flight
-//! work. Every failure becomes Docker's `{"Err": "..."}` in [`error_response`].
+//! the socket file (never more open than 0600), [`run`] accepts connections
+//! and serves them with hyper, within limits a hostile or broken client
+//! cannot lift: header, idle and body timeouts, a connection cap, a memory
+//! budget for bodies, and a bound on in-flight work at shutdown. Every
+//! failure becomes Docker's `{"Err": "..."}` in [`error_response`].
 
+use std::convert::Infallible;
 use std::future::Future;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use bytes::BytesMut;
 use futures::FutureExt as _;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use secrecy::ExposeSecret;
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tower::ServiceExt;
 
 use crate::labels::Lookup;
 use crate::protocol::{
@@ -229,15 +241,20 @@ pub enum BindError {
 
 /// Bind the Unix socket: create its folder, replace a stale socket file,
 /// refuse when a live server answers, and restrict it to the owner (0600).
+///
+/// The socket is never reachable with a wider mode, whatever the umask:
+/// `bind(2)` creates the file with the umask's mode, so it is created inside
+/// a fresh 0700 folder next to `path` (nobody else can reach it there), set to
+/// 0600, and only then linked to `path`. A hard link, not a rename, so a
+/// socket that another server created at `path` meanwhile is not replaced.
 pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
     let shown = path.display().to_string();
     let io = |source| BindError::Io {
         path: shown.clone(),
         source,
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
+    let parent = path.parent().unwrap_or(Path::new(""));
+    std::fs::create_dir_all(parent).map_err(io)?;
     match std::fs::symlink_metadata(path) {
         Ok(meta) if !meta.file_type().is_socket() => return Err(BindError::NotASocket(shown)),
         Ok(_) => {
@@ -249,39 +266,304 @@ pub fn bind(path: &Path) -> Result<UnixListener, BindError> {
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
         Err(err) => return Err(io(err)),
     }
-    let listener = UnixListener::bind(path).map_err(io)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-    Ok(listener)
+    // The staging folder goes away on every path out of here.
+    let (listener, staged) = stage(parent).map_err(io)?;
+    match std::fs::hard_link(&staged.socket, path) {
+        Ok(()) => Ok(listener),
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => Err(BindError::InUse(shown)),
+        Err(err) => Err(io(err)),
+    }
 }
 
-/// Serve until `shutdown` resolves, then stop accepting and give in-flight
-/// requests up to `grace` to finish.
+/// Bind a socket inside a new private (0700) folder in `parent` and set it to
+/// 0600. The returned guard removes that folder and the socket's name in it.
+fn stage(parent: &Path) -> std::io::Result<(UnixListener, Staging)> {
+    // Short names: the staged path is at most as long as
+    // `<parent>/vaultbridge.sock`, so it fits the 108-byte socket address
+    // whenever the default name does. `create` (not `create_all`) fails on an
+    // existing folder: we never bind inside a folder we did not make.
+    let dir = parent.join(format!(".vb-{:08x}", fastrand::u32(..)));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let staging = Staging {
+        socket: dir.join("s"),
+        dir,
+    };
+    let listener = UnixListener::bind(&staging.socket)?;
+    std::fs::set_permissions(&staging.socket, std::fs::Permissions::from_mode(0o600))?;
+    Ok((listener, staging))
+}
+
+struct Staging {
+    dir: PathBuf,
+    socket: PathBuf,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        // Only the name goes: the listener keeps the socket, and the hard
+        // link at the final path keeps it reachable.
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// How long a client has to send a request's complete headers. hyper starts
+/// this timer again as soon as a kept-alive connection goes idle after an
+/// answer, so it is also the idle timeout: an idle connection is closed after
+/// 5 s. dockerd sends its headers at once, reconnects cheaply on a Unix
+/// socket, and retries a request that hit a connection closed under it.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long a body may take to arrive once its headers have. Docker's are
+/// ~1 KB and come with the headers; a stalled upload would otherwise hold its
+/// buffer and its connection slot forever. Answered 408 `{"Err"}`, then closed.
+pub const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections served at once. Each costs a file descriptor and a read
+/// buffer; beyond the cap new connections wait in the kernel's listen queue
+/// (not refused: Docker's requests get through as soon as a slot frees, and
+/// an unanswered connection frees its slot within HEADER_READ_TIMEOUT +
+/// BODY_TIMEOUT). A plugin needs few: Docker sends one call per task.
+pub const MAX_CONNECTIONS: u32 = 256;
+
+/// hyper's read buffer per connection (its default may grow to ~400 KiB):
+/// Docker's headers are a few hundred bytes. At most 256 × 64 KiB = 16 MiB.
+const READ_BUFFER_BYTES: usize = 64 * 1024;
+
+/// Request bodies held in memory at once, across all connections: 16 at the
+/// 1 MiB limit, or thousands of Docker's. A body that finds no room waits,
+/// within its BODY_TIMEOUT, instead of growing the process.
+pub const BODY_BUDGET_BYTES: usize = 16 * 1024 * 1024;
+// A body at the limit (plus the byte that proves it too large) must fit.
+const _: () = assert!(BODY_BUDGET_BYTES > MAX_REQUEST_BYTES);
+
+/// Pause after a failed accept (EMFILE, ENFILE, ...): retrying at once would
+/// fail the same way and spin a core until a descriptor frees.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// At most one log line per interval about failed accepts; the next line
+/// says how many were not logged.
+const ACCEPT_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Serve until `shutdown` resolves, then stop accepting, close connections
+/// that have no request in flight, and give in-flight requests up to `grace`
+/// to finish.
 pub async fn run(
     listener: UnixListener,
     app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    shutdown: impl Future<Output = ()>,
     grace: Duration,
-) -> std::io::Result<()> {
-    let stopping = Arc::new(tokio::sync::Notify::new());
-    let notify = stopping.clone();
-    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-        shutdown.await;
-        tracing::info!(
-            grace_secs = grace.as_secs_f64(),
-            "shutting down: finishing in-flight requests"
-        );
-        notify.notify_one();
-    });
-    let deadline = async {
-        stopping.notified().await;
-        tokio::time::sleep(grace).await;
-    };
-    tokio::select! {
-        result = server.into_future() => result,
-        () = deadline => {
-            tracing::warn!(grace_secs = grace.as_secs_f64(), "in-flight requests did not finish in time; stopping anyway");
-            Ok(())
+) {
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS as usize));
+    let budget = Arc::new(Semaphore::new(BODY_BUDGET_BYTES));
+    let (stop, stopping) = watch::channel(false);
+    let mut accept_errors = AcceptErrors::default();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        // A slot before accepting: beyond the cap, connections wait queued.
+        let slot = tokio::select! {
+            () = &mut shutdown => break,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
+                Err(_closed) => break, // never: the semaphore is not closed
+            },
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, _)) => {
+                if let Some(suppressed) = accept_errors.recovered() {
+                    tracing::info!(suppressed, "accepting connections again");
+                }
+                let connection =
+                    serve_connection(stream, app.clone(), budget.clone(), stopping.clone(), slot);
+                tokio::spawn(connection);
+            }
+            Err(err) => {
+                if let Some(suppressed) = accept_errors.failed(Instant::now()) {
+                    tracing::warn!(
+                        error = %err,
+                        suppressed,
+                        retry_ms = ACCEPT_BACKOFF.as_millis() as u64,
+                        "cannot accept a connection (out of file descriptors? see `ulimit -n`)"
+                    );
+                }
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => {}
+                }
+            }
         }
+    }
+    // Stop accepting at once: a new connection is refused, not queued.
+    drop(listener);
+    tracing::info!(
+        grace_secs = grace.as_secs_f64(),
+        "shutting down: finishing in-flight requests"
+    );
+    let _ = stop.send(true);
+    // Each connection holds its slot until it ends: all slots back, all done.
+    if tokio::time::timeout(grace, slots.acquire_many(MAX_CONNECTIONS))
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            grace_secs = grace.as_secs_f64(),
+            "in-flight requests did not finish in time; stopping anyway"
+        );
+    }
+}
+
+/// One connection, until the client closes it, a timeout does, or shutdown.
+async fn serve_connection(
+    stream: UnixStream,
+    app: Router,
+    budget: Arc<Semaphore>,
+    mut stopping: watch::Receiver<bool>,
+    _slot: OwnedSemaphorePermit,
+) {
+    // Set once a request's headers are complete. Until then nothing is in
+    // flight, and shutdown closes the connection at once: hyper's graceful
+    // shutdown would wait for the first request's headers.
+    let had_request = Arc::new(AtomicBool::new(false));
+    let service = {
+        let had_request = had_request.clone();
+        hyper::service::service_fn(move |request| {
+            had_request.store(true, Ordering::Relaxed);
+            handle(request, app.clone(), budget.clone())
+        })
+    };
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(READ_BUFFER_BYTES);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    let mut connection = std::pin::pin!(connection);
+    // Sender gone (run returned) or `true`: either way, stop.
+    let stop_requested = async {
+        let _ = stopping.wait_for(|stop| *stop).await;
+    };
+    let result = tokio::select! {
+        result = connection.as_mut() => result,
+        () = stop_requested => {
+            if !had_request.load(Ordering::Relaxed) {
+                return;
+            }
+            // Closes a kept-alive connection between requests (also one with
+            // the next request's headers half sent); lets the current finish.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(err) = result {
+        // Header timeouts, clients hanging up mid-request, garbage: the
+        // client's problem, and a flood of them must not flood the log.
+        tracing::debug!(error = %err, "connection closed with an error");
+    }
+}
+
+/// Read the body within BODY_TIMEOUT, then hand the request to the router.
+async fn handle(
+    request: Request<Incoming>,
+    app: Router,
+    budget: Arc<Semaphore>,
+) -> Result<Response, Infallible> {
+    let (parts, body) = request.into_parts();
+    let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, read_body(body, &budget)).await else {
+        tracing::warn!(
+            path = parts.uri.path(),
+            timeout_secs = BODY_TIMEOUT.as_secs(),
+            "request body did not arrive in time; closing the connection"
+        );
+        let message = format!(
+            "the request body did not arrive within {} s",
+            BODY_TIMEOUT.as_secs()
+        );
+        let mut response = error_response(StatusCode::REQUEST_TIMEOUT, &message);
+        // The rest of the body may still come: do not read it as a request.
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        return Ok(response);
+    };
+    let (body, charge) = match read {
+        Ok(read) => read,
+        Err(err) => {
+            // The client hung up mid-body or sent broken chunks: it will
+            // most likely not read this answer.
+            tracing::debug!(error = %err, "cannot read request body");
+            let message = format!("cannot read request body: {err}");
+            return Ok(error_response(StatusCode::BAD_REQUEST, &message));
+        }
+    };
+    let response = app
+        .oneshot(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await;
+    // The handler held the body's bytes until now.
+    drop(charge);
+    response
+}
+
+/// Read a body into memory, charging its bytes to the shared budget. Stops
+/// after `MAX_REQUEST_BYTES + 1` bytes: enough for the router's own limit to
+/// refuse it (413, with its usual message), without reading the rest.
+async fn read_body(
+    mut body: Incoming,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), hyper::Error> {
+    let mut buffered = BytesMut::new();
+    let mut charge: Option<OwnedSemaphorePermit> = None;
+    while buffered.len() <= MAX_REQUEST_BYTES {
+        let Some(frame) = body.frame().await else {
+            break;
+        };
+        // Trailers carry nothing for us.
+        let Ok(data) = frame?.into_data() else {
+            continue;
+        };
+        let kept = data.len().min(MAX_REQUEST_BYTES + 1 - buffered.len());
+        // `kept` is at most MAX_REQUEST_BYTES + 1 (1 MiB), far below u32::MAX.
+        let Ok(permit) = budget.clone().acquire_many_owned(kept as u32).await else {
+            break; // never: the semaphore is not closed
+        };
+        match &mut charge {
+            Some(charge) => charge.merge(permit),
+            None => charge = Some(permit),
+        }
+        buffered.extend_from_slice(&data[..kept]);
+    }
+    Ok((buffered.freeze(), charge))
+}
+
+/// Rate limit for the accept-error log line.
+#[derive(Debug, Default)]
+struct AcceptErrors {
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+impl AcceptErrors {
+    /// Count a failed accept. `Some(n)`: log it, with `n` failures not
+    /// logged since the previous line.
+    fn failed(&mut self, now: Instant) -> Option<u64> {
+        if let Some(last) = self.last_logged
+            && now.duration_since(last) < ACCEPT_ERROR_LOG_INTERVAL
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last_logged = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    /// An accept succeeded. `Some(n)` after failures were logged: say the
+    /// episode is over, with `n` failures not logged since the last line.
+    fn recovered(&mut self) -> Option<u64> {
+        self.last_logged.take()?;
+        Some(std::mem::take(&mut self.suppressed))
     }
 }
 
@@ -400,5 +682,68 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(json["Err"].as_str().unwrap().contains("larger than"));
+    }
+
+    #[test]
+    fn accept_errors_log_once_per_interval_with_the_count_not_logged() {
+        let mut errors = AcceptErrors::default();
+        let start = Instant::now();
+        assert_eq!(
+            errors.recovered(),
+            None,
+            "nothing to report before a failure"
+        );
+        assert_eq!(errors.failed(start), Some(0));
+        for ms in [100, 500, 999] {
+            assert_eq!(errors.failed(start + Duration::from_millis(ms)), None);
+        }
+        assert_eq!(errors.failed(start + Duration::from_millis(1000)), Some(3));
+        assert_eq!(errors.failed(start + Duration::from_millis(1100)), None);
+        assert_eq!(errors.recovered(), Some(1));
+        assert_eq!(errors.recovered(), None);
+        // A new episode logs its first failure at once.
+        assert_eq!(errors.failed(start + Duration::from_millis(1200)), Some(0));
+    }
+
+    #[tokio::test]
+    async fn the_socket_is_staged_in_a_private_folder_then_linked_into_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let (listener, staging) = stage(dir.path()).unwrap();
+        let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
+        // Whatever the umask, nobody else can reach the socket while staged.
+        assert_eq!(mode(&staging.dir), 0o700);
+        assert_eq!(mode(&staging.socket), 0o600);
+        assert_eq!(staging.dir.parent(), Some(dir.path()));
+        let staged_dir = staging.dir.clone();
+        drop(staging);
+        assert!(!staged_dir.exists(), "staging folder left behind");
+        drop(listener);
+
+        let path = dir.path().join("vaultbridge.sock");
+        let listener = bind(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["vaultbridge.sock"], "only the socket remains");
+        // It is the listener's socket: a client reaches it.
+        let client = tokio::net::UnixStream::connect(&path);
+        let (accepted, connected) = tokio::join!(listener.accept(), client);
+        accepted.unwrap();
+        connected.unwrap();
+    }
+
+    #[tokio::test]
+    async fn bind_refuses_a_live_server_and_a_non_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vaultbridge.sock");
+        let _live = bind(&path).unwrap();
+        assert!(matches!(bind(&path), Err(BindError::InUse(_))));
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"x").unwrap();
+        assert!(matches!(bind(&file), Err(BindError::NotASocket(_))));
+        // Neither attempt left a staging folder behind.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
     }
 }

@@ -115,11 +115,42 @@ impl Plugin {
 
     /// Spawn without waiting (for start-up and failure tests).
     pub fn spawn(config: Option<&str>, env: &[(&str, &str)], args: &[&str]) -> Plugin {
+        Self::spawn_after(None, config, env, args)
+    }
+
+    /// Spawn through `sh -c '<setup>; exec vaultbridge serve ...'`, e.g.
+    /// `ulimit -n 40` or `umask 000`. `exec` keeps one process (the PID we
+    /// signal and kill is the plugin's).
+    pub fn spawn_in_shell(
+        setup: &str,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Plugin {
+        Self::spawn_after(Some(setup), config, env, args)
+    }
+
+    fn spawn_after(
+        setup: Option<&str>,
+        config: Option<&str>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Plugin {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("vaultbridge.sock");
         let log_path = dir.path().join("plugin.log");
         let log = std::fs::File::create(&log_path).expect("log file");
-        let mut command = Command::new(binary());
+        let mut command = match setup {
+            None => Command::new(binary()),
+            Some(setup) => {
+                let mut sh = Command::new("sh");
+                // "$0" is the binary, "$@" the arguments added below.
+                sh.arg("-c")
+                    .arg(format!("{setup}; exec \"$0\" \"$@\""))
+                    .arg(binary());
+                sh
+            }
+        };
         command
             .arg("serve")
             .arg("--socket")
@@ -148,6 +179,18 @@ impl Plugin {
             dir,
             started,
         }
+    }
+
+    /// The plugin's process id (while it has not been reaped).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
     /// Everything the plugin has logged so far (stdout and stderr).

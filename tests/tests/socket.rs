@@ -619,3 +619,381 @@ fn hostile_request_text_is_escaped_bounded_and_values_are_exact() {
         "a huge log line"
     );
 }
+// --- Hostile connections -------------------------------------------------
+//
+// These mirror the server's constants (plugin/src/server.rs): the suite
+// drives the binary, not the crate.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const BODY_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_CONNECTIONS: usize = 256;
+
+/// Read (and discard) until the server closes the connection: how long that
+/// took, or `None` if it is still open after `limit`.
+fn time_until_closed(stream: &mut UnixStream, limit: Duration) -> Option<Duration> {
+    use std::io::{ErrorKind, Read};
+    let start = Instant::now();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = limit.checked_sub(start.elapsed())?;
+        stream
+            .set_read_timeout(Some(left.max(Duration::from_millis(1))))
+            .unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(_) => {}
+            Err(err)
+                if matches!(
+                    err.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) => {}
+            // Reset by the server: closed too.
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+}
+
+/// One answer on a connection that stays open (keep-alive): status and body.
+fn read_one_answer(stream: &mut UnixStream) -> (u16, Vec<u8>) {
+    use std::io::Read;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = stream.read(&mut byte).expect("read answer head");
+        assert_eq!(
+            n,
+            1,
+            "closed mid-answer: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    let length: usize = head
+        .lines()
+        .find_map(|line| line.strip_prefix("content-length:"))
+        .map(|value| value.trim().parse().unwrap())
+        .expect("content-length");
+    let mut body = vec![0; length];
+    stream.read_exact(&mut body).expect("read answer body");
+    (status, body)
+}
+
+const KEEP_ALIVE_ACTIVATE: &[u8] =
+    b"POST /Plugin.Activate HTTP/1.1\r\nHost: plugin.moby.localhost\r\nContent-Length: 0\r\n\r\n";
+
+fn file_config(root: &Path) -> String {
+    format!(
+        "[providers.local]\ntype = \"file\"\nroot = \"{}\"\n",
+        root.display()
+    )
+}
+
+fn wait_answering(plugin: &Plugin) {
+    let answered = wait_until(Duration::from_secs(10), || {
+        plugin.try_request("POST", "/Plugin.Activate", b"").is_ok()
+    });
+    assert!(answered, "plugin did not answer; log:\n{}", plugin.log());
+}
+
+#[test]
+fn a_header_sent_one_byte_per_second_is_cut_off_by_the_header_timeout() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let mut stream = UnixStream::connect(&plugin.socket).unwrap();
+    let opened = Instant::now();
+    let mut closed = None;
+    // Enough bytes to outlast the timeout by a few seconds, not the whole head.
+    for byte in KEEP_ALIVE_ACTIVATE.iter().take(10) {
+        if stream.write_all(&[*byte]).is_err() {
+            closed = Some(opened.elapsed());
+            break;
+        }
+        // Waiting up to a second for the server to hang up is the pause.
+        if time_until_closed(&mut stream, Duration::from_secs(1)).is_some() {
+            closed = Some(opened.elapsed());
+            break;
+        }
+    }
+    let closed = closed.expect("a one-byte-per-second header was never cut off");
+    assert!(
+        closed >= HEADER_READ_TIMEOUT - Duration::from_secs(1)
+            && closed < HEADER_READ_TIMEOUT + Duration::from_secs(3),
+        "closed after {closed:?}"
+    );
+    assert_eq!(plugin.request("POST", "/Plugin.Activate", b"").status, 200);
+}
+
+#[test]
+fn a_stalled_body_is_answered_408_and_closed_within_the_body_timeout() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let mut stream = UnixStream::connect(&plugin.socket).unwrap();
+    write!(
+        stream,
+        "POST /SecretProvider.GetSecret HTTP/1.1\r\nHost: plugin.moby.localhost\r\nContent-Length: 1000\r\n\r\n{{\"SecretNa"
+    )
+    .unwrap();
+    let sent = Instant::now();
+    stream
+        .set_read_timeout(Some(BODY_TIMEOUT + Duration::from_secs(5)))
+        .unwrap();
+    // Read to the end: the answer, then the server closes.
+    let answer = vaultbridge_tests::read_answer(&mut stream).expect("an answer, then EOF");
+    let took = sent.elapsed();
+    assert_eq!(answer.status, 408, "{answer:?}");
+    assert!(
+        answer.err().contains("did not arrive within 10 s"),
+        "{}",
+        answer.err()
+    );
+    assert!(
+        answer
+            .headers
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{}",
+        answer.headers
+    );
+    assert!(
+        took >= BODY_TIMEOUT - Duration::from_secs(1)
+            && took < BODY_TIMEOUT + Duration::from_secs(3),
+        "answered after {took:?}"
+    );
+    assert!(
+        plugin.log().contains("request body did not arrive in time"),
+        "{}",
+        plugin.log()
+    );
+    assert_eq!(plugin.request("POST", "/Plugin.Activate", b"").status, 200);
+}
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let mut stream = UnixStream::connect(&plugin.socket).unwrap();
+    // Two requests on one connection: keep-alive works...
+    for _ in 0..2 {
+        stream.write_all(KEEP_ALIVE_ACTIVATE).unwrap();
+        let (status, body) = read_one_answer(&mut stream);
+        assert_eq!(status, 200);
+        assert_eq!(body, br#"{"Implements":["secretprovider"]}"#);
+    }
+    // ...and an idle connection does not stay open for ever.
+    let idle = time_until_closed(&mut stream, HEADER_READ_TIMEOUT + Duration::from_secs(5))
+        .expect("idle keep-alive connection still open");
+    assert!(
+        idle >= HEADER_READ_TIMEOUT - Duration::from_secs(1)
+            && idle < HEADER_READ_TIMEOUT + Duration::from_secs(3),
+        "closed after {idle:?} idle"
+    );
+}
+
+#[test]
+fn sigterm_closes_connections_without_a_complete_request_at_once() {
+    // Default grace period (10 s): nothing below may wait for it.
+    let (mut plugin, _secrets) = plugin_with_secrets();
+    let mut half = UnixStream::connect(&plugin.socket).unwrap();
+    half.write_all(b"POST /SecretProvider.GetSecret HTTP/1.1\r\nHost: x\r\nContent-Le")
+        .unwrap();
+    let _silent = UnixStream::connect(&plugin.socket).unwrap();
+    // Answered, then idle: also proves the two above were accepted (in order).
+    let mut kept = UnixStream::connect(&plugin.socket).unwrap();
+    kept.write_all(KEEP_ALIVE_ACTIVATE).unwrap();
+    assert_eq!(read_one_answer(&mut kept).0, 200);
+    // The second request's headers, half sent.
+    kept.write_all(b"POST /Plugin.Activate HTTP/1.1\r\nHo")
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100)); // let the bytes reach the plugin
+
+    let asked = Instant::now();
+    let status = plugin.terminate(Duration::from_secs(15)).expect("exited");
+    let took = asked.elapsed();
+    assert!(status.success(), "{status:?}\n{}", plugin.log());
+    // Without closing them, it would wait for the header timeout (5 s) or
+    // the grace period (10 s).
+    assert!(took < Duration::from_secs(3), "exit took {took:?}");
+    let log = plugin.log();
+    assert!(!log.contains("did not finish in time"), "{log}");
+    assert!(!plugin.socket.exists(), "socket file left behind");
+}
+
+/// The sockets a process holds, from /proc.
+fn open_sockets(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+                .filter(|target| target.to_string_lossy().starts_with("socket:"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn connections_beyond_the_cap_wait_and_docker_still_gets_through() {
+    let (mut plugin, _secrets) = plugin_with_secrets();
+    let pid = plugin.pid().unwrap();
+    // Before any connection: its listener and tokio's signal sockets.
+    let baseline = open_sockets(pid);
+    let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS + 50)
+        .map(|_| UnixStream::connect(&plugin.socket).expect("connect"))
+        .collect();
+    // The plugin takes up to the cap, then leaves the rest queued.
+    let at_cap = wait_until(Duration::from_secs(5), || {
+        open_sockets(pid) >= baseline + MAX_CONNECTIONS
+    });
+    assert!(at_cap, "only {} sockets open", open_sockets(pid));
+    let over = wait_until(Duration::from_millis(500), || {
+        open_sockets(pid) > baseline + MAX_CONNECTIONS
+    });
+    assert!(
+        !over,
+        "{} sockets open (baseline {baseline}): the cap is not enforced",
+        open_sockets(pid)
+    );
+
+    // Docker's request waits for a slot: idle ones time out and free theirs.
+    let asked = Instant::now();
+    let answer = plugin.get_secret(&engine_request("db_password", &[]));
+    assert_eq!(answer.value(), PASSWORD);
+    let took = asked.elapsed();
+    assert!(
+        took < HEADER_READ_TIMEOUT + Duration::from_secs(5),
+        "answered after {took:?}"
+    );
+    assert!(plugin.is_running());
+    // Connections closed by the client or timed out say nothing at info level.
+    let log = plugin.log();
+    assert!(!log.contains("WARN") && !log.contains("ERROR"), "{log}");
+    drop(idle);
+}
+
+#[test]
+fn accept_errors_are_logged_once_a_second_and_the_plugin_recovers() {
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("db_password"), PASSWORD).unwrap();
+    // Room for the runtime and a few connections, then accept fails (EMFILE).
+    let mut plugin =
+        Plugin::spawn_in_shell("ulimit -n 40", Some(&file_config(secrets.path())), &[], &[]);
+    wait_answering(&plugin);
+    let open: Vec<UnixStream> = (0..60)
+        .map(|_| UnixStream::connect(&plugin.socket).expect("connect"))
+        .collect();
+    let lines = |log: &str| -> Vec<String> {
+        log.lines()
+            .filter(|line| line.contains("cannot accept a connection"))
+            .map(str::to_string)
+            .collect()
+    };
+    let failing = wait_until(Duration::from_secs(5), || !lines(&plugin.log()).is_empty());
+    assert!(failing, "no accept error logged:\n{}", plugin.log());
+    let first_seen = Instant::now();
+    // A later line counts the failures it did not log (one every 100 ms).
+    let counted = |line: &String| {
+        line.split("suppressed=")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
+    };
+    let rate_limited = wait_until(Duration::from_secs(5), || {
+        lines(&plugin.log()).iter().any(counted)
+    });
+    let logged = lines(&plugin.log());
+    assert!(rate_limited, "{logged:#?}");
+    let allowed = first_seen.elapsed().as_secs() as usize + 2;
+    assert!(
+        logged.len() <= allowed,
+        "{} lines: {logged:#?}",
+        logged.len()
+    );
+    assert!(logged[0].contains("Too many open files"), "{}", logged[0]);
+
+    // Descriptors free again: it accepts and serves.
+    drop(open);
+    let answered = wait_until(Duration::from_secs(10), || {
+        plugin
+            .try_request(
+                "POST",
+                "/SecretProvider.GetSecret",
+                engine_request("db_password", &[]).to_string().as_bytes(),
+            )
+            .is_ok_and(|answer| answer.value() == PASSWORD)
+    });
+    assert!(answered, "{}", plugin.log());
+    assert!(plugin.is_running());
+    assert!(
+        plugin.log().contains("accepting connections again"),
+        "{}",
+        plugin.log()
+    );
+}
+
+#[test]
+fn under_umask_000_the_socket_is_never_reachable_wider_than_0600() {
+    use std::os::unix::fs::FileTypeExt;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let secrets = tempfile::tempdir().unwrap();
+    let mut plugin =
+        Plugin::spawn_in_shell("umask 000", Some(&file_config(secrets.path())), &[], &[]);
+    let dir = plugin.dir.path().to_path_buf();
+    // Watch the folder as fast as we can while the plugin starts: what the
+    // plugin creates there, and inside any folder it creates.
+    let started = std::sync::Arc::new(AtomicBool::new(false));
+    let watcher = {
+        let (dir, started) = (dir.clone(), started.clone());
+        std::thread::spawn(move || {
+            let mut seen = Vec::new();
+            while !started.load(Ordering::Relaxed) {
+                for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+                    let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                        continue;
+                    };
+                    let mode = meta.permissions().mode() & 0o777;
+                    seen.push((
+                        entry.path(),
+                        meta.file_type().is_socket(),
+                        meta.is_dir(),
+                        mode,
+                    ));
+                }
+            }
+            seen
+        })
+    };
+    let answered = wait_until(Duration::from_secs(10), || {
+        plugin.try_request("POST", "/Plugin.Activate", b"").is_ok()
+    });
+    started.store(true, Ordering::Relaxed);
+    let seen = watcher.join().unwrap();
+    assert!(answered, "{}", plugin.log());
+    for (path, socket, folder, mode) in &seen {
+        // A socket in the open folder is 0600 from the moment it appears; a
+        // folder the plugin makes there lets nobody else in.
+        if *socket {
+            assert_eq!(*mode, 0o600, "{} seen as {mode:o}", path.display());
+        }
+        if *folder {
+            assert_eq!(mode & 0o077, 0, "{} seen as {mode:o}", path.display());
+        }
+    }
+    let mode = std::fs::metadata(&plugin.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["config.toml", "plugin.log", "vaultbridge.sock"],
+        "the staging folder is gone"
+    );
+    assert!(plugin.terminate(Duration::from_secs(10)).is_some());
+}
