@@ -87,21 +87,94 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((key.to_string(), value.to_string()))
 }
 
+/// Log filtering: the operator's `VAULTBRIDGE_LOG` directives, AND a cap on
+/// every target that is not ours.
+///
+/// The README promises no credential in the log at any level, but the SDKs
+/// and HTTP clients we embed log credentials at their verbose levels: the
+/// AWS SDK logs the session token and the SigV4 `Authorization` header at
+/// trace and the access key id at info/debug, vaultrs logs login request
+/// bodies at trace, hyper/h2/reqwest log headers. So a third-party event
+/// more verbose than its cap is dropped whatever the directives say
+/// (`trace`, `aws_smithy_runtime=trace`, ...): the cap is a second filter
+/// that must also pass, so no directive can raise it. Our own targets
+/// (`vaultbridge`, `vaultbridge_*`) keep the operator's level.
 pub fn init_logging(format: LogFormat) {
-    // Unset, empty or unparsable: `info` (an empty filter would hide errors too).
-    let filter = std::env::var("VAULTBRIDGE_LOG")
-        .ok()
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
+    let directives = std::env::var("VAULTBRIDGE_LOG").ok();
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(false);
+    let fmt = match format {
+        LogFormat::Text => fmt.boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    };
+    // `init` also routes the `log` crate's records (rustls, ...) through the
+    // same filter, by their own targets.
+    tracing_subscriber::registry()
+        .with(fmt.with_filter(log_filter(directives.as_deref())))
+        .init();
+    // Shown only to an operator who asked for debug: why SDK lines are missing.
+    tracing::debug!(
+        "logging: other crates' lines are capped (aws_* at warn, the rest at info) \
+         whatever VAULTBRIDGE_LOG says, as they can carry credentials"
+    );
+}
+
+/// Caps of third-party targets, first matching prefix wins (read from what
+/// each crate logs at each level; see [`init_logging`]).
+const THIRD_PARTY_CAPS: &[(&str, tracing::Level)] = &[
+    // Its warnings quote the container credentials' auth token when that is
+    // not a valid header value.
+    ("aws_config::ecs", tracing::Level::ERROR),
+    // info: the Credentials' Debug (access key id) when loaded and cached;
+    // debug: canonical requests and identities; trace: every header,
+    // including `x-amz-security-token` and `Authorization`.
+    ("aws_", tracing::Level::WARN),
+];
+/// Every other crate (hyper, hyper_util, h2, reqwest, rustls, tower, tokio,
+/// azure_*, typespec*, vaultrs, rustify, ...): their info lines are
+/// lifecycle messages; their debug/trace carry headers, bodies and URLs.
+const DEFAULT_THIRD_PARTY_CAP: tracing::Level = tracing::Level::INFO;
+
+fn is_ours(target: &str) -> bool {
+    let krate = target.split("::").next().unwrap_or_default();
+    krate == "vaultbridge" || krate.starts_with("vaultbridge_")
+}
+
+/// The most verbose level allowed for `target`; `None`: ours, uncapped.
+fn cap_of(target: &str) -> Option<tracing::Level> {
+    if is_ours(target) {
+        return None;
+    }
+    let cap = THIRD_PARTY_CAPS
+        .iter()
+        .find(|(prefix, _)| target.starts_with(prefix))
+        .map_or(DEFAULT_THIRD_PARTY_CAP, |(_, cap)| *cap);
+    Some(cap)
+}
+
+fn within_cap(metadata: &tracing::Metadata<'_>) -> bool {
+    // A Level compares greater when it is more verbose.
+    cap_of(metadata.target()).is_none_or(|cap| *metadata.level() <= cap)
+}
+
+/// The operator's directives (unset, empty or unparsable: `info`, since an
+/// empty filter would hide errors too) and the third-party caps.
+fn log_filter<S>(directives: Option<&str>) -> impl tracing_subscriber::layer::Filter<S> + use<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    use tracing_subscriber::filter::FilterExt as _;
+    let operator = directives
         .filter(|directives| !directives.trim().is_empty())
         .and_then(|directives| tracing_subscriber::EnvFilter::try_new(directives).ok())
         .unwrap_or_else(|| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
+    let caps: fn(&tracing::Metadata<'_>) -> bool = within_cap;
+    operator.and(tracing_subscriber::filter::filter_fn(caps))
 }
 
 fn process_env(name: &str) -> Option<String> {
@@ -256,5 +329,118 @@ async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> 
             eprintln!("secret '{name}': {message}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+
+    use super::*;
+
+    /// What `directives` let through of one event per (target, level).
+    fn logged(directives: Option<&str>) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let layer = tracing_subscriber::fmt::layer()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .with_filter(log_filter(directives));
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            // `target:` must be a constant: one line per case.
+            tracing::trace!(target: "vaultbridge::server", "ours-trace");
+            tracing::debug!(target: "vaultbridge_providers::aws", "ours-debug");
+            tracing::trace!(target: "aws_sigv4::http_request::sign", "sigv4-trace");
+            tracing::info!(target: "aws_config::profile::credentials", "aws-info");
+            tracing::warn!(target: "aws_smithy_runtime::client", "aws-warn");
+            tracing::warn!(target: "aws_config::ecs", "ecs-warn");
+            tracing::error!(target: "aws_config::ecs", "ecs-error");
+            tracing::trace!(target: "hyper::proto::h1", "hyper-trace");
+            tracing::debug!(target: "reqwest::connect", "reqwest-debug");
+            tracing::info!(target: "typespec_client_core::http", "typespec-info");
+            tracing::debug!(target: "vaultrs::api", "vaultrs-debug");
+            // A crate we did not list is capped too.
+            tracing::debug!(target: "some_new_dependency", "unknown-debug");
+            // Not ours, though the name starts the same.
+            tracing::debug!(target: "vaultbridgex", "lookalike-debug");
+        });
+        let bytes = buffer.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn third_party_targets_are_capped_whatever_the_directives() {
+        let always = ["aws-warn", "ecs-error"];
+        let never = [
+            "sigv4-trace",
+            "aws-info",
+            "ecs-warn",
+            "hyper-trace",
+            "reqwest-debug",
+            "vaultrs-debug",
+            "unknown-debug",
+            "lookalike-debug",
+        ];
+        for directives in [
+            "trace",
+            "aws_smithy_runtime=trace,aws_sigv4=trace,aws_config=trace",
+            "trace,hyper=trace,reqwest=trace,vaultrs=trace",
+            "info,[{x}]=trace,some_new_dependency=trace,vaultbridgex=trace",
+        ] {
+            let log = logged(Some(directives));
+            for line in always {
+                assert!(log.contains(line), "{directives}: {line} missing:\n{log}");
+            }
+            for line in never {
+                assert!(!log.contains(line), "{directives}: {line} logged:\n{log}");
+            }
+        }
+        // Ours keep the operator's level; info-level third-party lines pass.
+        let log = logged(Some("trace"));
+        for line in ["ours-trace", "ours-debug", "typespec-info"] {
+            assert!(log.contains(line), "{line} missing:\n{log}");
+        }
+        let log = logged(Some("vaultbridge=debug,warn"));
+        assert!(
+            log.contains("ours-debug") && !log.contains("ours-trace"),
+            "{log}"
+        );
+        assert!(!log.contains("typespec-info"), "{log}");
+    }
+
+    #[test]
+    fn unset_empty_or_bad_directives_mean_info() {
+        for directives in [None, Some(""), Some("  "), Some("=[bad")] {
+            let log = logged(directives);
+            assert!(log.contains("typespec-info"), "{directives:?}:\n{log}");
+            assert!(log.contains("aws-warn"), "{directives:?}:\n{log}");
+            assert!(!log.contains("ours-debug"), "{directives:?}:\n{log}");
+        }
+    }
+
+    #[test]
+    fn ours_is_the_vaultbridge_crates_only() {
+        assert_eq!(cap_of("vaultbridge"), None);
+        assert_eq!(cap_of("vaultbridge::cli"), None);
+        assert_eq!(cap_of("vaultbridge_providers::vault::auth"), None);
+        assert_eq!(cap_of("aws_config::ecs"), Some(tracing::Level::ERROR));
+        assert_eq!(cap_of("aws_sigv4"), Some(tracing::Level::WARN));
+        assert_eq!(cap_of("h2::codec"), Some(tracing::Level::INFO));
+        assert_eq!(cap_of("log"), Some(tracing::Level::INFO));
     }
 }

@@ -14,9 +14,11 @@
 //! - Every call is bounded by `timeout`, the SDK's own retries included.
 //!
 //! Building does no network I/O: credentials are resolved on first use.
-//! Error mapping and scrubbing live in [`errors`].
+//! Error mapping and scrubbing live in [`errors`]; the checks of every value
+//! that becomes part of a request (keys, tokens, URLs, ARNs) in [`validate`].
 
 mod errors;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -223,32 +225,6 @@ fn valid_region(region: &str) -> bool {
         && region.contains('-')
 }
 
-fn validate_url(url: &str) -> Result<(), String> {
-    let rest = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-        .ok_or_else(|| format!("'{url}' must start with https:// or http://"))?;
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    // Not quoted: the part before '@' may be a password.
-    if host.contains('@') {
-        return Err("must not carry credentials".to_string());
-    }
-    if host.is_empty() || host.chars().any(char::is_whitespace) {
-        return Err(format!("'{url}' has no usable host"));
-    }
-    Ok(())
-}
-
-fn validate_session_name(name: &str) -> Result<(), String> {
-    let allowed = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
-    if !(2..=64).contains(&name.len()) || !name.chars().all(allowed) {
-        return Err(format!(
-            "'{name}' must be 2 to 64 characters of letters, digits and +=,.@_-"
-        ));
-    }
-    Ok(())
-}
-
 /// Fail at start-up, naming the key, when a configured profile is missing
 /// from the shared files (the SDK would otherwise fail on first use).
 async fn validate_profile(profile: &str, key: &str) -> Result<(), ConfigError> {
@@ -259,7 +235,7 @@ async fn validate_profile(profile: &str, key: &str) -> Result<(), ConfigError> {
     let set = aws_config::profile::load(&fs, &env, &files, Some(profile.to_string().into()))
         .await
         .map_err(|err| ConfigError::new(key, format!("cannot read the shared AWS files: {err}")))?;
-    if set.get_profile(profile).is_none() {
+    let Some(found) = set.get_profile(profile) else {
         return Err(ConfigError::new(
             key,
             format!(
@@ -267,8 +243,9 @@ async fn validate_profile(profile: &str, key: &str) -> Result<(), ConfigError> {
                  (AWS_CONFIG_FILE, AWS_SHARED_CREDENTIALS_FILE, default ~/.aws/config and ~/.aws/credentials)"
             ),
         ));
-    }
-    Ok(())
+    };
+    validate::profile_keys(|field| found.get(field).map(str::to_string), profile)
+        .map_err(|m| ConfigError::new(key, m))
 }
 
 fn timeout_of(config: &AwsConfig, key: &str) -> Result<Duration, ConfigError> {
@@ -286,22 +263,38 @@ fn timeout_of(config: &AwsConfig, key: &str) -> Result<Duration, ConfigError> {
 }
 
 /// Where requests go, for messages only (the SDK resolves the same order).
-fn describe_endpoint(config: &AwsConfig) -> String {
+/// `endpoint_url` is the checked, trimmed one; the variables were checked by
+/// [`validate::env_settings`] (never a URL with credentials in a message).
+fn describe_endpoint(endpoint_url: Option<&str>, region: &str, env: EnvLookup<'_>) -> String {
     let from_env = ["AWS_ENDPOINT_URL_SECRETS_MANAGER", "AWS_ENDPOINT_URL"]
         .into_iter()
-        .find_map(|name| std::env::var(name).ok().filter(|v| !v.is_empty()));
-    config
-        .endpoint_url
-        .clone()
+        .find_map(|name| env(name).filter(|v| !v.is_empty()));
+    endpoint_url
+        .map(str::to_string)
         .or(from_env)
-        .unwrap_or_else(|| format!("https://secretsmanager.{}.amazonaws.com", config.region))
+        .unwrap_or_else(|| format!("https://secretsmanager.{region}.amazonaws.com"))
+}
+
+fn process_env(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+/// `sdk` with its credentials provider wrapped in [`validate::Checked`].
+fn checked(sdk: aws_config::SdkConfig) -> aws_config::SdkConfig {
+    match sdk.credentials_provider() {
+        Some(inner) => sdk
+            .into_builder()
+            .credentials_provider(SharedCredentialsProvider::new(validate::Checked(inner)))
+            .build(),
+        None => sdk,
+    }
 }
 
 impl AwsProvider {
     /// Validate `config` and build the client; credentials come from the
     /// SDK's standard chain (what the plugin always uses).
     pub async fn new(config: &AwsConfig, key: &str) -> Result<Self, ConfigError> {
-        Self::build(config, key, None).await
+        Self::build(config, key, None, &process_env).await
     }
 
     /// Like [`AwsProvider::new`], but with fixed keys instead of the standard
@@ -325,14 +318,17 @@ impl AwsProvider {
             config,
             key,
             Some(SharedCredentialsProvider::new(credentials)),
+            &process_env,
         )
         .await
     }
 
+    /// `env`: the process environment, which the SDK also reads by itself.
     async fn build(
         config: &AwsConfig,
         key: &str,
         credentials: Option<SharedCredentialsProvider>,
+        env: EnvLookup<'_>,
     ) -> Result<Self, ConfigError> {
         let region = config.region.trim();
         if !valid_region(region) {
@@ -341,31 +337,37 @@ impl AwsProvider {
                 format!("'{region}' is not an AWS region name (like eu-west-1)"),
             ));
         }
-        if let Some(url) = &config.endpoint_url {
-            validate_url(url).map_err(|m| ConfigError::new(format!("{key}.endpoint_url"), m))?;
+        // Every string we pass on is trimmed here and used trimmed below.
+        fn trimmed(value: &Option<String>) -> Option<&str> {
+            value.as_deref().map(str::trim)
         }
-        if let Some(profile) = &config.profile {
-            if profile.trim().is_empty() {
-                return Err(ConfigError::new(format!("{key}.profile"), "is empty"));
-            }
+        let endpoint_url = trimmed(&config.endpoint_url);
+        let profile = trimmed(&config.profile);
+        let role_arn = trimmed(&config.role_arn);
+        let session_name = trimmed(&config.session_name);
+        let external_id = config
+            .external_id
+            .as_ref()
+            .map(|id| id.expose_secret().trim());
+        if let Some(url) = endpoint_url {
+            validate::endpoint_url(url)
+                .map_err(|m| ConfigError::new(format!("{key}.endpoint_url"), m))?;
+        }
+        validate::env_settings(env)?;
+        if let Some(profile) = profile {
+            validate::profile_name(profile)
+                .map_err(|m| ConfigError::new(format!("{key}.profile"), m))?;
             validate_profile(profile, &format!("{key}.profile")).await?;
         }
-        match &config.role_arn {
+        match role_arn {
             Some(arn) => {
-                let parts = parse_arn(arn);
-                if parts.as_ref().map(|p| p.service) != Some("iam") || !arn.contains(":role/") {
-                    return Err(ConfigError::new(
-                        format!("{key}.role_arn"),
-                        format!(
-                            "'{arn}' is not an IAM role ARN (arn:aws:iam::<account>:role/<name>)"
-                        ),
-                    ));
-                }
+                validate::role_arn(arn)
+                    .map_err(|m| ConfigError::new(format!("{key}.role_arn"), m))?;
             }
             None => {
                 for (field, set) in [
-                    ("external_id", config.external_id.is_some()),
-                    ("session_name", config.session_name.is_some()),
+                    ("external_id", external_id.is_some()),
+                    ("session_name", session_name.is_some()),
                 ] {
                     if set {
                         return Err(ConfigError::new(
@@ -376,19 +378,20 @@ impl AwsProvider {
                 }
             }
         }
-        if let Some(name) = &config.session_name {
-            validate_session_name(name)
+        if let Some(name) = session_name {
+            validate::session_name(name)
                 .map_err(|m| ConfigError::new(format!("{key}.session_name"), m))?;
         }
-        if let Some(id) = &config.external_id {
-            let len = id.expose_secret().len();
-            if !(2..=1224).contains(&len) {
-                return Err(ConfigError::new(
-                    format!("{key}.external_id"),
-                    format!("must have 2 to 1224 characters, it has {len}"),
-                ));
-            }
+        if let Some(id) = external_id {
+            validate::external_id(id)
+                .map_err(|m| ConfigError::new(format!("{key}.external_id"), m))?;
         }
+        // The environment's keys, trimmed and checked, stand in for the SDK's
+        // environment provider (first in its chain, so nothing else changes).
+        let credentials = match credentials {
+            Some(credentials) => Some(credentials),
+            None => validate::env_credentials(env)?.map(SharedCredentialsProvider::new),
+        };
         let timeout = timeout_of(config, key)?;
 
         // Every attempt, and the whole call with its retries, ends within
@@ -406,40 +409,38 @@ impl AwsProvider {
             .region(Region::new(region.to_string()))
             .timeout_config(timeouts)
             .retry_config(retries);
-        if let Some(profile) = &config.profile {
+        if let Some(profile) = profile {
             loader = loader.profile_name(profile);
         }
         if let Some(credentials) = credentials {
             loader = loader.credentials_provider(credentials);
         }
-        let mut sdk = loader.load().await;
-        if let Some(arn) = &config.role_arn {
-            let mut role = AssumeRoleProvider::builder(arn).session_name(
-                config
-                    .session_name
-                    .as_deref()
-                    .unwrap_or(DEFAULT_SESSION_NAME),
-            );
-            if let Some(id) = &config.external_id {
-                role = role.external_id(id.expose_secret());
+        // Checked twice with a role: the source credentials sign the STS call.
+        let mut sdk = checked(loader.load().await);
+        if let Some(arn) = role_arn {
+            let mut role = AssumeRoleProvider::builder(arn)
+                .session_name(session_name.unwrap_or(DEFAULT_SESSION_NAME));
+            if let Some(id) = external_id {
+                role = role.external_id(id);
             }
             let role = role.configure(&sdk).build().await;
-            sdk = sdk
-                .into_builder()
-                .credentials_provider(SharedCredentialsProvider::new(role))
-                .build();
+            sdk = checked(
+                sdk.into_builder()
+                    .credentials_provider(SharedCredentialsProvider::new(role))
+                    .build(),
+            );
         }
         // `endpoint_url` applies to Secrets Manager only, never to STS.
         let mut client_config = aws_sdk_secretsmanager::config::Builder::from(&sdk);
-        if let Some(url) = &config.endpoint_url {
+        if let Some(url) = endpoint_url {
             client_config = client_config.endpoint_url(url);
         }
         Ok(AwsProvider {
             client: aws_sdk_secretsmanager::Client::from_conf(client_config.build()),
             region: region.to_string(),
-            endpoint: describe_endpoint(config),
+            endpoint: describe_endpoint(endpoint_url, region, env),
             timeout,
-            role_arn: config.role_arn.clone(),
+            role_arn: role_arn.map(str::to_string),
         })
     }
 
@@ -693,6 +694,43 @@ mod tests {
             build_err("region = \"eu-west-1\"\nprofile = \"surely-not-a-profile-7f3a\"").await;
         assert_eq!(err.key, "providers.prod.profile");
         assert!(err.message.contains("surely-not-a-profile-7f3a"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn hostile_values_are_refused_naming_the_key_and_padding_is_trimmed() {
+        let err =
+            build_err("region = \"eu-west-1\"\nendpoint_url = \"http://127.0.0.1:9/\\r\\nX: 1\"")
+                .await;
+        assert_eq!(err.key, "providers.prod.endpoint_url");
+        assert!(!err.message.contains('\n'), "{err}");
+        let err =
+            build_err("region = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::1:role/r\\nX\"").await;
+        assert_eq!(err.key, "providers.prod.role_arn");
+        assert!(!err.message.contains('\n'), "{err}");
+        let err = build_err(
+            "region = \"eu-west-1\"\nrole_arn = \"arn:aws:iam::1:role/r\"\nexternal_id = \"ext-secret\\n\\u0000\"",
+        )
+        .await;
+        assert_eq!(err.key, "providers.prod.external_id");
+        assert!(!err.message.contains("ext-secret"), "{err}");
+        let err = build_err("region = \"eu-west-1\"\nprofile = \"a\\nb\"").await;
+        assert_eq!(err.key, "providers.prod.profile");
+
+        // Surrounding whitespace of what we pass on ourselves is trimmed.
+        let provider = AwsProvider::new(
+            &config(
+                "region = \" eu-west-1\"\nendpoint_url = \" http://127.0.0.1:9 \"\n\
+                 role_arn = \"arn:aws:iam::123456789012:role/reader\\n\"\nsession_name = \" ci \"",
+            ),
+            "providers.prod",
+        )
+        .await
+        .unwrap();
+        assert_eq!(provider.endpoint, "http://127.0.0.1:9");
+        assert_eq!(
+            provider.role_arn.as_deref(),
+            Some("arn:aws:iam::123456789012:role/reader")
+        );
     }
 
     #[tokio::test]

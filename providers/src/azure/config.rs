@@ -212,16 +212,29 @@ impl AzureConfig {
                 format!("{key}.vault_url"),
                 format!(
                     "'{}' must be the vault's base URL only, like https://myvault.vault.azure.net",
-                    self.vault_url
+                    self.vault_url.trim()
                 ),
             ));
         }
-        let authority_host = parse_https_url(
-            self.authority_host
-                .as_deref()
-                .unwrap_or(PUBLIC_AUTHORITY_HOST),
-            &format!("{key}.authority_host"),
-        )?;
+        let authority_text = self
+            .authority_host
+            .as_deref()
+            .unwrap_or(PUBLIC_AUTHORITY_HOST);
+        let authority_host = parse_https_url(authority_text, &format!("{key}.authority_host"))?;
+        // The SDK joins `/<tenant>/oauth2/v2.0/token` onto the host, replacing
+        // any path and query: refuse them instead of silently dropping them.
+        if !matches!(authority_host.path(), "" | "/")
+            || authority_host.query().is_some()
+            || authority_host.fragment().is_some()
+        {
+            return Err(ConfigError::new(
+                format!("{key}.authority_host"),
+                format!(
+                    "'{}' must be the authority's base URL only, like {PUBLIC_AUTHORITY_HOST}",
+                    authority_text.trim()
+                ),
+            ));
+        }
         let timeout = match self.timeout {
             None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
             Some(secs) if secs > 0.0 && secs <= MAX_TIMEOUT_SECS => Duration::from_secs_f64(secs),
@@ -258,16 +271,23 @@ impl CredentialConfig {
         process_env: EnvLookup<'_>,
     ) -> Result<ValidCredential, ConfigError> {
         let required = |value: &str, field: &str, env_name: &str| {
-            if value.trim().is_empty() {
-                Err(ConfigError::new(
-                    format!("{key}.{field}"),
+            let value = value.trim();
+            let key = format!("{key}.{field}");
+            if value.is_empty() {
+                return Err(ConfigError::new(
+                    key,
                     format!(
                         "missing (set it, or {env_name} when configuring from the environment)"
                     ),
-                ))
-            } else {
-                Ok(value.trim().to_string())
+                ));
             }
+            let kind = if field == "tenant_id" {
+                IdKind::Tenant
+            } else {
+                IdKind::Client
+            };
+            check_id(value, kind).map_err(|m| ConfigError::new(key, m))?;
+            Ok(value.to_string())
         };
         match self {
             CredentialConfig::ClientSecret {
@@ -278,25 +298,31 @@ impl CredentialConfig {
             } => {
                 let tenant_id = required(tenant_id, "tenant_id", "AZURE_TENANT_ID")?;
                 let client_id = required(client_id, "client_id", "AZURE_CLIENT_ID")?;
-                let secret = match (client_secret, client_secret_file) {
-                    (_, Some(path)) => read_secret_file(path, &format!("{key}.client_secret_file"))?,
-                    (Some(secret), None) => secret.clone(),
-                    (None, None) => process_env("AZURE_CLIENT_SECRET")
-                        .filter(|s| !s.is_empty())
-                        .map(SecretString::from)
-                        .ok_or_else(|| {
-                            ConfigError::new(
-                                format!("{key}.client_secret_file"),
-                                "missing: give the file holding the client secret, or set AZURE_CLIENT_SECRET",
-                            )
-                        })?,
+                let file_key = format!("{key}.client_secret_file");
+                let (secret, source) = match (client_secret, client_secret_file) {
+                    (_, Some(path)) => (
+                        read_secret_file(path, &file_key)?,
+                        path.display().to_string(),
+                    ),
+                    (Some(secret), None) => (secret.clone(), "AZURE_CLIENT_SECRET".to_string()),
+                    (None, None) => (
+                        process_env("AZURE_CLIENT_SECRET")
+                            .filter(|s| !s.is_empty())
+                            .map(SecretString::from)
+                            .ok_or_else(|| {
+                                ConfigError::new(
+                                    &file_key,
+                                    "missing: give the file holding the client secret, or set AZURE_CLIENT_SECRET",
+                                )
+                            })?,
+                        "AZURE_CLIENT_SECRET".to_string(),
+                    ),
                 };
-                if secret.expose_secret().trim().is_empty() {
-                    return Err(ConfigError::new(
-                        format!("{key}.client_secret_file"),
-                        "the client secret is empty",
-                    ));
-                }
+                // Trimmed like the file's content: `docker plugin set` and
+                // copy-paste leave newlines too.
+                let secret = one_line_credential(secret.expose_secret())
+                    .map(SecretString::from)
+                    .map_err(|m| ConfigError::new(&file_key, format!("{source}: {m}")))?;
                 Ok(ValidCredential::ClientSecret {
                     tenant_id,
                     client_id,
@@ -323,21 +349,10 @@ impl CredentialConfig {
                             "missing: give the projected service account token's path, or set AZURE_FEDERATED_TOKEN_FILE",
                         )
                     })?;
-                // The SDK reads it once at start, then every 10 minutes.
-                std::fs::metadata(&token_file)
-                    .and_then(|m| {
-                        if m.is_file() {
-                            Ok(())
-                        } else {
-                            Err(std::io::Error::other("not a file"))
-                        }
-                    })
-                    .map_err(|err| {
-                        ConfigError::new(
-                            format!("{key}.token_file"),
-                            format!("{}: {err}", token_file.display()),
-                        )
-                    })?;
+                // Read at every token request (`FederatedTokenFile`); read
+                // once here so that a bad file stops the start-up.
+                read_federated_token(&token_file)
+                    .map_err(|m| ConfigError::new(format!("{key}.token_file"), m))?;
                 Ok(ValidCredential::WorkloadIdentity {
                     tenant_id,
                     client_id,
@@ -349,10 +364,22 @@ impl CredentialConfig {
                 object_id,
                 resource_id,
             } => {
+                // They become query parameters of the identity endpoint's URL.
+                let id = |value: &Option<String>, field: &str, kind: IdKind| {
+                    value
+                        .as_deref()
+                        .map(|value| {
+                            let value = value.trim();
+                            check_id(value, kind)
+                                .map(|()| value.to_string())
+                                .map_err(|m| ConfigError::new(format!("{key}.{field}"), m))
+                        })
+                        .transpose()
+                };
                 let given: Vec<ManagedId> = [
-                    client_id.clone().map(ManagedId::ClientId),
-                    object_id.clone().map(ManagedId::ObjectId),
-                    resource_id.clone().map(ManagedId::ResourceId),
+                    id(client_id, "client_id", IdKind::Client)?.map(ManagedId::ClientId),
+                    id(object_id, "object_id", IdKind::Client)?.map(ManagedId::ObjectId),
+                    id(resource_id, "resource_id", IdKind::Resource)?.map(ManagedId::ResourceId),
                 ]
                 .into_iter()
                 .flatten()
@@ -370,9 +397,89 @@ impl CredentialConfig {
     }
 }
 
+/// What an id becomes part of decides what it may hold.
+#[derive(Clone, Copy)]
+enum IdKind {
+    /// The token URL's path (`{authority}/{tenant}/oauth2/v2.0/token`): a
+    /// GUID or a domain name (`contoso.onmicrosoft.com`).
+    Tenant,
+    /// Client (application) and object ids: GUIDs (names in tests).
+    Client,
+    /// An ARM resource id: `/subscriptions/<id>/resourceGroups/...`.
+    Resource,
+}
+
+/// One check per kind of id; the message quotes the id escaped (ids are not
+/// secrets, but a newline must not forge a log line).
+fn check_id(value: &str, kind: IdKind) -> Result<(), String> {
+    let (allowed, what): (fn(u8) -> bool, &str) = match kind {
+        IdKind::Tenant => (
+            |b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.',
+            "a tenant id (a GUID) or domain name: letters, digits, '-' and '.'",
+        ),
+        IdKind::Client => (
+            |b| b.is_ascii_alphanumeric() || b"-._".contains(&b),
+            "an id (a GUID): letters, digits, '-', '.' and '_'",
+        ),
+        IdKind::Resource => (
+            |b| b.is_ascii_alphanumeric() || b"-._/()".contains(&b),
+            "an ARM resource id (/subscriptions/.../userAssignedIdentities/<name>)",
+        ),
+    };
+    // No dot segments: a tenant "." or ".." would walk the token URL's path.
+    let shaped = match kind {
+        IdKind::Resource => value.starts_with('/') && !value.contains(".."),
+        _ => !value.starts_with('.') && !value.contains(".."),
+    };
+    if value.is_empty() || value.len() > 512 || !shaped || !value.bytes().all(allowed) {
+        return Err(format!("'{}' is not {what}", value.escape_debug()));
+    }
+    Ok(())
+}
+
+/// A client secret or federated token: one line of text, trimmed. It goes
+/// into the token request's form body; a control character or a second line
+/// means the wrong file (a PEM, a kubeconfig) or a paste accident. Never quoted.
+pub(super) fn one_line_credential(text: &str) -> Result<String, &'static str> {
+    let text = text.trim();
+    if text.is_empty() {
+        return Err("the credential is empty");
+    }
+    if text.chars().any(char::is_control) {
+        return Err(
+            "holds more than one line or a control character: give a file holding only the credential",
+        );
+    }
+    Ok(text.to_string())
+}
+
+/// The projected service account token, trimmed and checked; errors name
+/// the file, never its content.
+pub(super) fn read_federated_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    one_line_credential(&text).map_err(|m| format!("{}: {m}", path.display()))
+}
+
 fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
-    let url = Url::parse(text).map_err(|err| ConfigError::new(key, format!("'{text}': {err}")))?;
+    let text = text.trim();
     // Before any message that quotes the URL: a password must not reach the log.
+    let authority = text
+        .split_once("://")
+        .map_or(text, |(_, rest)| rest)
+        .split(['/', '?', '#'])
+        .next()
+        .unwrap_or_default();
+    if authority.contains('@') {
+        return Err(ConfigError::new(key, "must not carry credentials"));
+    }
+    // Not quoted; and the URL parser would drop tabs and newlines silently.
+    if text.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::new(
+            key,
+            "must be a URL without spaces or control characters",
+        ));
+    }
+    let url = Url::parse(text).map_err(|err| ConfigError::new(key, format!("'{text}': {err}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::new(key, "must not carry credentials"));
     }
@@ -390,10 +497,9 @@ fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
 fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError> {
     let text = std::fs::read_to_string(path)
         .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
-    // Files written by editors and `echo` end with a newline that is not part of the secret.
-    Ok(SecretString::from(
-        text.trim_end_matches(['\r', '\n']).to_string(),
-    ))
+    // Trimmed and checked by `one_line_credential`: files written by editors
+    // and `echo` end with a newline that is not part of the secret.
+    Ok(SecretString::from(text))
 }
 
 fn read_ca_file(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {

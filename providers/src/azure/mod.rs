@@ -31,9 +31,9 @@ use azure_core::credentials::TokenCredential;
 use azure_core::http::policies::{Policy, PolicyResult};
 use azure_core::http::{ClientOptions, RetryOptions, Transport};
 use azure_identity::{
-    ClientAssertionCredentialOptions, ClientSecretCredential, ClientSecretCredentialOptions,
-    ManagedIdentityCredential, ManagedIdentityCredentialOptions, UserAssignedId,
-    WorkloadIdentityCredential, WorkloadIdentityCredentialOptions,
+    ClientAssertion, ClientAssertionCredential, ClientAssertionCredentialOptions,
+    ClientSecretCredential, ClientSecretCredentialOptions, ManagedIdentityCredential,
+    ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use azure_security_keyvault_secrets::{
     SecretClient, SecretClientOptions, models::SecretClientGetSecretOptions,
@@ -101,6 +101,35 @@ impl Policy for EntraErrors {
                 raw_response: Some(Box::new(raw)),
             },
             message,
+        ))
+    }
+}
+
+/// The workload identity's assertion: the projected service account token,
+/// read at every token request (the credential caches the Entra token, so
+/// that is once per token lifetime) and checked like at start-up.
+///
+/// Instead of the SDK's `WorkloadIdentityCredential`, which sends the file
+/// as it is (a trailing newline included) and keeps it for 10 minutes.
+#[derive(Debug)]
+struct FederatedTokenFile(std::path::PathBuf);
+
+#[async_trait]
+impl ClientAssertion for FederatedTokenFile {
+    async fn secret(
+        &self,
+        _: Option<azure_core::http::ClientMethodOptions<'_>>,
+    ) -> azure_core::Result<String> {
+        let path = self.0.clone();
+        let read = tokio::task::spawn_blocking(move || config::read_federated_token(&path));
+        let message = match read.await {
+            Ok(Ok(token)) => return Ok(token),
+            Ok(Err(message)) => message,
+            Err(_) => format!("{}: the read was cancelled", self.0.display()),
+        };
+        Err(azure_core::Error::with_message(
+            azure_core::error::ErrorKind::Credential,
+            format!("federated token file {message}"),
         ))
     }
 }
@@ -192,14 +221,14 @@ impl AzureProvider {
                 client_id,
                 token_file,
             } => (
-                WorkloadIdentityCredential::new(Some(WorkloadIdentityCredentialOptions {
-                    credential_options: ClientAssertionCredentialOptions {
+                ClientAssertionCredential::new(
+                    tenant_id.clone(),
+                    client_id.clone(),
+                    FederatedTokenFile(token_file.clone()),
+                    Some(ClientAssertionCredentialOptions {
                         client_options: entra_options,
-                    },
-                    client_id: Some(client_id.clone()),
-                    tenant_id: Some(tenant_id.clone()),
-                    token_file_path: Some(token_file.clone()),
-                }))
+                    }),
+                )
                 .map_err(sdk_error)?,
                 format!("{authority_base}/{tenant_id}"),
             ),

@@ -305,3 +305,154 @@ async fn refuses_names_and_versions_that_are_not_key_vault_ids() {
         );
     }
 }
+
+/// Values that become the token URL's path, query parameters or form fields
+/// are checked where they are read; errors name the key and never forge a
+/// log line or quote a credential.
+#[test]
+fn hostile_ids_urls_and_credential_files_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = secret_config(dir.path());
+    let with_ids = |tenant: &str, client: &str| {
+        let mut config = good.clone();
+        config.credential = CredentialConfig::ClientSecret {
+            tenant_id: tenant.into(),
+            client_id: client.into(),
+            client_secret_file: Some(dir.path().join("secret")),
+            client_secret: None,
+        };
+        config
+    };
+    for tenant in ["t/../evil", "t\nx", "t?x=1", "..", "t#x", "tënant", "t x"] {
+        let err = build_err(&with_ids(tenant, "c"));
+        assert_eq!(err.key, "providers.kv.credential.tenant_id", "{tenant:?}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+    for client in ["c\r\nX-Evil: 1", "c&scope=x", "c/../x"] {
+        let err = build_err(&with_ids("t", client));
+        assert_eq!(err.key, "providers.kv.credential.client_id", "{client:?}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+    // Padding is trimmed; GUIDs and domain names pass.
+    AzureProvider::new(
+        &with_ids(
+            " 72f988bf-86f1-41af-91ab-2d7cd011db47\n",
+            "contoso.onmicrosoft.com",
+        ),
+        "providers.kv",
+        &no_env,
+    )
+    .unwrap();
+    AzureProvider::new(
+        &with_ids("contoso.onmicrosoft.com", "app_1"),
+        "providers.kv",
+        &no_env,
+    )
+    .unwrap();
+
+    let mut config = good.clone();
+    config.credential = CredentialConfig::ManagedIdentity {
+        client_id: None,
+        object_id: None,
+        resource_id: Some("/subscriptions/1/x&api-version=evil".into()),
+    };
+    assert_eq!(
+        build_err(&config).key,
+        "providers.kv.credential.resource_id"
+    );
+    config.credential = CredentialConfig::ManagedIdentity {
+        client_id: None,
+        object_id: None,
+        resource_id: Some(
+            "/subscriptions/1/resourceGroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id-1"
+                .into(),
+        ),
+    };
+    AzureProvider::new(&config, "providers.kv", &no_env).unwrap();
+
+    // The authority's path and query would be dropped by the SDK.
+    for authority in [
+        "https://login.microsoftonline.com/evil",
+        "https://login.microsoftonline.com?x=1",
+        "https://login.microsoft\nonline.com",
+    ] {
+        let mut config = good.clone();
+        config.authority_host = Some(authority.into());
+        let err = build_err(&config);
+        assert_eq!(err.key, "providers.kv.authority_host", "{authority:?}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+    }
+    let mut config = good.clone();
+    config.authority_host = Some("https://me:hunter2@login.microsoftonline.com".into());
+    assert!(!build_err(&config).to_string().contains("hunter2"));
+    // A newline inside would be dropped by the URL parser, silently.
+    config.authority_host = None;
+    config.vault_url = "https://kv.vault.az\nure.net".into();
+    assert_eq!(build_err(&config).key, "providers.kv.vault_url");
+    config.vault_url = " https://kv.vault.azure.net\n".into();
+    AzureProvider::new(&config, "providers.kv", &no_env).unwrap();
+
+    // A client secret file of two lines (a PEM, say) is refused, unquoted.
+    let two_lines = dir.path().join("two-lines");
+    std::fs::write(&two_lines, "first-secret-line\nsecond-secret-line\n").unwrap();
+    let mut config = good.clone();
+    config.credential = CredentialConfig::ClientSecret {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        client_secret_file: Some(two_lines.clone()),
+        client_secret: None,
+    };
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.credential.client_secret_file");
+    assert!(err.message.contains("two-lines"), "{err}");
+    assert!(!err.to_string().contains("secret-line"), "{err}");
+    // The same from AZURE_CLIENT_SECRET.
+    config.credential = CredentialConfig::ClientSecret {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        client_secret_file: None,
+        client_secret: None,
+    };
+    let env = env_of(&[("AZURE_CLIENT_SECRET", "env-secret\u{7}value")]);
+    let err = AzureProvider::new(&config, "providers.kv", &env).unwrap_err();
+    assert!(err.message.contains("AZURE_CLIENT_SECRET"), "{err}");
+    assert!(!err.to_string().contains("env-secret"), "{err}");
+
+    // The federated token file: checked at start-up, trimmed.
+    let token = dir.path().join("token");
+    std::fs::write(&token, "eyJhbGciOi.payload-part\nsecond-token-line").unwrap();
+    config.credential = CredentialConfig::WorkloadIdentity {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        token_file: Some(token.clone()),
+    };
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.credential.token_file");
+    assert!(!err.to_string().contains("token-line"), "{err}");
+    std::fs::write(&token, "eyJhbGciOi.payload.sig\n").unwrap();
+    AzureProvider::new(&config, "providers.kv", &no_env).unwrap();
+    assert_eq!(
+        config::read_federated_token(&token).unwrap(),
+        "eyJhbGciOi.payload.sig"
+    );
+}
+
+/// The assertion is read again at each token request: a file that went bad
+/// after start-up gives an error naming the file, never its content.
+#[tokio::test]
+async fn the_federated_token_is_checked_when_read_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("token");
+    std::fs::write(&path, "first.token.value").unwrap();
+    let assertion = FederatedTokenFile(path.clone());
+    assert_eq!(assertion.secret(None).await.unwrap(), "first.token.value");
+    std::fs::write(&path, "rotated.token.value\n").unwrap();
+    assert_eq!(assertion.secret(None).await.unwrap(), "rotated.token.value");
+    std::fs::write(&path, "bad\u{0}token-content").unwrap();
+    let err = assertion.secret(None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("token") && err.contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!err.contains("token-content"), "{err}");
+}
