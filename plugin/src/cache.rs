@@ -82,6 +82,34 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
+/// Far above any real need; beyond them a value is a typo.
+const MAX_ENTRIES: usize = 1_000_000;
+const MAX_BYTES: usize = 1024 * 1024 * 1024;
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), vaultbridge_providers::ConfigError> {
+        if self.max_entries > MAX_ENTRIES {
+            return Err(vaultbridge_providers::ConfigError::new(
+                "cache.max_entries",
+                format!(
+                    "{} is out of range: at most {MAX_ENTRIES}",
+                    self.max_entries
+                ),
+            ));
+        }
+        if self.max_bytes > MAX_BYTES {
+            return Err(vaultbridge_providers::ConfigError::new(
+                "cache.max_bytes",
+                format!(
+                    "{} is out of range: at most {MAX_BYTES} (1 GiB)",
+                    self.max_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -119,6 +147,40 @@ impl Entry {
     }
     fn is_usable_stale(&self, now: Instant) -> bool {
         self.age(now) < self.lifetimes.ttl + self.lifetimes.max_stale
+    }
+}
+
+/// The duty to answer one flight's waiters and remove it from the map.
+/// Done by [`Landing::land`]; if the call panics (or its task is dropped)
+/// first, `Drop` does it with an error, so that no flight outlives its
+/// call and the next request starts a new one.
+struct Landing {
+    cache: Arc<Cache>,
+    key: Key,
+    sender: Option<watch::Sender<Option<Flight>>>,
+}
+
+impl Landing {
+    fn land(&mut self, lifetimes: Lifetimes, result: Result<Fetched, ResolveError>) {
+        if let Some(sender) = self.sender.take() {
+            let flight = self.cache.land(&self.key, lifetimes, result);
+            let _ = sender.send(Some(flight));
+        }
+    }
+}
+
+impl Drop for Landing {
+    fn drop(&mut self) {
+        if let Some(sender) = self.sender.take() {
+            self.cache.lock().flights.remove(&self.key);
+            tracing::error!(
+                provider = %self.key.provider,
+                "internal error: a backend call ended without an answer (a bug); its requests get an error and the next request tries again"
+            );
+            let _ = sender.send(Some(Flight::Done(Err(ResolveError::Internal(
+                "the backend call failed unexpectedly; try again (see the plugin log)".into(),
+            )))));
+        }
     }
 }
 
@@ -178,13 +240,15 @@ impl Cache {
                 None => {
                     let (sender, receiver) = watch::channel(None);
                     state.flights.insert(key.clone(), receiver.clone());
-                    let cache = self.clone();
+                    let mut landing = Landing {
+                        cache: self.clone(),
+                        key: key.clone(),
+                        sender: Some(sender),
+                    };
                     let call = fetch();
-                    let key = key.clone();
                     tokio::spawn(async move {
                         let result = call.await;
-                        let flight = cache.land(&key, lifetimes, result);
-                        let _ = sender.send(Some(flight));
+                        landing.land(lifetimes, result);
                     });
                     (receiver, Source::Miss)
                 }
@@ -422,6 +486,32 @@ mod tests {
             Source::Hit
         );
         assert_eq!(backend.calls(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_panicking_call_fails_its_waiters_and_the_next_request_starts_afresh() {
+        let cache = Arc::new(Cache::new(Limits::default()));
+        let k = key("a");
+        let panicking = || async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if true {
+                panic!("a bug in a backend");
+            }
+            Err(ResolveError::Internal("unreachable".into()))
+        };
+        let results =
+            futures::future::join_all((0..5).map(|_| cache.get_or_fetch(&k, LIFE, panicking)))
+                .await;
+        for result in results {
+            let err = result.err().expect("the panic is an error");
+            assert!(matches!(err, ResolveError::Internal(_)), "{err}");
+        }
+        assert!(cache.lock().flights.is_empty(), "no flight left behind");
+        let backend = Backend::new(Ok((b"v".to_vec(), false)));
+        assert_eq!(
+            get(&cache, &backend, &k, LIFE).await.unwrap(),
+            (b"v".to_vec(), Source::Miss)
+        );
     }
 
     #[tokio::test(start_paused = true)]

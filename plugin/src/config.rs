@@ -141,13 +141,9 @@ impl Config {
                 "no provider is configured; add a [providers.<name>] table",
             ));
         }
+        self.cache.validate()?;
         for (name, entry) in &self.providers {
-            if entry.tuning.deadline.is_zero() || entry.tuning.max_concurrency == 0 {
-                return Err(ConfigError::new(
-                    format!("providers.{name}"),
-                    "deadline and max_concurrency must be greater than zero",
-                ));
-            }
+            entry.tuning.validate(&format!("providers.{name}"))?;
             let valid = !name.is_empty()
                 && name
                     .chars()
@@ -213,6 +209,7 @@ fn tuning_from_env(env: EnvLookup<'_>) -> Result<Tuning, ConfigError> {
             )
         })?;
     }
+    tuning.validate("")?;
     Ok(tuning)
 }
 
@@ -282,7 +279,36 @@ mod tests {
         let err =
             Config::parse("[providers.local]\ntype = \"file\"\nroot = \"/\"\ndeadline = \"0s\"\n")
                 .unwrap_err();
-        assert!(err.message.contains("greater than zero"), "{err}");
+        assert_eq!(err.key, "providers.local.deadline", "{err}");
+        for (key, value) in [
+            ("deadline", "\"18446744073709551615s\""),
+            ("deadline", "\"31s\""),
+            ("cache_ttl", "\"1000years\""),
+            ("max_stale", "\"100years\""),
+            ("max_concurrency", "9223372036854775807"),
+            ("max_concurrency", "0"),
+        ] {
+            let err = Config::parse(&format!(
+                "[providers.local]\ntype = \"file\"\nroot = \"/\"\n{key} = {value}\n"
+            ))
+            .unwrap_err();
+            assert_eq!(
+                err.key,
+                format!("providers.local.{key}"),
+                "{key} = {value}: {err}"
+            );
+            assert!(err.message.contains("out of range"), "{err}");
+        }
+        let err = Config::parse("[cache]\nmax_entries = 9223372036854775807\n[providers.l]\ntype = \"file\"\nroot = \"/\"\n").unwrap_err();
+        assert_eq!(err.key, "cache.max_entries", "{err}");
+        let deadline = |name: &str| match name {
+            "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),
+            "VAULTBRIDGE_DEADLINE" => Some("18446744073709551615s".to_string()),
+            _ => None,
+        };
+        let err = Config::load(None, &deadline).unwrap_err();
+        assert_eq!(err.key, "VAULTBRIDGE_DEADLINE", "{err}");
+        assert!(err.message.contains("30s"), "{err}");
 
         let env = |name: &str| match name {
             "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),

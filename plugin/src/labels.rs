@@ -7,6 +7,9 @@
 
 use std::collections::BTreeMap;
 
+use vaultbridge_providers::path::{PathError, SecretPath, check_version};
+use vaultbridge_providers::text::{is_unsafe_char, shown};
+
 /// All labels vaultbridge reads start with this.
 pub const PREFIX: &str = "vaultbridge.";
 /// Set by `docker stack deploy`; secrets are then named `<stack>_<key>`.
@@ -25,7 +28,8 @@ const KNOWN: [&str; 6] = [PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE];
 pub struct Lookup {
     /// A configured provider name; the default provider when absent.
     pub provider: Option<String>,
-    pub path: String,
+    /// Validated once, here, before any routing or backend decision.
+    pub path: SecretPath,
     /// One top-level key of a JSON object value.
     pub field: Option<String>,
     pub version: Option<String>,
@@ -41,18 +45,34 @@ pub enum Decode {
     Base64,
 }
 
+/// JSON keys and provider names are short; anything longer is a mistake
+/// (or an attempt to make our errors and logs huge).
+const MAX_FIELD_BYTES: usize = 256;
+const MAX_PROVIDER_BYTES: usize = 64;
+
+/// Every message shows request-controlled text through [`shown`]: escaped
+/// and bounded, so that a label cannot forge a log line.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum LabelError {
-    #[error("unknown label '{label}'; valid vaultbridge labels are {}", KNOWN.join(", "))]
+    #[error("unknown label '{}'; valid vaultbridge labels are {}", shown(label), KNOWN.join(", "))]
     Unknown { label: String },
     #[error("label '{label}' is empty; remove it or give it a value")]
     Empty { label: &'static str },
-    #[error("label '{label}={value}' is not valid; expected {expected}")]
+    #[error("label '{label}={}' is not valid; expected {expected}", shown(value))]
     BadValue {
         label: &'static str,
         value: String,
         expected: &'static str,
     },
+    #[error("label '{PATH}={}' is refused: {reason}", shown(value))]
+    BadPath { value: String, reason: PathError },
+    #[error(
+        "the secret name '{}' is used as the path (there is no '{PATH}' label) and is refused: {reason}; add --label {PATH}=<path>",
+        shown(value)
+    )]
+    BadName { value: String, reason: PathError },
+    #[error("label '{VERSION}={}' is refused: {reason}", shown(value))]
+    BadVersion { value: String, reason: PathError },
     #[error("the secret has no name and no '{PATH}' label; add --label {PATH}=<path>")]
     NoPath,
 }
@@ -80,8 +100,17 @@ impl Lookup {
         };
 
         let path = match get(PATH)? {
-            Some(path) => path,
-            None => default_path(secret_name, labels).ok_or(LabelError::NoPath)?,
+            Some(path) => SecretPath::parse(&path).map_err(|reason| LabelError::BadPath {
+                value: path,
+                reason,
+            })?,
+            None => {
+                let name = default_path(secret_name, labels).ok_or(LabelError::NoPath)?;
+                SecretPath::parse(name).map_err(|reason| LabelError::BadName {
+                    value: name.to_string(),
+                    reason,
+                })?
+            }
         };
         let decode = match get(DECODE)?.as_deref() {
             None | Some("none") => Decode::None,
@@ -105,11 +134,42 @@ impl Lookup {
                 });
             }
         };
+        let version = get(VERSION)?;
+        if let Some(version) = &version {
+            check_version(version).map_err(|reason| LabelError::BadVersion {
+                value: version.clone(),
+                reason,
+            })?;
+        }
+        let field = get(FIELD)?;
+        if let Some(field) = &field
+            && (field.len() > MAX_FIELD_BYTES || field.chars().any(is_unsafe_char))
+        {
+            return Err(LabelError::BadValue {
+                label: FIELD,
+                value: field.clone(),
+                expected: "a JSON key of at most 256 bytes without control characters",
+            });
+        }
+        let provider = get(PROVIDER)?;
+        if let Some(provider) = &provider {
+            let valid = provider.len() <= MAX_PROVIDER_BYTES
+                && provider
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
+                return Err(LabelError::BadValue {
+                    label: PROVIDER,
+                    value: provider.clone(),
+                    expected: "a configured provider name (letters, digits, '-' and '_')",
+                });
+            }
+        }
         Ok(Lookup {
-            provider: get(PROVIDER)?,
+            provider,
             path,
-            field: get(FIELD)?,
-            version: get(VERSION)?,
+            field,
+            version,
             decode,
             reuse,
         })
@@ -117,12 +177,12 @@ impl Lookup {
 }
 
 /// The secret's own name, without the `<stack>_` prefix a stack deploy adds.
-fn default_path(secret_name: &str, labels: &BTreeMap<String, String>) -> Option<String> {
+fn default_path<'a>(secret_name: &'a str, labels: &BTreeMap<String, String>) -> Option<&'a str> {
     let name = labels
         .get(STACK_NAMESPACE)
         .and_then(|stack| secret_name.strip_prefix(stack.as_str())?.strip_prefix('_'))
         .unwrap_or(secret_name);
-    (!name.is_empty()).then(|| name.to_string())
+    (!name.is_empty()).then_some(name)
 }
 
 #[cfg(test)]
@@ -155,7 +215,7 @@ mod tests {
             lookup,
             Lookup {
                 provider: Some("prod".into()),
-                path: "db/creds".into(),
+                path: SecretPath::parse("db/creds").unwrap(),
                 field: Some("password".into()),
                 version: Some("3".into()),
                 decode: Decode::Base64,
@@ -167,14 +227,14 @@ mod tests {
     #[test]
     fn path_defaults_to_the_name_without_the_stack_prefix() {
         let plain = Lookup::from_labels("db_password", &labels(&[])).unwrap();
-        assert_eq!(plain.path, "db_password");
+        assert_eq!(plain.path.as_str(), "db_password");
         let stacked =
             Lookup::from_labels("st_db_password", &labels(&[(STACK_NAMESPACE, "st")])).unwrap();
-        assert_eq!(stacked.path, "db_password");
+        assert_eq!(stacked.path.as_str(), "db_password");
         // A `name:` override in the stack file keeps the name as written.
         let renamed =
             Lookup::from_labels("global_pw", &labels(&[(STACK_NAMESPACE, "st")])).unwrap();
-        assert_eq!(renamed.path, "global_pw");
+        assert_eq!(renamed.path.as_str(), "global_pw");
         assert_eq!(
             Lookup::from_labels("", &labels(&[])),
             Err(LabelError::NoPath)
@@ -192,5 +252,69 @@ mod tests {
         assert!(err.to_string().contains("'base64'"), "{err}");
         let err = Lookup::from_labels("x", &labels(&[(REUSE, "no")])).unwrap_err();
         assert!(err.to_string().contains("'true' or 'false'"), "{err}");
+    }
+
+    #[test]
+    fn paths_versions_and_fields_are_validated_once_here() {
+        let err = Lookup::from_labels(
+            "x",
+            &labels(&[(PATH, "database/creds/../../auth/token/lookup-self")]),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            LabelError::BadPath {
+                reason: PathError::DotSegment,
+                ..
+            }
+        ));
+        assert!(
+            err.to_string().contains("label 'vaultbridge.path="),
+            "{err}"
+        );
+        let err = Lookup::from_labels("x", &labels(&[(PATH, "a/%2e%2e/b")])).unwrap_err();
+        assert!(err.to_string().contains("percent escape"), "{err}");
+        // A name used as the path passes the same check.
+        let err = Lookup::from_labels("..", &labels(&[])).unwrap_err();
+        assert!(err.to_string().contains("secret name '..'"), "{err}");
+        let err = Lookup::from_labels("x", &labels(&[(VERSION, "1/../2")])).unwrap_err();
+        assert!(
+            err.to_string().starts_with("label 'vaultbridge.version="),
+            "{err}"
+        );
+        let err = Lookup::from_labels("x", &labels(&[(FIELD, "a\nb")])).unwrap_err();
+        assert!(
+            matches!(err, LabelError::BadValue { label: FIELD, .. }),
+            "{err}"
+        );
+        let err = Lookup::from_labels("x", &labels(&[(PROVIDER, "prod/../x")])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LabelError::BadValue {
+                    label: PROVIDER,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn errors_never_carry_raw_control_characters_or_huge_values() {
+        let forged = format!("a\nINFO forged line\x1b[2K{}", "x".repeat(900_000));
+        for labels in [
+            labels(&[(PATH, forged.as_str())]),
+            labels(&[(DECODE, forged.as_str())]),
+            labels(&[(VERSION, forged.as_str())]),
+            labels(&[(FIELD, forged.as_str())]),
+            labels(&[(forged.replace('a', "vaultbridge.a").as_str(), "1")]),
+        ] {
+            let message = Lookup::from_labels(&forged, &labels)
+                .unwrap_err()
+                .to_string();
+            assert!(!message.chars().any(is_unsafe_char), "{message:.200}");
+            assert!(message.len() < 2_000, "{} bytes", message.len());
+        }
     }
 }

@@ -4,7 +4,7 @@
 //! This is the one place that knows the rules every backend shares; the
 //! `get` CLI command and the server both go through it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use base64::Engine as _;
@@ -171,7 +171,7 @@ impl Resolver {
         }
         let key = Key {
             provider: upstream.name.clone(),
-            path: lookup.path.clone(),
+            path: lookup.path.as_str().to_string(),
             version: lookup.version.clone(),
             field: lookup.field.clone(),
             decode: lookup.decode,
@@ -205,12 +205,12 @@ async fn fetch_and_shape(upstream: Arc<Upstream>, lookup: Lookup) -> Result<Fetc
         .map_err(|error| ResolveError::Provider {
             provider: upstream.name.clone(),
             kind: upstream.provider.kind(),
-            path: lookup.path.clone(),
+            path: lookup.path.to_string(),
             error,
         })?;
     let value = shape(fetched.expose(), &lookup).map_err(|message| ResolveError::Shape {
         provider: upstream.name.clone(),
-        path: lookup.path.clone(),
+        path: lookup.path.to_string(),
         message,
     })?;
     Ok(Fetched {
@@ -235,28 +235,31 @@ pub fn shape(raw: &[u8], lookup: &Lookup) -> Result<SecretSlice<u8>, String> {
     Ok(value)
 }
 
-fn pick_field(raw: &[u8], field: &str) -> Result<Vec<u8>, String> {
+/// The member `field` of a JSON object, as the bytes the backend stored:
+/// a string's content (unescaped), anything else its original text
+/// (`123456789012345678901234567890` and `1.10` stay as written, where a
+/// parse into `f64` would change them).
+pub fn pick_field(raw: &[u8], field: &str) -> Result<Vec<u8>, String> {
+    use serde_json::value::RawValue;
     let not_object = || {
         format!(
             "label {FIELD}={field} needs a JSON object, but the value is not one; remove the label to get the whole value"
         )
     };
-    let serde_json::Value::Object(mut object) =
-        serde_json::from_slice(raw).map_err(|_| not_object())?
-    else {
-        return Err(not_object());
-    };
-    match object.remove(field) {
-        Some(serde_json::Value::String(text)) => Ok(text.into_bytes()),
-        Some(other) => Ok(other.to_string().into_bytes()),
-        None => {
-            let mut keys: Vec<&str> = object.keys().map(String::as_str).take(20).collect();
-            keys.sort_unstable();
-            Err(format!(
-                "label {FIELD}={field}: the JSON object has no key '{field}' (keys: {})",
-                keys.join(", ")
-            ))
+    let object: HashMap<String, &RawValue> =
+        serde_json::from_slice(raw).map_err(|_| not_object())?;
+    match object.get(field) {
+        Some(member) if member.get().starts_with('"') => {
+            serde_json::from_str::<String>(member.get())
+                .map(String::into_bytes)
+                .map_err(|_| not_object())
         }
+        Some(member) => Ok(member.get().as_bytes().to_vec()),
+        // Key names can be sensitive too: say how many, not which.
+        None => Err(format!(
+            "label {FIELD}={field}: the JSON object has no key '{field}' (it has {} key(s)); check the key's spelling and case",
+            object.len()
+        )),
     }
 }
 
@@ -304,7 +307,7 @@ mod tests {
     fn lookup(field: Option<&str>, decode: Decode) -> Lookup {
         Lookup {
             provider: None,
-            path: "p".into(),
+            path: vaultbridge_providers::SecretPath::parse("p").unwrap(),
             field: field.map(str::to_string),
             version: None,
             decode,
@@ -323,16 +326,33 @@ mod tests {
         assert_eq!(shaped(doc, Some("port"), Decode::None).unwrap(), b"5432");
         assert_eq!(
             shaped(doc, Some("tls"), Decode::None).unwrap(),
-            br#"{"on":true}"#
+            br#"{"on": true}"#
         );
         assert_eq!(shaped(doc, Some("b64"), Decode::Base64).unwrap(), b"hi");
         let err = shaped(doc, Some("pass"), Decode::None).unwrap_err();
         assert!(
-            err.contains("no key 'pass'") && err.contains("b64, port, tls, user"),
+            err.contains("no key 'pass'") && err.contains("4 key(s)"),
             "{err}"
         );
+        assert!(!err.contains("user") && !err.contains("port"), "{err}");
         let err = shaped(b"not json at all", Some("x"), Decode::None).unwrap_err();
         assert!(!err.contains("not json at all"), "{err}");
+    }
+
+    #[test]
+    fn fields_come_back_exactly_as_stored() {
+        let doc = br#"{"big": 123456789012345678901234567890, "f": 1.10, "e": -0.0e+00,
+            "s": "line\nbreak \u00e9", "nested": {"x": [1.0, 2]}, "null": null}"#;
+        let field =
+            |name| String::from_utf8(shaped(doc, Some(name), Decode::None).unwrap()).unwrap();
+        assert_eq!(field("big"), "123456789012345678901234567890");
+        assert_eq!(field("f"), "1.10");
+        assert_eq!(field("e"), "-0.0e+00");
+        assert_eq!(field("s"), "line\nbreak é");
+        assert_eq!(field("nested"), r#"{"x": [1.0, 2]}"#);
+        assert_eq!(field("null"), "null");
+        let err = shaped(b"[1,2]", Some("x"), Decode::None).unwrap_err();
+        assert!(err.contains("needs a JSON object"), "{err}");
     }
 
     #[test]

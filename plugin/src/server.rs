@@ -17,6 +17,7 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
+use futures::FutureExt as _;
 use secrecy::ExposeSecret;
 use tokio::net::UnixListener;
 
@@ -25,9 +26,13 @@ use crate::protocol::{
     ActivateResponse, CONTENT_TYPE, ErrorResponse, GetSecretRequest, GetSecretResponse,
 };
 use crate::resolve::{ResolveError, Resolver};
+use vaultbridge_providers::text::{shown, shown_max};
 
 /// Requests are small JSON documents; anything larger is refused unread.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+
+/// The longest error message sent to the engine or logged for one request.
+const MAX_ERROR_CHARS: usize = 2000;
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -75,12 +80,31 @@ async fn get_secret(
     let request: GetSecretRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(err) => {
-            let message = format!("malformed GetSecret request: {err}");
+            // serde's message can quote the input: keep it bounded and escaped.
+            let message = format!("malformed GetSecret request: {}", shown(&err.to_string()));
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
             return error_response(StatusCode::BAD_REQUEST, &message);
         }
     };
-    serve_secret(&state.resolver, &request).await
+    // A bug that panics fails this request with an Err, not the
+    // connection; shared state is protected where it lives (the cache).
+    match std::panic::AssertUnwindSafe(serve_secret(&state.resolver, &request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::error!(
+                secret = %shown(&request.secret_name),
+                outcome = "internal",
+                "internal error while serving a secret (a bug)"
+            );
+            json_response(
+                StatusCode::OK,
+                &GetSecretResponse::error("vaultbridge: internal error; see the plugin log"),
+            )
+        }
+    }
 }
 
 /// Resolve one request and log exactly one line about it.
@@ -97,6 +121,13 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
             .map_err(|err| (outcome(&err), err.to_string()))
     });
     let path = lookup.as_ref().map_or("-", |lookup| lookup.path.as_str());
+    // Request-controlled: escaped and bounded so that no field can forge a
+    // log line (the path is already validated by the labels).
+    let (secret, service, task) = (
+        shown(&request.secret_name),
+        shown(&request.service_name),
+        shown(&request.task_name),
+    );
     let provider = routed
         .as_ref()
         .map_or("-", |(_, upstream)| upstream.name.as_str());
@@ -112,9 +143,9 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
         Ok(resolved) => {
             let value = resolved.value.expose_secret();
             tracing::info!(
-                secret = %request.secret_name,
-                service = %request.service_name,
-                task = %request.task_name,
+                %secret,
+                %service,
+                %task,
                 provider,
                 path,
                 outcome = "ok",
@@ -130,10 +161,13 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
             )
         }
         Err((outcome, message)) => {
+            // Errors quote backend answers and labels: one last escape and
+            // bound here, the one place they leave the plugin.
+            let message = shown_max(&message, MAX_ERROR_CHARS);
             tracing::warn!(
-                secret = %request.secret_name,
-                service = %request.service_name,
-                task = %request.task_name,
+                %secret,
+                %service,
+                %task,
                 provider,
                 path,
                 outcome,
@@ -141,7 +175,7 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
                 error = %message,
                 "secret lookup failed"
             );
-            let message = format!("vaultbridge: secret '{}': {message}", request.secret_name);
+            let message = format!("vaultbridge: secret '{secret}': {message}");
             json_response(StatusCode::OK, &GetSecretResponse::error(&message))
         }
     }

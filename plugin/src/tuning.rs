@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use vaultbridge_providers::{Provider, ProviderError, SecretRef, SecretValue};
+use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
 
 /// The policy keys of a `[providers.<name>]` table. Flattened next to the
 /// backend's own keys; the backend's `deny_unknown_fields` still catches typos.
@@ -42,6 +42,81 @@ impl Default for Tuning {
             deadline: Duration::from_secs(10),
             max_concurrency: 16,
         }
+    }
+}
+
+/// The engine waits at most 30 s for the plugin (`docker plugin enable
+/// --timeout`, default 30): a longer deadline only means the engine gives
+/// up first and the task fails without our error.
+pub const MAX_DEADLINE: Duration = Duration::from_secs(30);
+/// Upper bounds that keep every time computation far from overflow and
+/// every count sane; values beyond them are typos.
+pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const MAX_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_CONCURRENCY: usize = 1024;
+
+impl Tuning {
+    /// Check every bound; `key` is the table (`providers.<name>`) or, for
+    /// settings from the environment, empty (the variable names are used).
+    pub fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        let name = |field: &str, var: &str| {
+            if key.is_empty() {
+                var.to_string()
+            } else {
+                format!("{key}.{field}")
+            }
+        };
+        let range =
+            |field: &str, var: &str, value: Duration, min: Duration, max: Duration, why: &str| {
+                if value < min || value > max {
+                    Err(ConfigError::new(
+                        name(field, var),
+                        format!(
+                            "{} is out of range: give {} to {}{why}",
+                            humantime::format_duration(value),
+                            humantime::format_duration(min),
+                            humantime::format_duration(max)
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+        let ms = Duration::from_millis(1);
+        range(
+            "deadline",
+            "VAULTBRIDGE_DEADLINE",
+            self.deadline,
+            ms,
+            MAX_DEADLINE,
+            " (the engine waits at most 30 s for an answer, then fails the task without our error)",
+        )?;
+        range(
+            "cache_ttl",
+            "VAULTBRIDGE_CACHE_TTL",
+            self.cache_ttl,
+            Duration::ZERO,
+            MAX_CACHE_TTL,
+            "",
+        )?;
+        range(
+            "max_stale",
+            "VAULTBRIDGE_MAX_STALE",
+            self.max_stale,
+            Duration::ZERO,
+            MAX_STALE,
+            "",
+        )?;
+        if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency) {
+            return Err(ConfigError::new(
+                name("max_concurrency", "VAULTBRIDGE_MAX_CONCURRENCY"),
+                format!(
+                    "{} is out of range: give 1 to {MAX_CONCURRENCY} backend calls in flight",
+                    self.max_concurrency
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -97,7 +172,7 @@ impl Upstream {
                     self.tuning.deadline
                 )));
             }
-            tracing::debug!(provider = %self.name, path = secret.path, attempts, error = %error, "retrying");
+            tracing::debug!(provider = %self.name, path = %secret.path, attempts, error = %error, "retrying");
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
@@ -167,28 +242,32 @@ mod tests {
         (Upstream::new("p".into(), flaky.clone(), tuning), flaky)
     }
 
-    const SECRET: SecretRef<'static> = SecretRef {
-        path: "x",
-        version: None,
-    };
+    static PATH: std::sync::LazyLock<vaultbridge_providers::SecretPath> =
+        std::sync::LazyLock::new(|| vaultbridge_providers::SecretPath::parse("x").unwrap());
+    fn secret() -> SecretRef<'static> {
+        SecretRef {
+            path: &PATH,
+            version: None,
+        }
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_transient_failures_inside_the_deadline() {
         let (up, flaky) = upstream(3, false, Duration::from_secs(10));
-        assert!(up.fetch(SECRET).await.is_ok());
+        assert!(up.fetch(secret()).await.is_ok());
         assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
     }
 
     #[tokio::test(start_paused = true)]
     async fn gives_up_at_the_deadline_with_a_clear_error() {
         let (up, _) = upstream(usize::MAX, false, Duration::from_secs(2));
-        let err = up.fetch(SECRET).await.unwrap_err();
+        let err = up.fetch(secret()).await.unwrap_err();
         assert!(err.is_transient());
         assert!(err.to_string().contains("connection refused"), "{err}");
         assert!(err.to_string().contains("2s deadline"), "{err}");
 
         let (up, _) = upstream(0, true, Duration::from_secs(3));
-        let err = up.fetch(SECRET).await.unwrap_err();
+        let err = up.fetch(secret()).await.unwrap_err();
         assert!(
             err.to_string().contains("no answer within the 3s deadline"),
             "{err}"

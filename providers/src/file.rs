@@ -281,9 +281,12 @@ mod tests {
         .unwrap()
     }
 
+    /// Through the shared path check first, as the plugin does.
     async fn fetch(p: &FileProvider, path: &str) -> Result<Vec<u8>, ProviderError> {
+        let path = crate::SecretPath::parse(path)
+            .map_err(|err| ProviderError::Invalid(err.to_string()))?;
         p.fetch(SecretRef {
-            path,
+            path: &path,
             version: None,
         })
         .await
@@ -301,7 +304,10 @@ mod tests {
         let p = provider(dir.path());
 
         assert_eq!(fetch(&p, "db/password").await.unwrap(), b"s3cret");
-        assert_eq!(fetch(&p, "./db/password").await.unwrap(), b"s3cret");
+        assert!(matches!(
+            fetch(&p, "./db/password").await,
+            Err(ProviderError::Invalid(_))
+        ));
         assert!(matches!(
             fetch(&p, "missing").await,
             Err(ProviderError::NotFound(_))
@@ -492,7 +498,7 @@ mod tests {
         let p = provider(dir.path());
         let err = p
             .fetch(SecretRef {
-                path: "a",
+                path: &crate::SecretPath::parse("a").unwrap(),
                 version: Some("2"),
             })
             .await

@@ -6,6 +6,9 @@
 //!
 //! - [`provider`]: the [`Provider`] trait, [`SecretRef`], [`SecretValue`] and
 //!   the [`ProviderError`] variants the plugin reacts to differently.
+//! - [`path`]: [`SecretPath`], the one validation every path passes before
+//!   any backend, prefix or mount decision.
+//! - [`text`]: showing foreign text in logs and errors (escaped, bounded).
 //! - [`config`]: the typed `[providers.<name>]` tables ([`ProviderConfig`]),
 //!   validation, and the providers implied by standard environment variables.
 //! - one module per backend, each behind a Cargo feature:
@@ -13,7 +16,9 @@
 //!   `aws` (AWS Secrets Manager), `azure` (Azure Key Vault).
 
 pub mod config;
+pub mod path;
 pub mod provider;
+pub mod text;
 
 #[cfg(feature = "aws")]
 pub mod aws;
@@ -25,4 +30,5 @@ pub mod file;
 pub mod vault;
 
 pub use config::{ConfigError, EnvLookup, ProviderConfig};
+pub use path::{PathError, SecretPath};
 pub use provider::{Provider, ProviderError, SecretRef, SecretValue};

@@ -3,12 +3,16 @@
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretSlice};
 
+use crate::path::SecretPath;
+
 /// Where a secret lives in a backend, as the labels named it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SecretRef<'a> {
-    /// The backend's name or path for the secret (`vaultbridge.path`).
-    pub path: &'a str,
-    /// A backend-specific version (`vaultbridge.version`), latest when absent.
+    /// The backend's name or path for the secret (`vaultbridge.path`),
+    /// already validated ([`SecretPath::parse`]).
+    pub path: &'a SecretPath,
+    /// A backend-specific version (`vaultbridge.version`), latest when
+    /// absent; already checked by [`crate::path::check_version`].
     pub version: Option<&'a str>,
 }
 

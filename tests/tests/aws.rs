@@ -59,7 +59,11 @@ async fn fetch(
     version: Option<&str>,
 ) -> Result<Vec<u8>, ProviderError> {
     provider
-        .fetch(SecretRef { path, version })
+        .fetch(SecretRef {
+            path: &vaultbridge_providers::SecretPath::parse(path)
+                .map_err(|err| vaultbridge_providers::ProviderError::Invalid(err.to_string()))?,
+            version,
+        })
         .await
         .map(|value| value.expose().to_vec())
 }

@@ -64,9 +64,13 @@ async fn fetch(
     path: &str,
     version: Option<&str>,
 ) -> Result<Vec<u8>, ProviderError> {
-    p.fetch(SecretRef { path, version })
-        .await
-        .map(|v| v.expose().to_vec())
+    p.fetch(SecretRef {
+        path: &vaultbridge_providers::SecretPath::parse(path)
+            .map_err(|err| vaultbridge_providers::ProviderError::Invalid(err.to_string()))?,
+        version,
+    })
+    .await
+    .map(|v| v.expose().to_vec())
 }
 
 /// The `[providers.<name>]` table for the plugin; the plugin's cache is off

@@ -71,7 +71,11 @@ async fn fetch(
     version: Option<&str>,
 ) -> Result<(Vec<u8>, bool), ProviderError> {
     provider
-        .fetch(SecretRef { path, version })
+        .fetch(SecretRef {
+            path: &vaultbridge_providers::SecretPath::parse(path)
+                .map_err(|err| vaultbridge_providers::ProviderError::Invalid(err.to_string()))?,
+            version,
+        })
         .await
         .map(|v| (v.expose().to_vec(), v.per_task))
 }

@@ -477,7 +477,7 @@ impl Provider for AwsProvider {
     }
 
     async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
-        let path = secret.path;
+        let path: &str = secret.path;
         if path.trim().is_empty() {
             return Err(ProviderError::Invalid(
                 "the secret name or ARN is empty".into(),
@@ -722,11 +722,15 @@ mod tests {
         )
         .await
         .unwrap();
-        let fetch = |path| {
-            provider.fetch(SecretRef {
-                path,
-                version: None,
-            })
+        let fetch = async |path: &str| {
+            let path = crate::SecretPath::parse(path)
+                .map_err(|err| ProviderError::Invalid(err.to_string()))?;
+            provider
+                .fetch(SecretRef {
+                    path: &path,
+                    version: None,
+                })
+                .await
         };
         let err = fetch("arn:aws:secretsmanager:us-east-1:123456789012:secret:db-AbCdEf")
             .await

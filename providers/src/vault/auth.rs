@@ -334,7 +334,7 @@ impl Session {
                 source,
             } => {
                 let token = match (file, fixed) {
-                    (Some(file), _) => read_secret(file, "token")?,
+                    (Some(file), _) => read_token(file, "token")?,
                     (None, Some(token)) => token.clone(),
                     (None, None) => {
                         return Err(ProviderError::Unauthenticated(format!(
@@ -369,11 +369,11 @@ impl Session {
                 wrapped,
                 unwrapped,
             } => {
-                let role_id = read_secret(role_id_file, "role_id")?;
+                let role_id = read_token(role_id_file, "role_id")?;
                 let secret_id = if *wrapped {
                     self.unwrap_secret_id(secret_id_file, unwrapped).await?
                 } else {
-                    read_secret(secret_id_file, "secret_id")?
+                    read_token(secret_id_file, "secret_id")?
                 };
                 let client = self.http.vault(&none);
                 quiet(vaultrs::auth::approle::login(
@@ -390,7 +390,7 @@ impl Session {
                 role,
                 jwt_file,
             } => {
-                let jwt = read_secret(jwt_file, "JWT")?;
+                let jwt = read_token(jwt_file, "JWT")?;
                 let client = self.http.vault(&none);
                 quiet(vaultrs::auth::oidc::login(
                     &client,
@@ -433,6 +433,14 @@ impl Session {
             }
         };
         let ttl = (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration));
+        // The answer is Vault's, and it becomes our next header: check it
+        // like any other token.
+        if super::config::header_token(&auth.client_token) != Some(auth.client_token.as_str()) {
+            return Err(ProviderError::Unauthenticated(format!(
+                "{what}: Vault at {} answered with a token that is empty or not printable ASCII",
+                self.http.shown
+            )));
+        }
         Ok(TokenState {
             token: SecretString::from(auth.client_token),
             generation: self.next_generation(),
@@ -450,7 +458,7 @@ impl Session {
         file: &Path,
         cache: &Mutex<Option<(SecretString, SecretString)>>,
     ) -> Result<SecretString, ProviderError> {
-        let wrapping = read_secret(file, "wrapping token")?;
+        let wrapping = read_token(file, "wrapping token")?;
         let mut cache = cache.lock().await;
         if let Some((seen, secret_id)) = cache.as_ref()
             && seen.expose_secret() == wrapping.expose_secret()
@@ -499,6 +507,20 @@ fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
         )));
     }
     Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// [`read_secret`] for tokens, ids and JWTs: printable ASCII only. A token
+/// becomes a header, where a control character would make the HTTP client
+/// panic on every request; checked at each re-read of the file.
+fn read_token(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
+    let value = read_secret(path, what)?;
+    if super::config::header_token(value.expose_secret()).is_none() {
+        return Err(ProviderError::Unauthenticated(format!(
+            "the {what} file {} holds a space or control character inside the value; write the value alone",
+            path.display()
+        )));
+    }
+    Ok(value)
 }
 
 /// A failed login, as the operator should read it.
@@ -564,5 +586,12 @@ mod tests {
             read_secret(&full, "x").unwrap().expose_secret(),
             "s3cr3t-id"
         );
+        assert_eq!(read_token(&full, "x").unwrap().expose_secret(), "s3cr3t-id");
+        for bad in ["s.abc\x01def", "s.a b", "s.\u{7f}x", "tok\nen"] {
+            std::fs::write(&full, bad).unwrap();
+            let err = read_token(&full, "token").unwrap_err();
+            assert!(err.to_string().contains("control character"), "{err}");
+            assert!(!err.to_string().contains("s.a"), "{err}");
+        }
     }
 }

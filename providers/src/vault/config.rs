@@ -12,6 +12,8 @@ use crate::{ConfigError, EnvLookup};
 
 /// Every network call is bounded by this unless `timeout` says otherwise.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
+/// The largest `timeout`: far past Docker's own 30 s plugin timeout.
+pub const MAX_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -255,6 +257,53 @@ pub(crate) fn kv_mounts(
         }
     }
     Ok((mount, mounts))
+}
+
+/// A token as Vault issues it, trimmed of the newline a file or `echo`
+/// adds. It becomes the `X-Vault-Token` header: anything a header cannot
+/// carry would make the HTTP client panic on every request, so it is
+/// refused when read. `None` when it is not printable ASCII.
+pub(crate) fn header_token(raw: &str) -> Option<&str> {
+    let token = raw.trim();
+    (!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic())).then_some(token)
+}
+
+/// A namespace (`team/sub`), which becomes the `X-Vault-Namespace` header
+/// and selects a subtree: same rule as a secret path, printable ASCII only.
+pub(crate) fn check_namespace(namespace: &str, key: &str) -> Result<String, ConfigError> {
+    let trimmed = trim_slashes(namespace);
+    let valid = trimmed.bytes().all(|b| b.is_ascii_graphic())
+        && crate::SecretPath::parse(trimmed).is_ok_and(|p| p.query().is_none());
+    if valid {
+        Ok(trimmed.to_string())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!(
+                "'{}' is not a namespace: use path segments of printable ASCII (e.g. team-a/prod), without '.', '..', '?', '%' or spaces",
+                crate::text::shown(namespace)
+            ),
+        ))
+    }
+}
+
+/// A token file must be readable and hold a token alone (re-checked at
+/// every re-read, where the message names the file too).
+pub(crate) fn token_file(path: &Path, key: &str) -> Result<(), ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
+    match header_token(&text) {
+        Some(_) => Ok(()),
+        // Not written yet (a Vault Agent sink): the first login says so.
+        None if text.trim().is_empty() => Ok(()),
+        None => Err(ConfigError::new(
+            key,
+            format!(
+                "{}: the file has a space or control character inside the token; write the token alone",
+                path.display()
+            ),
+        )),
+    }
 }
 
 /// Fail at start-up when a file we will need is missing or unreadable.

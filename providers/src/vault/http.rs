@@ -198,18 +198,30 @@ impl Http {
         }
     }
 
-    /// A request to `/v1/<path>` with our headers, for what `vaultrs` has
-    /// no endpoint for (generic logical paths, whose lease we need to see).
-    pub fn logical(
+    /// One call to `/v1/<path>` with our headers: the body of a 2xx
+    /// answer (at most [`MAX_ANSWER_BYTES`]), else the classified failure.
+    ///
+    /// The URL is built segment by segment (each percent-encoded by the URL
+    /// builder) and the query pair by pair, so that nothing in `path` or
+    /// `query` can change which path is called; `path` is a validated
+    /// [`crate::SecretPath`] or built from one.
+    pub async fn send(
         &self,
         method: reqwest::Method,
         path: &str,
+        query: &[(&str, &str)],
+        body: Option<String>,
         token: &SecretString,
-    ) -> Result<reqwest::RequestBuilder, Failure> {
-        let url = self
-            .base
-            .join(&format!("v1/{path}"))
-            .map_err(|err| Failure::Other(format!("'{path}' is not a valid Vault path: {err}")))?;
+    ) -> Result<Vec<u8>, Failure> {
+        let mut url = self.base.clone();
+        url.path_segments_mut()
+            .map_err(|()| Failure::Other("the Vault address cannot carry a path".into()))?
+            .pop_if_empty()
+            .push("v1")
+            .extend(path.split('/'));
+        if !query.is_empty() {
+            url.query_pairs_mut().extend_pairs(query);
+        }
         let mut request = self
             .client
             .request(method, url)
@@ -218,9 +230,40 @@ impl Http {
         if let Some(namespace) = &self.namespace {
             request = request.header("X-Vault-Namespace", namespace);
         }
-        Ok(request)
+        if let Some(body) = body {
+            request = request
+                .header("Content-Type", "application/json")
+                .body(body);
+        }
+        let mut response = request
+            .send()
+            .await
+            .map_err(|e| Failure::from_reqwest(&e))?;
+        let status = response.status().as_u16();
+        // Bounded: a hostile or broken server must not make us buffer
+        // gigabytes. No Docker secret is larger than 500 KiB.
+        let mut bytes = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| Failure::from_reqwest(&e))?
+        {
+            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(Failure::Other(format!(
+                    "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        if !(200..300).contains(&status) {
+            return Err(Failure::from_status(status, &bytes));
+        }
+        Ok(bytes)
     }
 }
+
+/// The most of one Vault answer we read.
+pub(crate) const MAX_ANSWER_BYTES: usize = 4 * 1024 * 1024;
 
 /// Resolves every name to `host`: used with `tls_server_name`, where the
 /// URL carries the certificate's name but we must connect to `address`.
@@ -378,16 +421,9 @@ pub(crate) fn clean(errors: Vec<String>) -> Vec<String> {
             if items.is_empty() { vec![e] } else { items }
         })
         .map(|e| {
-            let mut line = e.split_whitespace().collect::<Vec<_>>().join(" ");
-            if line.len() > 300 {
-                let mut cut = 300;
-                while !line.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                line.truncate(cut);
-                line.push('…');
-            }
-            line
+            // The server's words: escaped and bounded like any foreign text.
+            let line = e.split_whitespace().collect::<Vec<_>>().join(" ");
+            crate::text::shown_max(&line, 300).into_owned()
         })
         .filter(|e| !e.is_empty())
         .collect()

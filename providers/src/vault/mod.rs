@@ -26,11 +26,13 @@ mod http;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use secrecy::SecretString;
+use reqwest::Method as Verb;
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::value::RawValue;
 
 pub use config::{AuthConfig, VaultConfig};
 
-use crate::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
+use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};
 use auth::{Current, Method, Session, quiet};
 use http::{Failure, Http, TlsFiles};
 
@@ -93,10 +95,14 @@ impl VaultProvider {
         let address = http::parse_address(&config.address, key)?;
         let https = address.scheme() == "https";
         let (kv_mount, kv_mounts) = config::kv_mounts(config, key)?;
-        if config.timeout == 0 {
+        if !(1..=config::MAX_TIMEOUT_SECS).contains(&config.timeout) {
             return Err(ConfigError::new(
                 format!("{key}.timeout"),
-                "must be at least 1 second",
+                format!(
+                    "{} is out of range: give 1 to {} seconds (the engine waits at most 30 s for an answer)",
+                    config.timeout,
+                    config::MAX_TIMEOUT_SECS
+                ),
             ));
         }
         let need_https = |field: &str| {
@@ -138,9 +144,9 @@ impl VaultProvider {
         let namespace = config
             .namespace
             .as_deref()
-            .map(config::trim_slashes)
-            .filter(|n| !n.is_empty())
-            .map(str::to_string);
+            .filter(|n| !config::trim_slashes(n).is_empty())
+            .map(|n| config::check_namespace(n, &format!("{key}.namespace")))
+            .transpose()?;
         let make_http = |client| {
             Http::new(
                 key,
@@ -168,7 +174,7 @@ impl VaultProvider {
         let method = match &config.auth {
             AuthConfig::Token(t) => {
                 if let Some(file) = &t.token_file {
-                    config::readable_file(file, &format!("{auth_key}.token_file"))?;
+                    config::token_file(file, &format!("{auth_key}.token_file"))?;
                 }
                 let (fixed, source) = match (&t.token, &t.token_env) {
                     (Some(token), _) => (Some(token.clone()), "VAULT_TOKEN".to_string()),
@@ -189,6 +195,29 @@ impl VaultProvider {
                         (value, name)
                     }
                 };
+                // Trimmed and checked now: a token with a newline or a
+                // control character would fail (or panic) on every request.
+                let fixed = match fixed {
+                    Some(token) => Some(SecretString::from(
+                        config::header_token(token.expose_secret())
+                            .ok_or_else(|| {
+                                ConfigError::new(
+                                    &source,
+                                    "the Vault token has a space or control character inside it, or is empty; set it to the token alone",
+                                )
+                            })?
+                            .to_string(),
+                    )),
+                    None => None,
+                };
+                if fixed.is_none() && t.token_file.is_none() {
+                    return Err(ConfigError::new(
+                        &auth_key,
+                        format!(
+                            "no Vault token source: {source} is not set and there is no auth.token_file; set one, or configure another auth.method (approle, jwt, cert, userpass)"
+                        ),
+                    ));
+                }
                 Method::Token {
                     file: t.token_file.clone(),
                     fixed,
@@ -260,14 +289,18 @@ impl VaultProvider {
         let prefixes = |list: &[String], field: &str| -> Result<Vec<String>, ConfigError> {
             list.iter()
                 .map(|p| {
-                    let trimmed = p.trim_start_matches('/');
-                    if trimmed.is_empty() {
-                        Err(ConfigError::new(
+                    // Whole segments, held to the same rule as a label's path.
+                    let trimmed = p.trim_matches('/');
+                    match SecretPath::parse(trimmed) {
+                        Ok(path) if path.query().is_none() => Ok(trimmed.to_string()),
+                        Ok(_) => Err(ConfigError::new(
                             format!("{key}.{field}"),
-                            "contains an empty prefix",
-                        ))
-                    } else {
-                        Ok(trimmed.to_string())
+                            format!("prefix '{}' must not contain '?'", crate::text::shown(p)),
+                        )),
+                        Err(err) => Err(ConfigError::new(
+                            format!("{key}.{field}"),
+                            format!("prefix '{}' is refused: {err}", crate::text::shown(p)),
+                        )),
                     }
                 })
                 .collect()
@@ -300,44 +333,22 @@ impl VaultProvider {
         });
     }
 
-    /// Apply the path rule (module docs).
-    fn target<'a>(&'a self, raw: &'a str) -> Result<Target<'a>, ProviderError> {
-        let path = raw.trim_start_matches('/');
-        let (bare, query) = match path.split_once('?') {
-            Some((bare, query)) => (bare, Some(query)),
-            None => (path, None),
-        };
-        let post = self
-            .logical_post
-            .iter()
-            .any(|p| bare.starts_with(p.as_str()));
-        if post
-            || self
-                .logical_get
-                .iter()
-                .any(|p| bare.starts_with(p.as_str()))
-        {
+    /// Apply the path rule (module docs) to a path [`SecretPath`] already
+    /// validated: no empty, `.` or `..` segment, no escape, so a prefix or
+    /// mount decided here is the path Vault receives.
+    fn target<'a>(&'a self, secret: &'a SecretPath) -> Result<Target<'a>, ProviderError> {
+        let path = secret.path();
+        let post = self.logical_post.iter().any(|p| secret.has_prefix(p));
+        if post || self.logical_get.iter().any(|p| secret.has_prefix(p)) {
             return Ok(Target::Logical {
                 post,
-                path: bare.trim_end_matches('/'),
-                query,
+                path,
+                query: secret.query(),
             });
         }
-        if query.is_some() {
+        if secret.query().is_some() {
             return Err(ProviderError::Invalid(format!(
-                "'{raw}': a '?' query is only allowed on logical paths (logical_prefixes / logical_write_prefixes)"
-            )));
-        }
-        let path = path.trim_end_matches('/');
-        if path.is_empty() {
-            return Err(ProviderError::Invalid("the path is empty".into()));
-        }
-        if path
-            .split('/')
-            .any(|s| s.is_empty() || s == "." || s == "..")
-        {
-            return Err(ProviderError::Invalid(format!(
-                "'{raw}': empty, '.' and '..' path segments are not allowed"
+                "'{path}?…': a '?' query is only allowed on logical paths (logical_prefixes / logical_write_prefixes)"
             )));
         }
         if let Some((first, rest)) = path.split_once('/')
@@ -409,15 +420,23 @@ impl VaultProvider {
                     "{what}: KV v1 keeps no versions; remove the vaultbridge.version label"
                 )));
             }
+            let api_path = format!("{mount}/{path}");
             let result = self
-                .with_token(|c| async move {
-                    let client = self.session.http.vault(&c.token);
-                    quiet(vaultrs::kv1::get_raw(&client, mount, path)).await
+                .with_token(|c| {
+                    let api_path = &api_path;
+                    async move {
+                        let body = self
+                            .session
+                            .http
+                            .send(Verb::GET, api_path, &[], None, &c.token)
+                            .await?;
+                        envelope(&body)
+                    }
                 })
                 .await;
-            let api_path = format!("{mount}/{path}");
             return match result {
-                Ok(response) => json_value(&response.data, &what).map(SecretValue::new),
+                Ok(response) => json_value(response.data.as_deref().map(RawValue::get), &what)
+                    .map(SecretValue::new),
                 Err(CallError::Provider(e)) => Err(e),
                 Err(CallError::Vault(f)) => Err(self.kv_error(&what, &api_path, mount, f).await),
             };
@@ -436,28 +455,36 @@ impl VaultProvider {
             Some(n) => format!("version {n} of '{path}' in KV v2 mount '{mount}'"),
             None => format!("'{path}' in KV v2 mount '{mount}'"),
         };
+        let api_path = format!("{mount}/data/{path}");
+        let version_query = number.map(|n| n.to_string());
         let result = self
-            .with_token(|c| async move {
-                let client = self.session.http.vault(&c.token);
-                match number {
-                    Some(n) => {
-                        quiet(vaultrs::kv2::read_version::<serde_json::Value>(
-                            &client, mount, path, n,
-                        ))
-                        .await
-                    }
-                    None => {
-                        quiet(vaultrs::kv2::read::<serde_json::Value>(
-                            &client, mount, path,
-                        ))
-                        .await
+            .with_token(|c| {
+                let (api_path, version_query) = (&api_path, &version_query);
+                async move {
+                    let query: Vec<(&str, &str)> = version_query
+                        .iter()
+                        .map(|n| ("version", n.as_str()))
+                        .collect();
+                    let body = self
+                        .session
+                        .http
+                        .send(Verb::GET, api_path, &query, None, &c.token)
+                        .await?;
+                    let outer = envelope(&body)?;
+                    // KV v2 nests the secret: {"data": {"data": {...}, "metadata": {...}}}.
+                    match outer.data {
+                        Some(inner) => serde_json::from_str::<Kv2Data>(inner.get())
+                            .map(|d| d.data.map(|raw| raw.get().to_string()))
+                            .map_err(|_| {
+                                Failure::Other("the answer is not a KV v2 response".into())
+                            }),
+                        None => Ok(None),
                     }
                 }
             })
             .await;
-        let api_path = format!("{mount}/data/{path}");
         match result {
-            Ok(data) => json_value(&data, &what).map(SecretValue::new),
+            Ok(data) => json_value(data.as_deref(), &what).map(SecretValue::new),
             Err(CallError::Provider(e)) => Err(e),
             Err(CallError::Vault(f)) if f.is_status(404) && !no_route(&f) => {
                 Err(self.explain_missing_v2(mount, path, number, &what).await)
@@ -531,56 +558,34 @@ impl VaultProvider {
                 "{what}: vaultbridge.version applies to KV v2 only; remove the label"
             )));
         }
-        let params: Vec<(String, String)> = match query {
-            None | Some("") => Vec::new(),
-            Some(q) => q
-                .split('&')
-                .filter(|kv| !kv.is_empty())
-                .map(|kv| match kv.split_once('=') {
-                    Some((k, v)) => Ok((k.to_string(), v.to_string())),
-                    None => Err(ProviderError::Invalid(format!(
-                        "{what}: '{kv}' in the query is not key=value"
-                    ))),
-                })
-                .collect::<Result<_, _>>()?,
-        };
-        let params = &params;
+        // GET: the query stays on the URL; POST: it is the JSON body.
+        // Either way each pair is encoded by the URL/JSON builder, so no
+        // label text can add a parameter or change the path.
+        let pairs: Vec<(&str, &str)> = query
+            .map(|q| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
+            .unwrap_or_default();
+        let pairs = &pairs;
         let result = self
             .with_token(|c| async move {
-                let method = if post {
-                    reqwest::Method::POST
-                } else {
-                    reqwest::Method::GET
-                };
-                // GET: the query stays on the URL; POST: it is the body.
-                let target = match query {
-                    Some(q) if !post && !q.is_empty() => format!("{path}?{q}"),
-                    _ => path.to_string(),
-                };
-                let mut request = self.session.http.logical(method, &target, &c.token)?;
-                if post {
-                    let body: serde_json::Map<String, serde_json::Value> = params
+                let (method, url_query, body) = if post {
+                    let body: serde_json::Map<String, serde_json::Value> = pairs
                         .iter()
-                        .map(|(k, v)| (k.clone(), serde_json::Value::from(v.as_str())))
+                        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
                         .collect();
-                    request = request
-                        .header("Content-Type", "application/json")
-                        .body(serde_json::Value::Object(body).to_string());
-                }
-                let response = request
-                    .send()
-                    .await
-                    .map_err(|e| Failure::from_reqwest(&e))?;
-                let status = response.status().as_u16();
-                let bytes = response
-                    .bytes()
-                    .await
-                    .map_err(|e| Failure::from_reqwest(&e))?;
-                if !(200..300).contains(&status) {
-                    return Err(Failure::from_status(status, &bytes));
-                }
-                serde_json::from_slice::<LogicalResponse>(&bytes)
-                    .map_err(|_| Failure::Other("the answer is not a Vault JSON response".into()))
+                    (
+                        Verb::POST,
+                        &[][..],
+                        Some(serde_json::Value::Object(body).to_string()),
+                    )
+                } else {
+                    (Verb::GET, &pairs[..], None)
+                };
+                let bytes = self
+                    .session
+                    .http
+                    .send(method, path, url_query, body, &c.token)
+                    .await?;
+                envelope(&bytes)
             })
             .await;
         let response = match result {
@@ -607,12 +612,12 @@ impl VaultProvider {
         };
         // A token-creating path answers with `auth`, a secrets engine with
         // `data`. Either way a lease (or a new token) makes it per task.
-        let (body, leased) = match (&response.data, &response.auth) {
-            (Some(data), _) if !data.is_null() => (
-                data.clone(),
+        let (body, leased) = match (response.data, response.auth) {
+            (Some(data), _) => (
+                data,
                 !response.lease_id.is_empty() || response.lease_duration > 0,
             ),
-            (_, Some(auth)) if !auth.is_null() => (auth.clone(), true),
+            (_, Some(auth)) => (auth, true),
             _ => {
                 return Err(ProviderError::NotFound(format!(
                     "{what} answered without data"
@@ -627,7 +632,7 @@ impl VaultProvider {
                 "vault: leased value, left to expire at its TTL (not revoked, not renewed)"
             );
         }
-        let bytes = json_value(&body, &what)?;
+        let bytes = json_value(Some(body.get()), &what)?;
         Ok(if leased {
             SecretValue::per_task(bytes)
         } else {
@@ -636,17 +641,31 @@ impl VaultProvider {
     }
 }
 
-/// A logical response's envelope: only what we use.
+/// The envelope of every Vault answer: only what we use. `data` and `auth`
+/// stay raw text, so a secret comes back byte for byte as Vault sent it
+/// (a `serde_json::Value` would turn big or precise numbers into `f64`).
 #[derive(serde::Deserialize)]
-struct LogicalResponse {
+struct Envelope {
     #[serde(default)]
-    data: Option<serde_json::Value>,
+    data: Option<Box<RawValue>>,
     #[serde(default)]
-    auth: Option<serde_json::Value>,
+    auth: Option<Box<RawValue>>,
     #[serde(default)]
     lease_id: String,
     #[serde(default)]
     lease_duration: u64,
+}
+
+/// KV v2's inner `data` object.
+#[derive(serde::Deserialize)]
+struct Kv2Data {
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
+    serde_json::from_slice(body)
+        .map_err(|_| Failure::Other("the answer is not a Vault JSON response".into()))
 }
 
 enum CallError {
@@ -655,14 +674,19 @@ enum CallError {
     Vault(Failure),
 }
 
-/// The secret as compact JSON; an empty map is "not found", not "".
-fn json_value(data: &serde_json::Value, what: &str) -> Result<Vec<u8>, ProviderError> {
-    match data {
-        serde_json::Value::Object(map) if map.is_empty() => {
-            Err(ProviderError::NotFound(format!("{what} holds no keys")))
-        }
-        serde_json::Value::Null => Err(ProviderError::NotFound(format!("{what} holds no data"))),
-        other => Ok(other.to_string().into_bytes()),
+/// The secret's JSON text as Vault sent it; no data, `null` or `{}` is
+/// "not found", never an empty value.
+fn json_value(data: Option<&str>, what: &str) -> Result<Vec<u8>, ProviderError> {
+    let text = data.unwrap_or("null").trim();
+    let start: String = text
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .take(2)
+        .collect();
+    match (text, start.as_str()) {
+        ("null", _) => Err(ProviderError::NotFound(format!("{what} holds no data"))),
+        (_, "{}") => Err(ProviderError::NotFound(format!("{what} holds no keys"))),
+        _ => Ok(text.as_bytes().to_vec()),
     }
 }
 
@@ -752,30 +776,46 @@ mod tests {
     use super::*;
 
     fn provider(extra: &str) -> VaultProvider {
-        let config: VaultConfig = toml::from_str(&format!(
+        VaultProvider::new(&with_token(&format!(
             "address = \"http://127.0.0.1:1\"\nkv_mounts = {{ kv1 = 1, team = 2 }}\nlogical_prefixes = [\"database/creds/\"]\nlogical_write_prefixes = [\"pki/issue/\"]\n{extra}"
-        ))
-        .unwrap();
-        VaultProvider::new(&config, "providers.v").unwrap()
+        )), "providers.v")
+        .unwrap()
+    }
+
+    /// `text` parsed, with a token as from VAULT_TOKEN when it names no
+    /// token file (a provider without any token source is refused).
+    fn with_token(text: &str) -> VaultConfig {
+        let mut config: VaultConfig = toml::from_str(text).unwrap();
+        if let AuthConfig::Token(t) = &mut config.auth
+            && t.token_file.is_none()
+        {
+            t.token = Some(SecretString::from("s.test"));
+        }
+        config
     }
 
     #[test]
     fn routes_paths_by_the_documented_rule() {
-        let p = provider("");
+        // Leaked: a Target borrows the provider and the path (test only).
+        let p: &'static VaultProvider = Box::leak(Box::new(provider("")));
+        let target = |raw: &str| {
+            SecretPath::parse(raw)
+                .map_err(|err| ProviderError::Invalid(err.to_string()))
+                .and_then(|path| p.target(Box::leak(Box::new(path))))
+        };
         let kv = |mount, path, version| Target::Kv {
             mount,
             path,
             version,
         };
-        assert_eq!(p.target("app/db").unwrap(), kv("secret", "app/db", 2));
-        assert_eq!(p.target("/app/db/").unwrap(), kv("secret", "app/db", 2));
-        assert_eq!(p.target("secret/app").unwrap(), kv("secret", "app", 2));
-        assert_eq!(p.target("kv1/app").unwrap(), kv("kv1", "app", 1));
-        assert_eq!(p.target("team/x/y").unwrap(), kv("team", "x/y", 2));
+        assert_eq!(target("app/db").unwrap(), kv("secret", "app/db", 2));
+        assert_eq!(target("secret/app").unwrap(), kv("secret", "app", 2));
+        assert_eq!(target("kv1/app").unwrap(), kv("kv1", "app", 1));
+        assert_eq!(target("team/x/y").unwrap(), kv("team", "x/y", 2));
         // A bare mount name is a key under kv_mount.
-        assert_eq!(p.target("kv1").unwrap(), kv("secret", "kv1", 2));
+        assert_eq!(target("kv1").unwrap(), kv("secret", "kv1", 2));
         assert_eq!(
-            p.target("database/creds/ro").unwrap(),
+            target("database/creds/ro").unwrap(),
             Target::Logical {
                 post: false,
                 path: "database/creds/ro",
@@ -783,20 +823,95 @@ mod tests {
             }
         );
         assert_eq!(
-            p.target("pki/issue/web?common_name=a.example.com").unwrap(),
+            target("pki/issue/web?common_name=a.example.com").unwrap(),
             Target::Logical {
                 post: true,
                 path: "pki/issue/web",
                 query: Some("common_name=a.example.com")
             }
         );
-        assert!(matches!(
-            p.target("app?x=1"),
-            Err(ProviderError::Invalid(_))
+        // Prefixes match whole segments of the validated path.
+        assert_eq!(
+            target("database/credsx/ro").unwrap(),
+            kv("secret", "database/credsx/ro", 2)
+        );
+        assert!(matches!(target("app?x=1"), Err(ProviderError::Invalid(_))));
+        for escape in [
+            "database/creds/../../auth/token/lookup-self",
+            "pki/issue/../../sys/policy/x?policy=y",
+            "database/creds/%2e%2e/%2e%2e/auth/token/lookup-self",
+            "a//b",
+            "/app/db",
+            "/",
+        ] {
+            assert!(
+                matches!(target(escape), Err(ProviderError::Invalid(_))),
+                "{escape}"
+            );
+        }
+    }
+
+    #[test]
+    fn configured_prefixes_follow_the_path_rule() {
+        let parse = with_token;
+        for bad in ["\"../x\"", "\"a/./b/\"", "\"//\"", "\"a?b=1\""] {
+            let config = parse(&format!(
+                "address = \"http://x\"\nlogical_prefixes = [{bad}]"
+            ));
+            let err = VaultProvider::new(&config, "providers.v").err().unwrap();
+            assert_eq!(err.key, "providers.v.logical_prefixes", "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_values_are_checked_when_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let build = |config: &VaultConfig| VaultProvider::new(config, "providers.v");
+        // No token source at all: refused at start, not on every request.
+        let bare: VaultConfig = toml::from_str("address = \"http://x\"").unwrap();
+        assert_eq!(build(&bare).err().unwrap().key, "providers.v.auth");
+        // A token from the environment is trimmed; one with a control
+        // character inside is refused naming where it came from.
+        let mut config = bare.clone();
+        config.auth = AuthConfig::Token(config::TokenAuth {
+            token: Some(SecretString::from("s.good\n")),
+            ..Default::default()
+        });
+        assert!(build(&config).is_ok());
+        for bad in ["s.bad\u{1}token", "s.bad token", "\n"] {
+            config.auth = AuthConfig::Token(config::TokenAuth {
+                token: Some(SecretString::from(bad)),
+                ..Default::default()
+            });
+            let err = build(&config).err().unwrap();
+            assert_eq!(err.key, "VAULT_TOKEN", "{bad:?}");
+            assert!(!err.to_string().contains("s.bad"), "{err}");
+        }
+        let file = dir.path().join("token");
+        std::fs::write(&file, "s.x\u{7}y\n").unwrap();
+        let err = build(&with_token(&format!(
+            "address = \"http://x\"\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            file.display()
+        )))
+        .err()
+        .unwrap();
+        assert_eq!(err.key, "providers.v.auth.token_file");
+        for bad in ["team\nx", "a/../b", "a b", "%2e"] {
+            let mut config = with_token("address = \"http://x\"");
+            config.namespace = Some(bad.into());
+            assert_eq!(
+                build(&config).err().unwrap().key,
+                "providers.v.namespace",
+                "{bad:?}"
+            );
+        }
+        let mut config = with_token("address = \"http://x\"");
+        config.namespace = Some("/team-a/prod/".into());
+        assert!(build(&config).is_ok());
+        let err = build(&with_token(
+            "address = \"http://x\"\ntimeout = 18446744073709551615",
         ));
-        assert!(matches!(p.target("a/../b"), Err(ProviderError::Invalid(_))));
-        assert!(matches!(p.target("a//b"), Err(ProviderError::Invalid(_))));
-        assert!(matches!(p.target("/"), Err(ProviderError::Invalid(_))));
+        assert_eq!(err.err().unwrap().key, "providers.v.timeout");
     }
 
     #[test]
@@ -863,7 +978,7 @@ mod tests {
         ));
         let err = p
             .fetch(SecretRef {
-                path: "app",
+                path: &SecretPath::parse("app").unwrap(),
                 version: None,
             })
             .await
@@ -902,7 +1017,7 @@ mod tests {
                 let p = p.clone();
                 tokio::spawn(async move {
                     p.fetch(SecretRef {
-                        path: "app",
+                        path: &SecretPath::parse("app").unwrap(),
                         version: None,
                     })
                     .await
@@ -921,7 +1036,7 @@ mod tests {
         let p = provider("");
         let err = p
             .fetch(SecretRef {
-                path: "kv1/app",
+                path: &SecretPath::parse("kv1/app").unwrap(),
                 version: Some("2"),
             })
             .await
@@ -929,7 +1044,7 @@ mod tests {
         assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
         let err = p
             .fetch(SecretRef {
-                path: "secret/app",
+                path: &SecretPath::parse("secret/app").unwrap(),
                 version: Some("latest"),
             })
             .await
