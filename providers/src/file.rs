@@ -8,7 +8,6 @@ use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::Deserialize;
-use tokio::io::AsyncReadExt;
 
 use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue};
 
@@ -84,17 +83,144 @@ impl FileProvider {
     }
 }
 
+/// Turn an I/O error from resolving or opening `path` into the variant the
+/// plugin reacts to. Only errors that may go away by themselves stay
+/// `Unavailable` (which is retried until the deadline); a path that can never
+/// work — a loop, a file used as a directory, a name the kernel refuses — is
+/// reported at once.
 fn io_error(path: &str, root: &Path, err: std::io::Error) -> ProviderError {
+    use std::io::ErrorKind;
     let root = root.display();
     match err.kind() {
-        std::io::ErrorKind::NotFound => {
-            ProviderError::NotFound(format!("no file '{path}' under {root}"))
-        }
-        std::io::ErrorKind::PermissionDenied => ProviderError::Denied(format!(
+        ErrorKind::NotFound => ProviderError::NotFound(format!("no file '{path}' under {root}")),
+        // `a/b` where `a` is a file: there is no such secret.
+        ErrorKind::NotADirectory => ProviderError::NotFound(format!(
+            "no file '{path}' under {root}: a component of the path is not a directory"
+        )),
+        ErrorKind::PermissionDenied => ProviderError::Denied(format!(
             "cannot read '{path}' under {root}: permission denied"
         )),
+        // ELOOP: a symlink loop while resolving, or — when opening the
+        // already-resolved path with O_NOFOLLOW — a symlink swapped in since.
+        // (ErrorKind::FilesystemLoop is not stable yet: match the errno.)
+        _ if err.raw_os_error() == Some(libc::ELOOP) => ProviderError::Invalid(format!(
+            "'{path}' under {root}: too many levels of symbolic links (a symlink loop, \
+             or the file was replaced by a symlink while being read)"
+        )),
+        // ENAMETOOLONG (a component over 255 bytes, or the whole path over
+        // PATH_MAX).
+        ErrorKind::InvalidFilename => {
+            ProviderError::Invalid(format!("'{path}' under {root}: the file name is too long"))
+        }
+        // std refuses a path with a NUL byte before calling the kernel.
+        ErrorKind::InvalidInput => ProviderError::Invalid(format!(
+            "'{path}' under {root}: not a valid file name ({err})"
+        )),
+        // ENXIO: open(2) on a Unix socket. Not a file, and never will be.
+        _ if err.raw_os_error() == Some(libc::ENXIO) => {
+            ProviderError::Invalid(format!("'{path}' under {root} is not a regular file"))
+        }
         _ => ProviderError::Unavailable(format!("cannot read '{path}' under {root}: {err}")),
     }
+}
+
+/// Why reading one resolved file failed, before it is phrased for the operator.
+#[derive(Debug)]
+enum ReadError {
+    Io(std::io::Error),
+    /// What was opened is not a regular file; says what it is instead.
+    NotRegular(&'static str),
+    /// Larger than the limit: `Some(size)` from fstat, `None` when it grew
+    /// past the limit while being read.
+    TooLarge(Option<u64>),
+}
+
+impl ReadError {
+    fn into_provider_error(self, path: &str, root: &Path) -> ProviderError {
+        match self {
+            ReadError::Io(err) => io_error(path, root, err),
+            ReadError::NotRegular(what) => {
+                ProviderError::Invalid(format!("'{path}' is {what}, not a regular file"))
+            }
+            ReadError::TooLarge(Some(size)) => ProviderError::Invalid(format!(
+                "'{path}' is {size} bytes; the file provider reads at most {MAX_FILE_BYTES}"
+            )),
+            ReadError::TooLarge(None) => ProviderError::Invalid(format!(
+                "'{path}' grew past {MAX_FILE_BYTES} bytes while being read; \
+                 the file provider reads at most {MAX_FILE_BYTES}"
+            )),
+        }
+    }
+}
+
+impl From<std::io::Error> for ReadError {
+    fn from(err: std::io::Error) -> Self {
+        ReadError::Io(err)
+    }
+}
+
+/// Open an already-canonicalized path, once, and make sure it is a regular
+/// file. Checking the type *before* opening (stat, then open) leaves a window
+/// in which the file can be swapped for a FIFO, whose open or read then blocks
+/// a thread forever; so the check is done on what was actually opened.
+///
+/// - `O_NONBLOCK`: opening a FIFO or a device must not wait (for a writer, a
+///   carrier...). It changes nothing for a regular file.
+/// - `O_NOFOLLOW`: `canonical` has no symlink in it, so a symlink as its final
+///   component can only have been swapped in since it was resolved; refuse it
+///   (ELOOP) rather than follow it out of the root. (A *directory* swapped for
+///   a symlink in between is not caught; that needs openat2's RESOLVE_BENEATH,
+///   and write access to the secrets directory.)
+/// - `O_NOCTTY`: opening a terminal must not make it our controlling one.
+/// - `O_CLOEXEC`: std sets it anyway; spelled out because a descriptor to a
+///   secret must not leak into a child process.
+fn open_regular(canonical: &Path) -> Result<std::fs::File, ReadError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(canonical)?;
+    // fstat: the type of what we hold, not of whatever the path names now.
+    let kind = file.metadata()?.file_type();
+    let what = if kind.is_file() {
+        return Ok(file);
+    } else if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "a special file"
+    };
+    Err(ReadError::NotRegular(what))
+}
+
+/// Read at most `limit` bytes. The size fstat reported is only a hint: the
+/// file may grow while it is read, so one byte past the limit is asked for
+/// and, if it comes, the value is refused rather than silently cut.
+fn read_capped(reader: impl std::io::Read, limit: u64) -> Result<Vec<u8>, ReadError> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    reader.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(ReadError::TooLarge(None));
+    }
+    Ok(bytes)
+}
+
+/// One secret file: open it once, check it, read it within the limit.
+fn read_secret_file(canonical: &Path) -> Result<Vec<u8>, ReadError> {
+    let file = open_regular(canonical)?;
+    let size = file.metadata()?.len();
+    if size > MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge(Some(size)));
+    }
+    read_capped(file, MAX_FILE_BYTES)
 }
 
 #[async_trait]
@@ -110,28 +236,15 @@ impl Provider for FileProvider {
             ));
         }
         let full = self.locate(secret.path).await?;
-        let io = |err| io_error(secret.path, &self.root, err);
-        // Check the type before opening: opening a FIFO would block.
-        let metadata = tokio::fs::metadata(&full).await.map_err(io)?;
-        if !metadata.is_file() {
-            return Err(ProviderError::Invalid(format!(
-                "'{}' is not a regular file",
-                secret.path
-            )));
-        }
-        if metadata.len() > MAX_FILE_BYTES {
-            return Err(ProviderError::Invalid(format!(
-                "'{}' is {} bytes; the file provider reads at most {MAX_FILE_BYTES}",
-                secret.path,
-                metadata.len()
-            )));
-        }
-        let file = tokio::fs::File::open(&full).await.map_err(io)?;
-        let mut bytes = Vec::with_capacity(metadata.len() as usize);
-        file.take(MAX_FILE_BYTES)
-            .read_to_end(&mut bytes)
+        // Open, fstat and read on one blocking thread: a single hop, and
+        // nothing in it can block for long now that special files are
+        // refused before the first read.
+        let bytes = tokio::task::spawn_blocking(move || read_secret_file(&full))
             .await
-            .map_err(io)?;
+            .map_err(|err| {
+                ProviderError::Unavailable(format!("reading '{}' failed: {err}", secret.path))
+            })?
+            .map_err(|err| err.into_provider_error(secret.path, &self.root))?;
         Ok(SecretValue::new(bytes))
     }
 
@@ -223,6 +336,169 @@ mod tests {
             fetch(&p, "").await,
             Err(ProviderError::Invalid(_))
         ));
+    }
+
+    /// Fetch `path` under `root` on a thread of its own and give up after a
+    /// few seconds. A fetch that blocks (a FIFO opened without O_NONBLOCK)
+    /// then fails the test instead of hanging it: the stuck thread is simply
+    /// abandoned, which an in-runtime timeout could not do (dropping a runtime
+    /// waits for its blocking threads).
+    fn fetch_within_seconds(root: &Path, path: &str) -> Result<Vec<u8>, ProviderError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (root, path_owned) = (root.to_path_buf(), path.to_string());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let result = runtime.block_on(async { fetch(&provider(&root), &path_owned).await });
+            let _ = tx.send(result);
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(5))
+            .unwrap_or_else(|_| panic!("fetching '{path}' did not finish within 5 s"))
+    }
+
+    /// The error, which must come quickly and not be retryable.
+    fn permanent_error(root: &Path, path: &str) -> ProviderError {
+        let err = fetch_within_seconds(root, path).expect_err(path);
+        assert!(
+            !err.is_transient(),
+            "'{path}' gave a retryable error: {err}"
+        );
+        err
+    }
+
+    fn mkfifo(path: &Path) {
+        // std has no mkfifo and libc's needs unsafe: use the coreutils tool.
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo");
+        assert!(status.success(), "mkfifo {}", path.display());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        mkfifo(&dir.path().join("pipe"));
+        let err = permanent_error(dir.path(), "pipe");
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("a FIFO, not a regular file")),
+            "{err}"
+        );
+        // The helper itself, on the resolved path: the type check happens on
+        // what was opened, not before.
+        let opened = open_regular(&dir.path().canonicalize().unwrap().join("pipe"));
+        assert!(matches!(opened, Err(ReadError::NotRegular("a FIFO"))));
+    }
+
+    #[test]
+    fn a_symlink_swapped_in_after_resolution_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::write(root.join("real"), b"inside").unwrap();
+        let resolved = root.join("secret");
+        std::fs::write(&resolved, b"v1").unwrap();
+        assert_eq!(read_secret_file(&resolved).unwrap(), b"v1");
+        // Between canonicalize and open, `secret` becomes a symlink — even
+        // one to a regular file inside the root is refused, since the path
+        // was checked as a real file.
+        std::fs::remove_file(&resolved).unwrap();
+        std::os::unix::fs::symlink(root.join("real"), &resolved).unwrap();
+        let err = read_secret_file(&resolved)
+            .unwrap_err()
+            .into_provider_error("secret", &root);
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("symbolic links")),
+            "{err}"
+        );
+        // Symlinks that stay inside the root still work through fetch,
+        // which resolves them first.
+        assert_eq!(fetch_within_seconds(&root, "secret").unwrap(), b"inside");
+    }
+
+    #[test]
+    fn special_files_and_impossible_paths_fail_at_once_and_are_not_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        std::fs::create_dir(root.join("dir")).unwrap();
+        std::fs::write(root.join("plain"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.join("loop-a"), root.join("loop-b")).unwrap();
+        std::os::unix::fs::symlink(root.join("loop-b"), root.join("loop-a")).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", root.join("zero")).unwrap();
+        let _socket = std::os::unix::net::UnixListener::bind(root.join("sock")).unwrap();
+
+        let err = permanent_error(root, "dir");
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("a directory")),
+            "{err}"
+        );
+        // Out of the root, so refused before it is even opened.
+        let err = permanent_error(root, "zero");
+        assert!(matches!(err, ProviderError::Denied(_)), "{err}");
+        let err = permanent_error(root, "sock");
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
+        let err = permanent_error(root, "plain/b");
+        assert!(
+            matches!(&err, ProviderError::NotFound(m) if m.contains("not a directory")),
+            "{err}"
+        );
+        // 5000 characters: the shared path check refuses it first...
+        let err = permanent_error(root, &"n".repeat(5000));
+        assert!(matches!(err, ProviderError::Invalid(_)), "{err}");
+        // ...but a 300-byte component passes it, and the kernel's
+        // ENAMETOOLONG must not be retried either.
+        let err = permanent_error(root, &"n".repeat(300));
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("too long")),
+            "{err}"
+        );
+        let err = permanent_error(root, "loop-a");
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("symbolic links")),
+            "{err}"
+        );
+        // A NUL never passes SecretPath; locate() still classifies std's
+        // InvalidInput as permanent, should one ever reach it.
+        let err = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(provider(root).locate("a\0b"))
+            .unwrap_err();
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("not a valid file name")),
+            "{err}"
+        );
+
+        // A device reached some other way (were it inside the root) is
+        // refused by the type check on the opened file.
+        let opened = open_regular(Path::new("/dev/zero"));
+        assert!(matches!(
+            opened,
+            Err(ReadError::NotRegular("a character device"))
+        ));
+    }
+
+    #[test]
+    fn the_size_limit_holds_even_if_the_file_grows_while_read() {
+        // An endless reader stands for a file that grows faster than it is
+        // read: its fstat size said nothing of that.
+        let err = read_capped(std::io::repeat(b'x'), 10).unwrap_err();
+        assert!(matches!(err, ReadError::TooLarge(None)), "{err:?}");
+        assert_eq!(read_capped(&b"0123456789"[..], 10).unwrap().len(), 10);
+
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize + 1]).unwrap();
+        let err = permanent_error(dir.path(), "big");
+        assert!(
+            matches!(&err, ProviderError::Invalid(m) if m.contains("at most")),
+            "{err}"
+        );
+        std::fs::write(&big, vec![b'x'; MAX_FILE_BYTES as usize]).unwrap();
+        assert_eq!(
+            fetch_within_seconds(dir.path(), "big").unwrap().len(),
+            MAX_FILE_BYTES as usize
+        );
     }
 
     #[tokio::test]
