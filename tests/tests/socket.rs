@@ -832,12 +832,29 @@ fn open_sockets(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
+/// The sockets a process holds once the count stops changing.
+fn settled_sockets(pid: u32) -> usize {
+    let mut last = open_sockets(pid);
+    for _ in 0..50 {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = open_sockets(pid);
+        if now == last {
+            return now;
+        }
+        last = now;
+    }
+    panic!("the plugin's socket count never settled (last {last})");
+}
+
 #[test]
 fn connections_beyond_the_cap_wait_and_docker_still_gets_through() {
     let (mut plugin, _secrets) = plugin_with_secrets();
     let pid = plugin.pid().unwrap();
-    // Before any connection: its listener and tokio's signal sockets.
-    let baseline = open_sockets(pid);
+    // Before any connection: its listener and tokio's signal sockets. The
+    // readiness probe's connection may still be open on the plugin's side
+    // (it closes once the plugin reads the EOF), so wait for a settled count:
+    // a baseline one too high makes the cap unreachable.
+    let baseline = settled_sockets(pid);
     let idle: Vec<UnixStream> = (0..MAX_CONNECTIONS + 50)
         .map(|_| UnixStream::connect(&plugin.socket).expect("connect"))
         .collect();
@@ -845,7 +862,11 @@ fn connections_beyond_the_cap_wait_and_docker_still_gets_through() {
     let at_cap = wait_until(Duration::from_secs(5), || {
         open_sockets(pid) >= baseline + MAX_CONNECTIONS
     });
-    assert!(at_cap, "only {} sockets open", open_sockets(pid));
+    assert!(
+        at_cap,
+        "only {} sockets open (baseline {baseline})",
+        open_sockets(pid)
+    );
     let over = wait_until(Duration::from_millis(500), || {
         open_sockets(pid) > baseline + MAX_CONNECTIONS
     });
