@@ -199,6 +199,7 @@ fn outcome(err: &ResolveError) -> &'static str {
     match err {
         ResolveError::UnknownProvider { .. } | ResolveError::NoDefault { .. } => "bad_labels",
         ResolveError::Shape { .. } => "bad_value",
+        ResolveError::NotConfigured => "not_configured",
         ResolveError::Internal(_) => "internal",
         ResolveError::Provider { error, .. } => match error {
             P::NotFound(_) => "not_found",
@@ -474,7 +475,7 @@ async fn handle(
     let (parts, body) = request.into_parts();
     let Ok(read) = tokio::time::timeout(BODY_TIMEOUT, read_body(body, &budget)).await else {
         tracing::warn!(
-            path = parts.uri.path(),
+            path = %vaultbridge_providers::text::shown(parts.uri.path()),
             timeout_secs = BODY_TIMEOUT.as_secs(),
             "request body did not arrive in time; closing the connection"
         );
