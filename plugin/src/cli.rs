@@ -232,6 +232,10 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
         version = env!("CARGO_PKG_VERSION"),
         "vaultbridge listening"
     );
+    if source == Source::Nothing {
+        // Once here; each request answers the same, and logs its own line.
+        tracing::warn!("{}", crate::config::NOT_CONFIGURED);
+    }
     let app = server::app(Arc::new(resolver));
     // `run` cannot fail once bound: accept errors are logged and retried.
     server::run(listener, app, shutdown_signal(), grace).await;
@@ -264,6 +268,10 @@ async fn check(config: ConfigArg) -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if source == Source::Nothing {
+        eprintln!("{}", crate::config::NOT_CONFIGURED);
+        return ExitCode::from(2);
+    }
     println!("configuration: {source}");
     let mut failed = 0;
     for (name, provider) in resolver.providers() {

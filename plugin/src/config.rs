@@ -5,7 +5,9 @@
 //! 2. otherwise the ecosystem's standard environment variables, one provider
 //!    per backend they configure (`VAULTBRIDGE_FILE_DIR` -> `file`, ...);
 //! 3. otherwise the embedded default: a `file` provider rooted at
-//!    [`vaultbridge_providers::file::DEFAULT_ROOT`].
+//!    [`vaultbridge_providers::file::DEFAULT_ROOT`], when that folder exists;
+//! 4. otherwise nothing: the plugin still starts (a bare `docker plugin
+//!    install` must enable) and answers every request with [`NOT_CONFIGURED`].
 //!
 //! A file replaces the environment entirely; the two are never merged, so
 //! what runs is what the file says.
@@ -14,7 +16,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use vaultbridge_providers::{ConfigError, EnvLookup, ProviderConfig};
+use vaultbridge_providers::{ConfigError, EnvLookup, ProviderConfig, Variable};
 
 use crate::cache::Limits;
 use crate::tuning::Tuning;
@@ -48,12 +50,80 @@ pub struct ProviderEntry {
     pub backend: ProviderConfig,
 }
 
+/// The variables the plugin itself reads; the backends list theirs.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "VAULTBRIDGE_CONFIG",
+        meaning: "TOML configuration file inside the plugin (default: /etc/vaultbridge/config.toml when present)",
+    },
+    Variable {
+        name: "VAULTBRIDGE_DEFAULT_PROVIDER",
+        meaning: "default provider when several are configured from the environment",
+    },
+    Variable {
+        name: "VAULTBRIDGE_CACHE_TTL",
+        meaning: "how long a value is served from the cache, for providers from the environment (default 30s; 0s: no cache)",
+    },
+    Variable {
+        name: "VAULTBRIDGE_MAX_STALE",
+        meaning: "how long past its TTL a cached value may be served while the backend is unavailable (default 0s: never)",
+    },
+    Variable {
+        name: "VAULTBRIDGE_DEADLINE",
+        meaning: "time one lookup may take, retries included (default 10s, at most 30s)",
+    },
+    Variable {
+        name: "VAULTBRIDGE_MAX_CONCURRENCY",
+        meaning: "backend calls in flight at once per provider (default 16)",
+    },
+    Variable {
+        name: "VAULTBRIDGE_LOG",
+        meaning: "log filter (tracing syntax): info, debug, vaultbridge=debug, ...",
+    },
+    Variable {
+        name: "VAULTBRIDGE_LOG_FORMAT",
+        meaning: "log line format: text or json",
+    },
+    Variable {
+        name: "VAULTBRIDGE_SOCKET",
+        meaning: "socket path for `serve` run by hand (the managed plugin's is fixed: not settable there)",
+    },
+    Variable {
+        name: "SSL_CERT_FILE",
+        meaning: "extra/private CA bundle (a file in the config mount, e.g. /etc/vaultbridge/ca.pem) trusted for TLS to Vault, AWS and Azure endpoints",
+    },
+];
+
+/// Read by the binary but not a managed-plugin setting: the engine dials
+/// the socket config.json names, so moving it would break the plugin.
+pub const NOT_PLUGIN_SETTINGS: &[&str] = &["VAULTBRIDGE_SOCKET"];
+
+/// Every environment variable the binary reads: the one list config.json's
+/// `env` and docs/configuration.md are checked against (tests below).
+pub fn variables() -> Vec<Variable> {
+    let mut all = VARIABLES.to_vec();
+    all.extend(ProviderConfig::variables());
+    all
+}
+
+/// What a plugin with no configuration answers, logs at start and `check`
+/// prints: what to set, one line (the engine logs each line separately).
+pub const NOT_CONFIGURED: &str = "vaultbridge is not configured: there is no config file \
+(/etc/vaultbridge/config.toml, --config or VAULTBRIDGE_CONFIG), no backend variable \
+(VAULT_ADDR, AWS_REGION, AZURE_KEYVAULT_URL or VAULTBRIDGE_FILE_DIR) and no \
+/etc/vaultbridge/secrets folder for the file provider. As a managed plugin: put a \
+config.toml (or a secrets/ folder) in a host directory, then `docker plugin disable \
+<plugin>`, `docker plugin set <plugin> config.source=<that directory>` (or set the \
+variables with `docker plugin set`), `docker plugin enable <plugin>`; see docs/configuration.md";
+
 /// Where the configuration was read from, for the start-up log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
     File(PathBuf),
     Environment,
     EmbeddedDefault,
+    /// No file, no variables, no default folder: no provider at all.
+    Nothing,
 }
 
 impl std::fmt::Display for Source {
@@ -62,6 +132,7 @@ impl std::fmt::Display for Source {
             Source::File(path) => write!(f, "file {}", path.display()),
             Source::Environment => f.write_str("environment variables"),
             Source::EmbeddedDefault => f.write_str("embedded default"),
+            Source::Nothing => f.write_str("none"),
         }
     }
 }
@@ -95,19 +166,9 @@ impl Config {
             .map(|(name, backend)| (name, ProviderEntry { tuning, backend }))
             .collect();
         if providers.is_empty() {
-            let file = vaultbridge_providers::file::FileConfig {
-                root: vaultbridge_providers::file::DEFAULT_ROOT.into(),
-            };
-            let entry = ProviderEntry {
-                tuning: Tuning::default(),
-                backend: ProviderConfig::File(file),
-            };
-            let config = Config {
-                default_provider: None,
-                cache: Limits::default(),
-                providers: BTreeMap::from([("file".to_string(), entry)]),
-            };
-            return Ok((config, Source::EmbeddedDefault));
+            return Ok(Config::embedded_default(Path::new(
+                vaultbridge_providers::file::DEFAULT_ROOT,
+            )));
         }
         let config = Config {
             default_provider: env("VAULTBRIDGE_DEFAULT_PROVIDER").filter(|s| !s.is_empty()),
@@ -116,6 +177,25 @@ impl Config {
         };
         config.validate_names()?;
         Ok((config, Source::Environment))
+    }
+
+    /// A `file` provider on `root` when that folder exists, else no provider.
+    fn embedded_default(root: &Path) -> (Config, Source) {
+        let mut config = Config {
+            default_provider: None,
+            cache: Limits::default(),
+            providers: BTreeMap::new(),
+        };
+        if !root.is_dir() {
+            return (config, Source::Nothing);
+        }
+        let file = vaultbridge_providers::file::FileConfig { root: root.into() };
+        let entry = ProviderEntry {
+            tuning: Tuning::default(),
+            backend: ProviderConfig::File(file),
+        };
+        config.providers.insert("file".to_string(), entry);
+        (config, Source::EmbeddedDefault)
     }
 
     /// Parse and check the TOML text of a config file. Errors are one line
@@ -215,6 +295,8 @@ fn tuning_from_env(env: EnvLookup<'_>) -> Result<Tuning, ConfigError> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn no_env(_: &str) -> Option<String> {
@@ -327,10 +409,197 @@ mod tests {
         assert_eq!(source, Source::Environment);
         assert_eq!(config.names(), ["file"]);
 
-        if !Path::new(DEFAULT_CONFIG_PATH).exists() {
-            let (config, source) = Config::load(None, &no_env).unwrap();
-            assert_eq!(source, Source::EmbeddedDefault);
-            assert_eq!(config.names(), ["file"]);
+        let root = tempfile::tempdir().unwrap();
+        let (config, source) = Config::embedded_default(root.path());
+        assert_eq!(source, Source::EmbeddedDefault);
+        assert_eq!(config.names(), ["file"]);
+
+        // A bare install: the default folder does not exist. No provider,
+        // and the plugin still starts (it answers NOT_CONFIGURED).
+        let (config, source) = Config::embedded_default(&root.path().join("secrets"));
+        assert_eq!(source, Source::Nothing);
+        assert!(config.providers.is_empty());
+        assert!(!NOT_CONFIGURED.contains('\n'));
+    }
+
+    /// Variable-like words (`VAULTBRIDGE_…`, `VAULT_…`, `AWS_…`, `AZURE_…`,
+    /// `SSL_…`) in `text`; `quoted`: only those inside double quotes.
+    fn variable_words(text: &str, quoted: bool) -> BTreeSet<String> {
+        const PREFIXES: &[&str] = &["VAULTBRIDGE_", "VAULT_", "AWS_", "AZURE_", "SSL_"];
+        let is_word = |c: char| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_';
+        let mut found = BTreeSet::new();
+        for (start, _) in text.match_indices(|c: char| c.is_ascii_uppercase()) {
+            let before = text[..start].chars().next_back();
+            if before.is_some_and(is_word) || (quoted && before != Some('"')) {
+                continue;
+            }
+            let word: String = text[start..].chars().take_while(|&c| is_word(c)).collect();
+            let after = text[start + word.len()..].chars().next();
+            if (quoted && after != Some('"')) || word.ends_with('_') {
+                continue;
+            }
+            if PREFIXES
+                .iter()
+                .any(|p| word.starts_with(p) && word.len() > p.len())
+            {
+                found.insert(word);
+            }
+        }
+        found
+    }
+
+    fn repo_file(path: &str) -> String {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
+    }
+
+    fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                rust_files(&path, found);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                found.push(path);
+            }
+        }
+    }
+
+    fn registered() -> BTreeSet<String> {
+        let all = variables();
+        let names: BTreeSet<String> = all.iter().map(|v| v.name.to_string()).collect();
+        assert_eq!(names.len(), all.len(), "a variable is listed twice");
+        names
+    }
+
+    /// Read on purpose and never honoured (documented as such).
+    const IGNORED: &[&str] = &["VAULT_SKIP_VERIFY"];
+
+    #[test]
+    fn every_variable_the_config_reads_is_registered() {
+        let registered = registered();
+        let asked = std::cell::RefCell::new(BTreeSet::new());
+        // Every variable set, so every branch that reads one is taken.
+        let value = |name: &str| match name {
+            "VAULT_ADDR" => "http://127.0.0.1:8200",
+            "AZURE_KEYVAULT_URL" => "https://x.vault.azure.net",
+            "VAULTBRIDGE_MAX_CONCURRENCY" => "4",
+            "VAULTBRIDGE_CACHE_TTL" | "VAULTBRIDGE_MAX_STALE" | "VAULTBRIDGE_DEADLINE" => "5s",
+            "VAULTBRIDGE_DEFAULT_PROVIDER" => "file",
+            "VAULTBRIDGE_CONFIG" => "",
+            _ => "/tmp",
+        };
+        for set in [true, false] {
+            let env = |name: &str| {
+                asked.borrow_mut().insert(name.to_string());
+                set.then(|| value(name).to_string())
+            };
+            let _ = Config::load(None, &env);
+        }
+        let unregistered: Vec<_> = asked.borrow().difference(&registered).cloned().collect();
+        assert!(
+            unregistered.is_empty(),
+            "read but not in variables(): {unregistered:?}"
+        );
+    }
+
+    #[test]
+    fn the_source_names_only_registered_variables() {
+        let registered = registered();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut files = Vec::new();
+        rust_files(&root.join("plugin/src"), &mut files);
+        rust_files(&root.join("providers/src"), &mut files);
+        let mut unregistered = BTreeSet::new();
+        for file in &files {
+            let text = std::fs::read_to_string(file).unwrap();
+            for word in variable_words(&text, true) {
+                if !registered.contains(&word) && !IGNORED.contains(&word.as_str()) {
+                    unregistered.insert(format!("{word} ({})", file.display()));
+                }
+            }
+        }
+        assert!(
+            unregistered.is_empty(),
+            "named in the code but not in variables(): {unregistered:?}"
+        );
+        // The scanner itself finds what it must.
+        // (Single quotes here, so this sample is not itself scanned.)
+        let sample = "env('VAULT_TOKEN') 'AWS_X' 'NOT_OURS' AWS_BARE 'AZURE_'".replace('\'', "\"");
+        assert_eq!(
+            variable_words(&sample, true),
+            BTreeSet::from(["VAULT_TOKEN".to_string(), concat!("AWS", "_X").to_string()])
+        );
+    }
+
+    #[test]
+    fn config_json_declares_every_plugin_setting_as_registered() {
+        let manifest: serde_json::Value = serde_json::from_str(&repo_file("config.json")).unwrap();
+        let declared: BTreeMap<String, (String, serde_json::Value)> = manifest["env"]
+            .as_array()
+            .expect("config.json env")
+            .iter()
+            .map(|e| {
+                let name = e["name"].as_str().unwrap().to_string();
+                let description = e["description"].as_str().unwrap_or_default().to_string();
+                (name, (description, e["settable"].clone()))
+            })
+            .collect();
+        let wanted: BTreeMap<String, String> = variables()
+            .into_iter()
+            .filter(|v| !NOT_PLUGIN_SETTINGS.contains(&v.name))
+            .map(|v| (v.name.to_string(), v.meaning.to_string()))
+            .collect();
+        let missing: Vec<_> = wanted
+            .keys()
+            .filter(|n| !declared.contains_key(*n))
+            .collect();
+        let extra: Vec<_> = declared
+            .keys()
+            .filter(|n| !wanted.contains_key(*n))
+            .collect();
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "config.json env: missing {missing:?}, not read by the binary {extra:?}"
+        );
+        for (name, meaning) in &wanted {
+            let (description, settable) = &declared[name];
+            assert_eq!(description, meaning, "config.json description of {name}");
+            assert_eq!(
+                settable,
+                &serde_json::json!(["value"]),
+                "{name} is not settable"
+            );
+        }
+    }
+
+    #[test]
+    fn the_docs_describe_every_variable_and_no_other() {
+        let reference = repo_file("docs/configuration.md");
+        for variable in variables() {
+            let row = format!("| `{}` | {} |", variable.name, variable.meaning);
+            assert!(
+                reference.contains(&row),
+                "docs/configuration.md lacks the row:\n{row}"
+            );
+        }
+        let registered = registered();
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let mut docs = vec![root.join("README.md")];
+        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
+            docs.push(entry.unwrap().path());
+        }
+        for doc in docs {
+            let text = std::fs::read_to_string(&doc).unwrap();
+            for word in variable_words(&text, false) {
+                // Ours must exist; other ecosystems' names may be mentioned.
+                if word.starts_with("VAULTBRIDGE_") {
+                    assert!(
+                        registered.contains(&word),
+                        "{} documents {word}, which the binary does not read",
+                        doc.display()
+                    );
+                }
+            }
         }
     }
 

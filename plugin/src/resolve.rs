@@ -69,6 +69,8 @@ pub enum ResolveError {
         path: String,
         message: String,
     },
+    #[error("{}", crate::config::NOT_CONFIGURED)]
+    NotConfigured,
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -129,6 +131,9 @@ impl Resolver {
 
     /// The provider a lookup is routed to, by name.
     pub fn route<'a>(&'a self, lookup: &'a Lookup) -> Result<&'a Arc<Upstream>, ResolveError> {
+        if self.providers.is_empty() {
+            return Err(ResolveError::NotConfigured);
+        }
         let name = match (&lookup.provider, &self.default) {
             (Some(name), _) | (None, Some(name)) => name,
             (None, None) => {

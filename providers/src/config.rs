@@ -14,6 +14,15 @@ use crate::Provider;
 /// process environment.
 pub type EnvLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
 
+/// An environment variable the binary reads, and what it sets. Each backend
+/// lists its own beside the code that reads them; the plugin adds its own
+/// and checks config.json and the docs against the whole list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Variable {
+    pub name: &'static str,
+    pub meaning: &'static str,
+}
+
 /// One `[providers.<name>]` table, selected by its `type` key.
 // Variants differ in size (the vault table has many keys); a config is
 // parsed once at start-up, so boxing would only add noise.
@@ -78,6 +87,21 @@ impl ProviderConfig {
             #[cfg(feature = "azure")]
             ProviderConfig::Azure(config) => crate::azure::build(config, key).await,
         }
+    }
+
+    /// Every variable the compiled-in backends read (themselves, or through
+    /// their SDK as documented for it).
+    pub fn variables() -> Vec<Variable> {
+        let mut all: Vec<Variable> = Vec::new();
+        #[cfg(feature = "file")]
+        all.extend(crate::file::VARIABLES);
+        #[cfg(feature = "vault")]
+        all.extend(crate::vault::VARIABLES);
+        #[cfg(feature = "aws")]
+        all.extend(crate::aws::VARIABLES);
+        #[cfg(feature = "azure")]
+        all.extend(crate::azure::VARIABLES);
+        all
     }
 
     /// The providers implied by the ecosystem's standard environment

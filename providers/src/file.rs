@@ -9,7 +9,7 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue};
+use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue, Variable};
 
 /// Where the embedded default looks when nothing else is configured.
 pub const DEFAULT_ROOT: &str = "/etc/vaultbridge/secrets";
@@ -17,6 +17,12 @@ pub const DEFAULT_ROOT: &str = "/etc/vaultbridge/secrets";
 /// Files larger than this are refused before being read: no Docker secret can
 /// be this large, and reading an arbitrary file into memory is a risk.
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// The variables [`FileConfig::from_env`] reads.
+pub const VARIABLES: &[Variable] = &[Variable {
+    name: "VAULTBRIDGE_FILE_DIR",
+    meaning: "directory of the file provider made from the environment (e.g. /etc/vaultbridge/secrets)",
+}];
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

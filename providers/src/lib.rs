@@ -29,6 +29,6 @@ pub mod file;
 #[cfg(feature = "vault")]
 pub mod vault;
 
-pub use config::{ConfigError, EnvLookup, ProviderConfig};
+pub use config::{ConfigError, EnvLookup, ProviderConfig, Variable};
 pub use path::{PathError, SecretPath};
 pub use provider::{Provider, ProviderError, SecretRef, SecretValue};

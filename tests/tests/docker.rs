@@ -19,40 +19,6 @@ use vaultbridge_tests::docker::{
 /// Converging a service: image is local, so seconds; generous for slow CI.
 const CONVERGE: Duration = Duration::from_secs(90);
 
-/// Every variable the plugin reads; each must be settable in config.json.
-const PLUGIN_ENV: &[&str] = &[
-    "VAULTBRIDGE_CONFIG",
-    "VAULTBRIDGE_FILE_DIR",
-    "VAULTBRIDGE_DEFAULT_PROVIDER",
-    "VAULTBRIDGE_LOG",
-    "VAULTBRIDGE_LOG_FORMAT",
-    "VAULT_ADDR",
-    "VAULT_NAMESPACE",
-    "VAULT_TOKEN",
-    "VAULT_CACERT",
-    "VAULT_CLIENT_CERT",
-    "VAULT_CLIENT_KEY",
-    "VAULT_TLS_SERVER_NAME",
-    "AWS_REGION",
-    "AWS_DEFAULT_REGION",
-    "AWS_PROFILE",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_ENDPOINT_URL",
-    "AWS_ENDPOINT_URL_SECRETS_MANAGER",
-    "AWS_SHARED_CREDENTIALS_FILE",
-    "AWS_CONFIG_FILE",
-    "AWS_ROLE_ARN",
-    "AWS_WEB_IDENTITY_TOKEN_FILE",
-    "AZURE_KEYVAULT_URL",
-    "AZURE_TENANT_ID",
-    "AZURE_CLIENT_ID",
-    "AZURE_CLIENT_SECRET",
-    "AZURE_FEDERATED_TOKEN_FILE",
-    "AZURE_AUTHORITY_HOST",
-];
-
 /// The `file` backend: files under `<config mount>/secrets`, served from
 /// `/etc/vaultbridge/secrets` inside the plugin.
 fn file_backend(session: &Session) -> BackendCase {
@@ -372,11 +338,16 @@ fn docker_engine_end_to_end() {
     let mount = &config["Mounts"][0];
     assert_eq!(mount["Destination"], "/etc/vaultbridge");
     assert_eq!(mount["Settable"], serde_json::json!(["source"]));
-    for name in PLUGIN_ENV {
+    // Every variable the binary reads is a setting the engine knows.
+    for variable in vaultbridge::config::variables() {
+        let name = variable.name;
+        if vaultbridge::config::NOT_PLUGIN_SETTINGS.contains(&name) {
+            continue;
+        }
         let entry = config["Env"]
             .as_array()
-            .and_then(|envs| envs.iter().find(|e| e["Name"] == *name))
-            .unwrap_or_else(|| panic!("config.json does not declare env {name}"));
+            .and_then(|envs| envs.iter().find(|e| e["Name"] == name))
+            .unwrap_or_else(|| panic!("the engine does not know the setting {name}"));
         assert_eq!(entry["Settable"], serde_json::json!(["value"]), "{name}");
     }
 
@@ -463,27 +434,49 @@ fn docker_engine_end_to_end() {
         eprintln!("  engine log: {line}");
     }
 
-    // The default mount source needs nothing on the host: with a provider
-    // from the environment the plugin enables as installed.
-    docker_ok(&[
-        "plugin",
-        "set",
-        &plugin,
-        "VAULTBRIDGE_FILE_DIR=/etc/vaultbridge",
-    ]);
+    // A bare install: no settings at all, the default (empty) mount. It
+    // enables, says once what to set, and a task's secret fails with that.
     let skip = s.log.plugin_lines(&plugin_id).len();
     s.enable_plugin(&plugin);
-    s.log.wait_plugin_line(
+    let warned = s.log.wait_plugin_line(
         &plugin_id,
         skip,
-        "the plugin to listen with the default mount",
+        "the bare plugin to say it is not configured",
         Duration::from_secs(30),
-        |l| l.contains("vaultbridge listening") && l.contains("config=environment variables"),
+        |l| l.contains("WARN") && l.contains("vaultbridge is not configured"),
     );
+    assert!(warned.contains("config.source="), "{warned}");
+    let bare_secret = format!("vb_{id}_bare");
+    s.secret_create(&bare_secret, &plugin, &[]);
+    let bare_service = format!("vb-{id}-bare");
+    let mut spec = ServiceSpec::new(&bare_service, &bare_secret, "app");
+    spec.no_restart = true;
+    s.service_create(&spec);
+    let failed = wait_task_failed(&s, &bare_service, "the bare plugin's task to fail");
+    eprintln!("  bare plugin, task: {failed}");
+    let line = s.log.wait_plugin_line(
+        &plugin_id,
+        skip,
+        "the bare plugin's answer in its log",
+        Duration::from_secs(10),
+        |l| l.contains(&format!("secret={bare_secret} ")) && l.contains("secret lookup failed"),
+    );
+    assert!(line.contains("outcome=\"not_configured\""), "{line}");
+    assert!(line.contains("config.source="), "{line}");
+    eprintln!("  bare plugin: {line}");
     docker_ok(&["plugin", "disable", &plugin]);
 
     // The real configuration: config.toml and secrets in the settable mount.
-    let mut settings: Vec<String> = vec![conf_source.clone(), "VAULTBRIDGE_LOG=info".into()];
+    // The request-policy variables too: the engine must accept each (they
+    // apply to providers from the environment; config.toml has its own keys).
+    let mut settings: Vec<String> = vec![
+        conf_source.clone(),
+        "VAULTBRIDGE_LOG=info".into(),
+        "VAULTBRIDGE_CACHE_TTL=30s".into(),
+        "VAULTBRIDGE_MAX_STALE=0s".into(),
+        "VAULTBRIDGE_DEADLINE=10s".into(),
+        "VAULTBRIDGE_MAX_CONCURRENCY=16".into(),
+    ];
     settings.extend(backends.iter().flat_map(|b| b.settings.iter().cloned()));
     let mut set_args = vec!["plugin", "set", plugin.as_str()];
     set_args.extend(settings.iter().map(String::as_str));

@@ -560,6 +560,55 @@ fn cli_get_and_check() {
     assert_eq!(out.status.code(), Some(2));
 }
 
+/// A bare install (no config file, no variables, no default secrets folder)
+/// starts, says once what to set, and answers every request with that; `check`
+/// says the same and fails.
+#[test]
+fn with_nothing_configured_it_serves_and_says_what_to_set() {
+    // What the plugin looks for by default; on a host that has them this
+    // test cannot show the bare case, and says so instead of passing.
+    for path in ["/etc/vaultbridge/config.toml", "/etc/vaultbridge/secrets"] {
+        assert!(
+            !std::path::Path::new(path).exists(),
+            "{path} exists on this host: the bare-install test needs it absent"
+        );
+    }
+    let plugin = Plugin::start(None, &[]);
+    let told = |text: &str| {
+        [
+            "config.source=",
+            "VAULT_ADDR",
+            "VAULTBRIDGE_FILE_DIR",
+            "config.toml",
+        ]
+        .iter()
+        .all(|needle| text.contains(needle))
+    };
+    for name in ["db_password", "other"] {
+        let answer = plugin.get_secret(&engine_request(name, &[]));
+        let err = answer.err();
+        assert!(err.contains("not configured") && told(&err), "{err}");
+    }
+    let log = plugin.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|line| line.contains("WARN") && line.contains("not configured"))
+        .filter(|line| !line.contains("secret lookup failed"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(told(warned[0]), "{log}");
+    assert!(log.contains("outcome=\"not_configured\""), "{log}");
+
+    let out = std::process::Command::new(vaultbridge_tests::binary())
+        .arg("check")
+        .env_clear()
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("not configured") && told(&said), "{said}");
+}
+
 /// Request fields and labels are the secret creator's text: they cannot
 /// forge a log line, make an answer huge, or change a stored value.
 #[test]

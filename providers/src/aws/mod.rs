@@ -32,7 +32,7 @@ use aws_sdk_secretsmanager::config::{Region, SharedCredentialsProvider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
-use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue};
+use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue, Variable};
 
 /// The default bound on one lookup, the SDK's retries included.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -94,6 +94,67 @@ impl std::fmt::Debug for AwsConfig {
             .finish()
     }
 }
+
+/// The variables the aws provider reads: the region itself, the rest
+/// through the SDK's standard chain (checked by `validate`).
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "AWS_REGION",
+        meaning: "AWS region; configures a provider named aws",
+    },
+    Variable {
+        name: "AWS_DEFAULT_REGION",
+        meaning: "AWS region when AWS_REGION is not set",
+    },
+    Variable {
+        name: "AWS_PROFILE",
+        meaning: "profile in the shared AWS config/credentials files",
+    },
+    Variable {
+        name: "AWS_ACCESS_KEY_ID",
+        meaning: "static AWS access key id (prefer instance roles or files in the mount)",
+    },
+    Variable {
+        name: "AWS_SECRET_ACCESS_KEY",
+        meaning: "static AWS secret key (visible in docker plugin inspect)",
+    },
+    Variable {
+        name: "AWS_SESSION_TOKEN",
+        meaning: "AWS session token for temporary credentials",
+    },
+    Variable {
+        name: "AWS_ENDPOINT_URL",
+        meaning: "AWS endpoint override (all services)",
+    },
+    Variable {
+        name: "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+        meaning: "Secrets Manager endpoint override",
+    },
+    Variable {
+        name: "AWS_ENDPOINT_URL_STS",
+        meaning: "STS endpoint override (assume-role, web identity)",
+    },
+    Variable {
+        name: "AWS_SHARED_CREDENTIALS_FILE",
+        meaning: "AWS credentials file (path inside the plugin, e.g. /etc/vaultbridge/aws/credentials)",
+    },
+    Variable {
+        name: "AWS_CONFIG_FILE",
+        meaning: "AWS config file (path inside the plugin)",
+    },
+    Variable {
+        name: "AWS_ROLE_ARN",
+        meaning: "role to assume with a web identity token",
+    },
+    Variable {
+        name: "AWS_WEB_IDENTITY_TOKEN_FILE",
+        meaning: "web identity token file (path inside the plugin)",
+    },
+    Variable {
+        name: "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+        meaning: "authorization token for the ECS/EKS container credentials endpoint",
+    },
+];
 
 impl AwsConfig {
     /// `AWS_REGION`, else `AWS_DEFAULT_REGION`, makes a provider named `aws`.

@@ -8,7 +8,7 @@ use azure_core::http::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::{ConfigError, EnvLookup};
+use crate::{ConfigError, EnvLookup, Variable};
 
 /// The public cloud's Microsoft Entra authority.
 pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
@@ -71,6 +71,34 @@ pub enum CredentialConfig {
         resource_id: Option<String>,
     },
 }
+
+/// The variables [`AzureConfig::from_env`] reads.
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "AZURE_KEYVAULT_URL",
+        meaning: "Key Vault URL, https://<name>.vault.azure.net; configures a provider named azure",
+    },
+    Variable {
+        name: "AZURE_TENANT_ID",
+        meaning: "Microsoft Entra tenant id",
+    },
+    Variable {
+        name: "AZURE_CLIENT_ID",
+        meaning: "application (client) id",
+    },
+    Variable {
+        name: "AZURE_CLIENT_SECRET",
+        meaning: "client secret (visible in docker plugin inspect: prefer a file in the mount)",
+    },
+    Variable {
+        name: "AZURE_FEDERATED_TOKEN_FILE",
+        meaning: "federated (workload identity) token file (path inside the plugin)",
+    },
+    Variable {
+        name: "AZURE_AUTHORITY_HOST",
+        meaning: "Entra authority host, default https://login.microsoftonline.com",
+    },
+];
 
 impl AzureConfig {
     /// `AZURE_KEYVAULT_URL` makes a provider named `azure`. The credential

@@ -40,7 +40,9 @@ use azure_security_keyvault_secrets::{
 };
 use secrecy::ExposeSecret;
 
-pub use config::{AzureConfig, CredentialConfig, DEFAULT_TIMEOUT_SECS, PUBLIC_AUTHORITY_HOST};
+pub use config::{
+    AzureConfig, CredentialConfig, DEFAULT_TIMEOUT_SECS, PUBLIC_AUTHORITY_HOST, VARIABLES,
+};
 use config::{ManagedId, ValidCredential};
 use errors::{Context, Failure};
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde::Deserialize;
 
-use crate::{ConfigError, EnvLookup};
+use crate::{ConfigError, EnvLookup, Variable};
 
 /// Every network call is bounded by this unless `timeout` says otherwise.
 pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
@@ -171,6 +171,40 @@ pub struct UserpassAuth {
     #[serde(default = "default_userpass_mount")]
     pub mount: String,
 }
+
+/// The variables [`VaultConfig::from_env`] reads (a token's `token_env`
+/// names one of the operator's choosing; the managed plugin passes only
+/// these).
+pub const VARIABLES: &[Variable] = &[
+    Variable {
+        name: "VAULT_ADDR",
+        meaning: "Vault/OpenBao address; configures a provider named vault",
+    },
+    Variable {
+        name: "VAULT_NAMESPACE",
+        meaning: "Vault Enterprise namespace",
+    },
+    Variable {
+        name: "VAULT_TOKEN",
+        meaning: "Vault token (visible in docker plugin inspect: prefer a token file in the mount)",
+    },
+    Variable {
+        name: "VAULT_CACERT",
+        meaning: "CA bundle for Vault's TLS certificate (a path inside the plugin, e.g. under /etc/vaultbridge)",
+    },
+    Variable {
+        name: "VAULT_CLIENT_CERT",
+        meaning: "client certificate for Vault TLS auth (path inside the plugin)",
+    },
+    Variable {
+        name: "VAULT_CLIENT_KEY",
+        meaning: "client key for Vault TLS auth (path inside the plugin)",
+    },
+    Variable {
+        name: "VAULT_TLS_SERVER_NAME",
+        meaning: "TLS server name to verify for Vault",
+    },
+];
 
 impl VaultConfig {
     /// `VAULT_ADDR` alone makes a provider named `vault`, with the token

@@ -30,7 +30,7 @@ use reqwest::Method as Verb;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::value::RawValue;
 
-pub use config::{AuthConfig, VaultConfig};
+pub use config::{AuthConfig, VARIABLES, VaultConfig};
 
 use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};
 use auth::{Current, Method, Session, quiet};
