@@ -43,11 +43,12 @@ pub(super) fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
     // Entra sometimes puts the trace id on the same line.
     let line = line.split(" Trace ID:").next().unwrap_or_default().trim();
+    // Escaped too: a server's words can carry ESC, bidi controls...
     let mut out: String = line.chars().take(MAX_TEXT).collect();
-    if line.chars().count() > MAX_TEXT {
+    if line.chars().nth(MAX_TEXT).is_some() {
         out.push('…');
     }
-    out
+    crate::text::shown_max(&out, MAX_TEXT + 1).into_owned()
 }
 
 fn errors_in_chain(err: &azure_core::Error) -> Vec<&azure_core::Error> {
@@ -98,7 +99,10 @@ fn retry_after_secs(value: &str) -> Option<Duration> {
 fn key_vault_error(raw: &RawResponse) -> (String, String, String) {
     let body: serde_json::Value = serde_json::from_slice(raw.body().as_ref()).unwrap_or_default();
     let error = &body["error"];
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    // Codes are short identifiers; anything else is shown escaped and cut.
+    let text = |v: &serde_json::Value| {
+        crate::text::shown_max(v.as_str().unwrap_or_default(), 100).into_owned()
+    };
     (
         text(&error["code"]),
         first_line(error["message"].as_str().unwrap_or_default()),
@@ -310,6 +314,10 @@ mod tests {
         assert_eq!(aadsts_text("no code here"), None);
         let long = "x".repeat(1000);
         assert_eq!(first_line(&long).chars().count(), MAX_TEXT + 1);
+        assert_eq!(
+            first_line("Vault \u{1b}[31mgone\u{202e}"),
+            "Vault \\u{1b}[31mgone\\u{202e}"
+        );
     }
 
     #[test]

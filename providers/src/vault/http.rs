@@ -421,10 +421,16 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// How many of Vault's error strings are kept, and how many characters of
+/// each: a hostile or broken server may send thousands.
+const MAX_ERRORS: usize = 5;
+const MAX_ERROR_CHARS: usize = 200;
+
 /// "1 error occurred:\n\t* permission denied\n\n" -> "permission denied";
-/// one line each, bounded.
+/// one line each, escaped and bounded, at most [`MAX_ERRORS`] of them (then
+/// a count of the rest).
 pub(crate) fn clean(errors: Vec<String>) -> Vec<String> {
-    errors
+    let mut lines = errors
         .into_iter()
         .flat_map(|e| {
             let items: Vec<String> = e
@@ -436,10 +442,15 @@ pub(crate) fn clean(errors: Vec<String>) -> Vec<String> {
         .map(|e| {
             // The server's words: escaped and bounded like any foreign text.
             let line = e.split_whitespace().collect::<Vec<_>>().join(" ");
-            crate::text::shown_max(&line, 300).into_owned()
+            crate::text::shown_max(&line, MAX_ERROR_CHARS).into_owned()
         })
-        .filter(|e| !e.is_empty())
-        .collect()
+        .filter(|e| !e.is_empty());
+    let mut kept: Vec<String> = lines.by_ref().take(MAX_ERRORS).collect();
+    let rest = lines.count();
+    if rest > 0 {
+        kept.push(format!("…and {rest} more error(s)"));
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -456,6 +467,21 @@ mod tests {
             clean(vec!["no handler for route \"x\"".into()]),
             vec!["no handler for route \"x\"".to_string()]
         );
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_bounded_errors() {
+        let many: Vec<String> = (0..10_000)
+            .map(|i| format!("error {i}\n\x1b[2K{}", "x".repeat(10_000)))
+            .collect();
+        let kept = clean(many);
+        assert_eq!(kept.len(), MAX_ERRORS + 1);
+        assert_eq!(kept[MAX_ERRORS], "…and 9995 more error(s)");
+        assert!(kept[0].starts_with("error 0 \\u{1b}[2Kxxx"), "{}", kept[0]);
+        let total: usize = kept.iter().map(|e| e.chars().count()).sum();
+        assert!(total < (MAX_ERROR_CHARS + 20) * (MAX_ERRORS + 1), "{total}");
+        let multi = "7 errors occurred:\n".to_string() + &"\t* denied\n".repeat(7);
+        assert_eq!(clean(vec![multi]).len(), MAX_ERRORS + 1);
     }
 
     #[test]
