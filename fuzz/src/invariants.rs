@@ -75,6 +75,12 @@ pub fn accepted_path(path: &SecretPath) {
             !matches!(segment, "" | "." | ".."),
             "segment {segment:?} accepted in {text:?}"
         );
+        // What a proxy that strips `;` path parameters would see.
+        let before_params = segment.split(';').next().unwrap_or_default();
+        assert!(
+            !matches!(before_params, "" | "." | ".."),
+            "segment {segment:?} accepted in {text:?}: it is {before_params:?} before its ';'"
+        );
     }
     assert!(
         !text.chars().any(breaks_a_line),
@@ -167,6 +173,13 @@ pub fn labels(secret_name: &str, labels: &BTreeMap<String, String>) {
                 lookup.version.as_deref(),
                 label(vaultbridge::labels::VERSION)
             );
+            if let Some(version) = lookup.version.as_deref() {
+                let before_params = version.split(';').next().unwrap_or_default();
+                assert!(
+                    !matches!(before_params, "" | "." | ".."),
+                    "version {version:?} accepted: a URL segment would resolve it"
+                );
+            }
             assert_eq!(
                 lookup.provider.as_deref(),
                 label(vaultbridge::labels::PROVIDER)

@@ -139,6 +139,11 @@ enum ReadError {
     /// Larger than the limit: `Some(size)` from fstat, `None` when it grew
     /// past the limit while being read.
     TooLarge(Option<u64>),
+    /// What was opened is not under the root (where the kernel says it is).
+    Outside(PathBuf),
+    /// Where the opened file is could not be learnt (no /proc?): refused,
+    /// since containment cannot be shown.
+    Unverified(std::io::Error),
 }
 
 impl ReadError {
@@ -154,6 +159,17 @@ impl ReadError {
             ReadError::TooLarge(None) => ProviderError::Invalid(format!(
                 "'{path}' grew past {MAX_FILE_BYTES} bytes while being read; \
                  the file provider reads at most {MAX_FILE_BYTES}"
+            )),
+            ReadError::Outside(real) => ProviderError::Denied(format!(
+                "'{path}' was opened at {}, outside the root {}: a directory on the way was \
+                 replaced by a symlink after it was checked; refused",
+                real.display(),
+                root.display()
+            )),
+            ReadError::Unverified(err) => ProviderError::Unavailable(format!(
+                "cannot check where '{path}' under {} was opened (/proc/self/fd: {err}); \
+                 the file provider needs /proc to prove the file is inside its root",
+                root.display()
             )),
         }
     }
@@ -174,9 +190,9 @@ impl From<std::io::Error> for ReadError {
 ///   carrier...). It changes nothing for a regular file.
 /// - `O_NOFOLLOW`: `canonical` has no symlink in it, so a symlink as its final
 ///   component can only have been swapped in since it was resolved; refuse it
-///   (ELOOP) rather than follow it out of the root. (A *directory* swapped for
-///   a symlink in between is not caught; that needs openat2's RESOLVE_BENEATH,
-///   and write access to the secrets directory.)
+///   (ELOOP) rather than follow it out of the root. A *directory* on the way
+///   swapped for a symlink in between is followed by open(2); that is caught
+///   after the open, by [`check_opened_inside`].
 /// - `O_NOCTTY`: opening a terminal must not make it our controlling one.
 /// - `O_CLOEXEC`: std sets it anyway; spelled out because a descriptor to a
 ///   secret must not leak into a child process.
@@ -219,9 +235,27 @@ fn read_capped(reader: impl std::io::Read, limit: u64) -> Result<Vec<u8>, ReadEr
     Ok(bytes)
 }
 
-/// One secret file: open it once, check it, read it within the limit.
-fn read_secret_file(canonical: &Path) -> Result<Vec<u8>, ReadError> {
+/// Make sure `file` really is under `root` (canonical), whatever happened
+/// to the directories on the way between `canonicalize` and `open`: the
+/// kernel's own name for the open descriptor must have `root` as a
+/// whole-component prefix. (openat2's RESOLVE_BENEATH would refuse during
+/// the open instead, but needs a raw syscall, and `unsafe` is not used.)
+fn check_opened_inside(file: &std::fs::File, root: &Path) -> Result<(), ReadError> {
+    use std::os::fd::AsRawFd;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .map_err(ReadError::Unverified)?;
+    if real.starts_with(root) && real != root {
+        Ok(())
+    } else {
+        Err(ReadError::Outside(real))
+    }
+}
+
+/// One secret file: open it once, check where it is and what it is, read
+/// it within the limit.
+fn read_secret_file(canonical: &Path, root: &Path) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(canonical)?;
+    check_opened_inside(&file, root)?;
     let size = file.metadata()?.len();
     if size > MAX_FILE_BYTES {
         return Err(ReadError::TooLarge(Some(size)));
@@ -245,7 +279,8 @@ impl Provider for FileProvider {
         // Open, fstat and read on one blocking thread: a single hop, and
         // nothing in it can block for long now that special files are
         // refused before the first read.
-        let bytes = tokio::task::spawn_blocking(move || read_secret_file(&full))
+        let root = self.root.clone();
+        let bytes = tokio::task::spawn_blocking(move || read_secret_file(&full, &root))
             .await
             .map_err(|err| {
                 ProviderError::Unavailable(format!("reading '{}' failed: {err}", secret.path))
@@ -398,19 +433,59 @@ mod tests {
     }
 
     #[test]
+    fn a_directory_swapped_for_a_symlink_is_caught_after_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let elsewhere = outside.path().canonicalize().unwrap();
+        std::fs::create_dir(root.join("app")).unwrap();
+        std::fs::write(root.join("app/db"), b"inside").unwrap();
+        std::fs::write(elsewhere.join("db"), b"outside").unwrap();
+        // As `locate` returned it: canonical, inside the root.
+        let resolved = root.join("app/db");
+        assert_eq!(read_secret_file(&resolved, &root).unwrap(), b"inside");
+
+        // Between canonicalize and open, `app` becomes a symlink out of the
+        // root. O_NOFOLLOW guards only the last component: the open succeeds.
+        std::fs::remove_dir_all(root.join("app")).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("app")).unwrap();
+        let opened = open_regular(&resolved).unwrap();
+        // The check on the opened descriptor is what refuses it.
+        let err = check_opened_inside(&opened, &root)
+            .unwrap_err()
+            .into_provider_error("app/db", &root);
+        assert!(
+            matches!(&err, ProviderError::Denied(m) if m.contains("outside the root") && m.contains("'app/db'")),
+            "{err}"
+        );
+        let err = read_secret_file(&resolved, &root)
+            .unwrap_err()
+            .into_provider_error("app/db", &root);
+        assert!(matches!(err, ProviderError::Denied(_)), "{err}");
+
+        // Whole components: `<elsewhere>/db` is not under `<elsewhere>/d`.
+        let file = std::fs::File::open(elsewhere.join("db")).unwrap();
+        assert!(check_opened_inside(&file, &elsewhere).is_ok());
+        assert!(matches!(
+            check_opened_inside(&file, &elsewhere.join("d")),
+            Err(ReadError::Outside(_))
+        ));
+    }
+
+    #[test]
     fn a_symlink_swapped_in_after_resolution_is_not_followed() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().canonicalize().unwrap();
         std::fs::write(root.join("real"), b"inside").unwrap();
         let resolved = root.join("secret");
         std::fs::write(&resolved, b"v1").unwrap();
-        assert_eq!(read_secret_file(&resolved).unwrap(), b"v1");
+        assert_eq!(read_secret_file(&resolved, &root).unwrap(), b"v1");
         // Between canonicalize and open, `secret` becomes a symlink — even
         // one to a regular file inside the root is refused, since the path
         // was checked as a real file.
         std::fs::remove_file(&resolved).unwrap();
         std::os::unix::fs::symlink(root.join("real"), &resolved).unwrap();
-        let err = read_secret_file(&resolved)
+        let err = read_secret_file(&resolved, &root)
             .unwrap_err()
             .into_provider_error("secret", &root);
         assert!(

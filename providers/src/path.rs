@@ -48,9 +48,13 @@ pub enum PathError {
     )]
     EmptySegment,
     #[error(
-        "it has a '.' or '..' segment; write the path from the provider's root without '..' or '.' (e.g. app/db)"
+        "it has a '.' or '..' segment (also when followed by ';…', which servers and proxies may read as a path parameter and drop); write the path from the provider's root without '..' or '.' (e.g. app/db)"
     )]
     DotSegment,
+    #[error(
+        "it has a segment that starts with ';' (servers and proxies may read ';…' as a path parameter and see an empty segment); write the name without it"
+    )]
+    ParamSegment,
     #[error("it contains a percent escape ('%{0}'); write the character itself")]
     PercentEscape(String),
     #[error("it contains '{0}', which is not allowed in a secret path")]
@@ -70,11 +74,7 @@ impl SecretPath {
             return Err(PathError::Empty);
         }
         for segment in path.split('/') {
-            match segment {
-                "" => return Err(PathError::EmptySegment),
-                "." | ".." => return Err(PathError::DotSegment),
-                _ => {}
-            }
+            check_segment(segment)?;
         }
         if let Some(at) = query_at {
             let query = &raw[at + 1..];
@@ -148,10 +148,26 @@ impl std::ops::Deref for SecretPath {
     }
 }
 
+/// One segment of a path: not empty, not `.` or `..`, and not so after a
+/// server or proxy that reads `;` as the start of path parameters (RFC 3986
+/// §3.3; Tomcat, Jetty, some proxies) cuts it there: `..;x` would be `..`.
+pub fn check_segment(segment: &str) -> Result<(), PathError> {
+    if segment.is_empty() {
+        return Err(PathError::EmptySegment);
+    }
+    match segment.split(';').next().unwrap_or_default() {
+        "." | ".." => Err(PathError::DotSegment),
+        "" => Err(PathError::ParamSegment),
+        _ => Ok(()),
+    }
+}
+
 /// Validate a `vaultbridge.version`: a version id or stage name, which
-/// backends put in a URL segment, a query or a JSON field.
+/// backends put in a URL segment, a query or a JSON field. So it follows
+/// the segment rule too (`..` as a URL segment would climb).
 pub fn check_version(raw: &str) -> Result<(), PathError> {
     check_text(raw, MAX_VERSION_BYTES)?;
+    check_segment(raw)?;
     match raw
         .chars()
         .find(|c| matches!(c, '/' | '?' | '&' | '=') || c.is_whitespace())
@@ -205,6 +221,8 @@ mod tests {
             "pki/issue/web?common_name=a.example.com&ttl=1h",
             "a/.hidden/b..c/...",
             "100%/done",
+            "a/b;c/d",
+            "a/...;x/b;",
         ] {
             let path = SecretPath::parse(raw).unwrap();
             assert_eq!(path.as_str(), raw);
@@ -226,6 +244,14 @@ mod tests {
         );
         assert_eq!(err("./db"), PathError::DotSegment);
         assert_eq!(err("a/."), PathError::DotSegment);
+        // What a ';'-parameter-stripping proxy would turn into '..' or ''.
+        assert_eq!(err("a/..;/b"), PathError::DotSegment);
+        assert_eq!(err("a/..;x/b"), PathError::DotSegment);
+        assert_eq!(err(".;x/db"), PathError::DotSegment);
+        assert_eq!(err("a/.;"), PathError::DotSegment);
+        assert_eq!(err("..;jsessionid=1?a=b"), PathError::DotSegment);
+        assert_eq!(err("a/;x/b"), PathError::ParamSegment);
+        assert_eq!(err(";"), PathError::ParamSegment);
         assert_eq!(err("/etc/passwd"), PathError::EmptySegment);
         assert_eq!(err("a//b"), PathError::EmptySegment);
         assert_eq!(err("a/b/"), PathError::EmptySegment);
@@ -273,5 +299,11 @@ mod tests {
         );
         assert_eq!(check_version("1\r\n"), Err(PathError::UnsafeChar(0x0d)));
         assert_eq!(check_version(""), Err(PathError::Empty));
+        assert_eq!(check_version("."), Err(PathError::DotSegment));
+        assert_eq!(check_version(".."), Err(PathError::DotSegment));
+        assert_eq!(check_version("..;x"), Err(PathError::DotSegment));
+        assert_eq!(check_version(";1"), Err(PathError::ParamSegment));
+        assert_eq!(check_version("..."), Ok(()));
+        assert_eq!(check_version("1.2"), Ok(()));
     }
 }

@@ -1,5 +1,7 @@
 //! The one trait every backend implements, and the values it trades in.
 
+use std::borrow::Cow;
+
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretSlice};
 
@@ -62,31 +64,79 @@ impl std::fmt::Debug for SecretValue {
     }
 }
 
+/// The most characters of one [`ProviderError`] message that are shown.
+/// Room for a path, a backend's own words and the advice around them.
+pub const MAX_MESSAGE_CHARS: usize = 1200;
+
 /// Why a lookup failed. The variants are distinct because the plugin reacts
 /// to each differently: only `Unavailable` is retried or served stale, and
 /// "not found" is never an empty value.
 ///
 /// Messages are for operators: they name the path and what to fix, and never
-/// carry a secret value or a credential.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+/// carry a secret value or a credential. They are often built from text we
+/// did not write (paths, backend answers), so `Display`, `Debug` and
+/// [`ProviderError::message`] show them escaped and bounded
+/// ([`crate::text::shown_max`], [`MAX_MESSAGE_CHARS`]) — here, once, so that
+/// no place that builds one can forget.
+#[derive(thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ProviderError {
-    #[error("not found: {0}")]
+    #[error("not found: {}", shown_message(.0))]
     NotFound(String),
-    #[error("access denied: {0}")]
+    #[error("access denied: {}", shown_message(.0))]
     Denied(String),
-    #[error("authentication failed: {0}")]
+    #[error("authentication failed: {}", shown_message(.0))]
     Unauthenticated(String),
-    #[error("backend unavailable: {0}")]
+    #[error("backend unavailable: {}", shown_message(.0))]
     Unavailable(String),
     /// The request itself is wrong for this backend (a label it cannot honour).
-    #[error("invalid request: {0}")]
+    #[error("invalid request: {}", shown_message(.0))]
     Invalid(String),
+}
+
+fn shown_message(message: &str) -> Cow<'_, str> {
+    crate::text::shown_max(message, MAX_MESSAGE_CHARS)
 }
 
 impl ProviderError {
     /// Transient failures worth retrying and, if configured, serving stale.
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Unavailable(_))
+    }
+
+    /// The message without the kind, escaped and bounded like `Display`.
+    pub fn message(&self) -> Cow<'_, str> {
+        shown_message(self.raw())
+    }
+
+    fn raw(&self) -> &str {
+        match self {
+            ProviderError::NotFound(m)
+            | ProviderError::Denied(m)
+            | ProviderError::Unauthenticated(m)
+            | ProviderError::Unavailable(m)
+            | ProviderError::Invalid(m) => m,
+        }
+    }
+
+    fn variant(&self) -> &'static str {
+        match self {
+            ProviderError::NotFound(_) => "NotFound",
+            ProviderError::Denied(_) => "Denied",
+            ProviderError::Unauthenticated(_) => "Unauthenticated",
+            ProviderError::Unavailable(_) => "Unavailable",
+            ProviderError::Invalid(_) => "Invalid",
+        }
+    }
+}
+
+/// Like the derived one, but bounded: `{:?}` of an error reaches logs too.
+impl std::fmt::Debug for ProviderError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The escaped text as is: `{:?}` of the Cow would escape the
+        // escapes' backslashes a second time.
+        f.debug_tuple(self.variant())
+            .field(&format_args!("\"{}\"", self.message()))
+            .finish()
     }
 }
 
@@ -114,5 +164,50 @@ mod tests {
         let shown = format!("{value:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("len: 19"), "{shown}");
+    }
+
+    #[test]
+    fn every_error_message_is_one_escaped_bounded_line() {
+        let hostile = format!(
+            "db\nINFO vaultbridge: secret served\r\x1b[2K\u{2028}{}",
+            "A".repeat(1024 * 1024)
+        );
+        for error in [
+            ProviderError::NotFound(hostile.clone()),
+            ProviderError::Denied(hostile.clone()),
+            ProviderError::Unauthenticated(hostile.clone()),
+            ProviderError::Unavailable(hostile.clone()),
+            ProviderError::Invalid(hostile.clone()),
+        ] {
+            for shown in [
+                error.to_string(),
+                format!("{error:?}"),
+                error.message().into_owned(),
+            ] {
+                assert!(
+                    !shown.chars().any(crate::text::is_unsafe_char),
+                    "{shown:.80}"
+                );
+                assert!(
+                    shown.chars().count() < MAX_MESSAGE_CHARS + 100,
+                    "{}",
+                    shown.len()
+                );
+                assert!(shown.contains("db\\u{a}INFO"), "{shown:.80}");
+                assert!(
+                    shown.contains("\\u{d}\\u{1b}[2K\\u{2028}AAA"),
+                    "{shown:.80}"
+                );
+                assert!(
+                    shown.ends_with("bytes)") || shown.ends_with("bytes)\")"),
+                    "{}",
+                    &shown[shown.len() - 40..]
+                );
+            }
+        }
+        // Ordinary messages are shown as written.
+        let plain = ProviderError::NotFound("no secret at kv/app/db".into());
+        assert_eq!(plain.to_string(), "not found: no secret at kv/app/db");
+        assert_eq!(format!("{plain:?}"), "NotFound(\"no secret at kv/app/db\")");
     }
 }

@@ -14,15 +14,44 @@ pub const MAX_SHOWN_CHARS: usize = 200;
 
 /// Characters that change how a line is displayed or split without being
 /// visible: control characters (newline, ESC, DEL, C1), Unicode line and
-/// paragraph separators, bidirectional overrides and zero-width characters.
+/// paragraph separators, every format character (general category Cf:
+/// soft hyphen, bidirectional controls, zero-width characters, tags...) and
+/// private-use characters (whose look depends on the font). The same set is
+/// refused in secret paths ([`crate::path`]).
 pub fn is_unsafe_char(c: char) -> bool {
-    c.is_control()
-        || matches!(c,
-            '\u{2028}' | '\u{2029}'
-            | '\u{200b}'..='\u{200f}'
-            | '\u{202a}'..='\u{202e}'
-            | '\u{2066}'..='\u{2069}'
-            | '\u{feff}')
+    c.is_control() || is_format_or_private(c)
+}
+
+/// Line and paragraph separators (Zl, Zp), format characters (Cf, Unicode
+/// 16) and private-use characters (Co).
+fn is_format_or_private(c: char) -> bool {
+    matches!(c,
+        '\u{2028}' | '\u{2029}'
+        // Cf
+        | '\u{00ad}'
+        | '\u{0600}'..='\u{0605}'
+        | '\u{061c}'
+        | '\u{06dd}'
+        | '\u{070f}'
+        | '\u{0890}'..='\u{0891}'
+        | '\u{08e2}'
+        | '\u{180e}'
+        | '\u{200b}'..='\u{200f}'
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206f}'
+        | '\u{feff}'
+        | '\u{fff9}'..='\u{fffb}'
+        | '\u{110bd}'
+        | '\u{110cd}'
+        | '\u{13430}'..='\u{1343f}'
+        | '\u{1bca0}'..='\u{1bca3}'
+        | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0001}'
+        | '\u{e0020}'..='\u{e007f}'
+        // Co: the BMP's private-use area and planes 15-16.
+        | '\u{e000}'..='\u{f8ff}'
+        | '\u{f0000}'..='\u{10ffff}')
 }
 
 /// `text` escaped and cut to [`MAX_SHOWN_CHARS`]; borrowed when already
@@ -71,6 +100,58 @@ mod tests {
             out,
             "db\\u{a}INFO vaultbridge: secret served\\u{d}\\u{1b}[2K\\u{2028}\\u{202e}\\u{7f}"
         );
+    }
+
+    #[test]
+    fn escapes_invisible_format_and_private_use_characters() {
+        let invisible = [
+            '\u{ad}',
+            '\u{600}',
+            '\u{605}',
+            '\u{61c}',
+            '\u{6dd}',
+            '\u{70f}',
+            '\u{890}',
+            '\u{8e2}',
+            '\u{180e}',
+            '\u{200b}',
+            '\u{200f}',
+            '\u{202a}',
+            '\u{202e}',
+            '\u{2060}',
+            '\u{2064}',
+            '\u{2066}',
+            '\u{206f}',
+            '\u{feff}',
+            '\u{fff9}',
+            '\u{fffb}',
+            '\u{110bd}',
+            '\u{13430}',
+            '\u{1bca0}',
+            '\u{1d173}',
+            '\u{e0001}',
+            '\u{e0020}',
+            '\u{e007f}',
+            '\u{e000}',
+            '\u{f8ff}',
+            '\u{f0000}',
+            '\u{ffffd}',
+            '\u{100000}',
+            '\u{10fffd}',
+        ];
+        for c in invisible {
+            assert!(is_unsafe_char(c), "U+{:04X}", c as u32);
+            let text = format!("db{c}password");
+            assert_eq!(shown(&text), format!("db\\u{{{:x}}}password", c as u32));
+            assert_eq!(
+                crate::path::SecretPath::parse(&text),
+                Err(crate::path::PathError::UnsafeChar(c as u32))
+            );
+        }
+        // Visible text, including non-Latin scripts and emoji, is kept.
+        for text in ["é", "日本語", "مرحبا", "ü-ß", "🔑"] {
+            assert!(matches!(shown(text), Cow::Borrowed(_)), "{text}");
+        }
     }
 
     #[test]

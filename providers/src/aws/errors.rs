@@ -220,6 +220,11 @@ fn detail<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> St
     shorten(scrub(&parts.join(": ")))
 }
 
+/// [`shorten`], escaped: for text the service wrote.
+fn shown_short(text: &str) -> String {
+    shorten(crate::text::shown_max(text, MAX_MESSAGE).into_owned())
+}
+
 fn shorten(mut text: String) -> String {
     if text.len() > MAX_MESSAGE {
         let mut cut = MAX_MESSAGE;
@@ -243,9 +248,11 @@ fn classify(
     let what = context.what();
     let region = context.region;
     let endpoint = context.endpoint;
+    // The service's words, escaped and bounded (ProviderError bounds the
+    // whole message again; this keeps our advice around them visible).
     let aws = |code: &str| match message {
-        Some(m) if !m.is_empty() => shorten(format!("{code}: {m}")),
-        _ => code.to_string(),
+        Some(m) if !m.is_empty() => shown_short(&format!("{code}: {m}")),
+        _ => shown_short(code),
     };
     let code_text = code.unwrap_or("no error code");
     let lower_message = message.unwrap_or_default().to_ascii_lowercase();

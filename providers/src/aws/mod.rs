@@ -38,6 +38,8 @@ use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretVa
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest `timeout` accepted: Docker's own plugin timeout is 30 s.
 const MAX_TIMEOUT: Duration = Duration::from_secs(120);
+/// The shortest `timeout`: less cannot complete a TLS handshake.
+const MIN_TIMEOUT_SECS: f64 = 0.1;
 /// The session name of an assumed role when `session_name` is not set; it
 /// shows in CloudTrail as the caller.
 pub const DEFAULT_SESSION_NAME: &str = "vaultbridge";
@@ -314,10 +316,11 @@ fn timeout_of(config: &AwsConfig, key: &str) -> Result<Duration, ConfigError> {
         return Ok(DEFAULT_TIMEOUT);
     };
     let max = MAX_TIMEOUT.as_secs_f64();
-    if !(seconds.is_finite() && seconds > 0.0 && seconds <= max) {
+    // Below 0.1 s (1e-10 rounds to 0 ns) every request would time out.
+    if !(seconds.is_finite() && (MIN_TIMEOUT_SECS..=max).contains(&seconds)) {
         return Err(ConfigError::new(
             format!("{key}.timeout"),
-            format!("{seconds} must be a number of seconds above 0 and at most {max}"),
+            format!("{seconds} must be a number of seconds from {MIN_TIMEOUT_SECS} to {max}"),
         ));
     }
     Ok(Duration::from_secs_f64(seconds))
@@ -749,8 +752,11 @@ mod tests {
         )
         .await;
         assert_eq!(err.key, "providers.prod.session_name");
-        let err = build_err("region = \"eu-west-1\"\ntimeout = 0").await;
-        assert_eq!(err.key, "providers.prod.timeout");
+        for bad in ["0", "1e-10", "0.099", "120.5", "nan", "inf"] {
+            let err = build_err(&format!("region = \"eu-west-1\"\ntimeout = {bad}")).await;
+            assert_eq!(err.key, "providers.prod.timeout", "{bad}");
+            assert!(err.message.contains("from 0.1 to 120"), "{err}");
+        }
         let err =
             build_err("region = \"eu-west-1\"\nprofile = \"surely-not-a-profile-7f3a\"").await;
         assert_eq!(err.key, "providers.prod.profile");

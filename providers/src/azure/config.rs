@@ -15,6 +15,8 @@ pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
 /// Bound on every call to the vault and the token endpoint, unless `timeout` says otherwise.
 pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
 const MAX_TIMEOUT_SECS: f64 = 300.0;
+/// The shortest `timeout`: less cannot complete a TLS handshake.
+const MIN_TIMEOUT_SECS: f64 = 0.1;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -265,12 +267,15 @@ impl AzureConfig {
         }
         let timeout = match self.timeout {
             None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
-            Some(secs) if secs > 0.0 && secs <= MAX_TIMEOUT_SECS => Duration::from_secs_f64(secs),
+            // Below 0.1 s (1e-10 rounds to 0 ns) every request would time out.
+            Some(secs) if (MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&secs) => {
+                Duration::from_secs_f64(secs)
+            }
             Some(secs) => {
                 return Err(ConfigError::new(
                     format!("{key}.timeout"),
                     format!(
-                        "{secs}: must be a number of seconds above 0 and at most {MAX_TIMEOUT_SECS}"
+                        "{secs}: must be a number of seconds from {MIN_TIMEOUT_SECS} to {MAX_TIMEOUT_SECS}"
                     ),
                 ));
             }

@@ -43,11 +43,12 @@ pub(super) fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
     // Entra sometimes puts the trace id on the same line.
     let line = line.split(" Trace ID:").next().unwrap_or_default().trim();
+    // Escaped too: a server's words can carry ESC, bidi controls...
     let mut out: String = line.chars().take(MAX_TEXT).collect();
-    if line.chars().count() > MAX_TEXT {
+    if line.chars().nth(MAX_TEXT).is_some() {
         out.push('…');
     }
-    out
+    crate::text::shown_max(&out, MAX_TEXT + 1).into_owned()
 }
 
 fn errors_in_chain(err: &azure_core::Error) -> Vec<&azure_core::Error> {
@@ -72,23 +73,36 @@ fn root_cause(err: &azure_core::Error) -> String {
     first_line(&current.to_string())
 }
 
+/// The longest Retry-After we honour; the lookup's deadline cuts it
+/// shorter anyway, this only keeps the arithmetic far from overflow.
+pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
 fn retry_after(raw: &RawResponse) -> Option<Duration> {
     let value = raw
         .headers()
         .get_optional_str(&azure_core::http::headers::RETRY_AFTER)?;
-    value
-        .trim()
-        .parse::<f64>()
-        .ok()
-        .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .map(Duration::from_secs_f64)
+    retry_after_secs(value)
+}
+
+/// A `Retry-After: <seconds>` value, capped at [`MAX_RETRY_AFTER`]. The
+/// server chooses it: NaN, negative or huge values (`1e20` would make
+/// `Duration::from_secs_f64` panic) are ignored or capped, never trusted.
+fn retry_after_secs(value: &str) -> Option<Duration> {
+    let secs = value.trim().parse::<f64>().ok()?;
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
 }
 
 /// Key Vault's `{"error":{"code","message","innererror":{"code"}}}`.
 fn key_vault_error(raw: &RawResponse) -> (String, String, String) {
     let body: serde_json::Value = serde_json::from_slice(raw.body().as_ref()).unwrap_or_default();
     let error = &body["error"];
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    // Codes are short identifiers; anything else is shown escaped and cut.
+    let text = |v: &serde_json::Value| {
+        crate::text::shown_max(v.as_str().unwrap_or_default(), 100).into_owned()
+    };
     (
         text(&error["code"]),
         first_line(error["message"].as_str().unwrap_or_default()),
@@ -300,5 +314,29 @@ mod tests {
         assert_eq!(aadsts_text("no code here"), None);
         let long = "x".repeat(1000);
         assert_eq!(first_line(&long).chars().count(), MAX_TEXT + 1);
+        assert_eq!(
+            first_line("Vault \u{1b}[31mgone\u{202e}"),
+            "Vault \\u{1b}[31mgone\\u{202e}"
+        );
+    }
+
+    #[test]
+    fn retry_after_from_the_server_never_panics_and_is_capped() {
+        assert_eq!(retry_after_secs(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(retry_after_secs("0.5"), Some(Duration::from_millis(500)));
+        assert_eq!(retry_after_secs("0"), Some(Duration::ZERO));
+        for huge in ["1e19", "1e20", "1e300", "inf", "18446744073709551616"] {
+            assert_eq!(retry_after_secs(huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        for bad in [
+            "-1",
+            "NaN",
+            "-inf",
+            "soon",
+            "",
+            "Wed, 21 Oct 2026 07:28:00 GMT",
+        ] {
+            assert_eq!(retry_after_secs(bad), None, "{bad}");
+        }
     }
 }

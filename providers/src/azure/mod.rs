@@ -354,7 +354,10 @@ impl AzureProvider {
                     (error, after.map_or(backoff, |after| after.max(backoff)))
                 }
             };
-            if Instant::now() + wait >= deadline {
+            // `wait` may come from the server (Retry-After): checked, so
+            // that no value can overflow the clock.
+            let next_attempt = Instant::now().checked_add(wait);
+            if next_attempt.is_none_or(|at| at >= deadline) {
                 return Err(with_note(
                     error,
                     format!(

@@ -213,9 +213,13 @@ fn validation_errors_name_the_key() {
     config.authority_host = Some("http://login.example".into());
     assert_eq!(build_err(&config).key, "providers.kv.authority_host");
 
-    let mut config = good.clone();
-    config.timeout = Some(0.0);
-    assert_eq!(build_err(&config).key, "providers.kv.timeout");
+    for bad in [0.0, 1e-10, 0.099, 300.5, f64::NAN, f64::INFINITY] {
+        let mut config = good.clone();
+        config.timeout = Some(bad);
+        let err = build_err(&config);
+        assert_eq!(err.key, "providers.kv.timeout", "{bad}");
+        assert!(err.message.contains("from 0.1 to 300"), "{err}");
+    }
 
     let mut config = good.clone();
     config.ca_file = Some(dir.path().join("missing.pem"));

@@ -572,6 +572,21 @@ mod tests {
     }
 
     #[test]
+    fn any_ttl_vault_sends_is_safe_arithmetic() {
+        // Vault's TTLs (lease_duration, lookup-self ttl) are u64 seconds
+        // chosen by the server: the largest must not overflow anything.
+        let now = Instant::now();
+        let mut huge = state(u64::MAX, 0);
+        huge.login_ttl = Some(Duration::from_secs(u64::MAX));
+        assert!(huge.usable(now));
+        assert!(!huge.due(now));
+        assert!(huge.remaining(now).is_some());
+        let later = now + Duration::from_secs(3600);
+        assert!(huge.usable(later));
+        assert!(!state(0, 0).usable(later));
+    }
+
+    #[test]
     fn unreadable_credentials_name_the_file_not_the_content() {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");

@@ -268,6 +268,7 @@ pub(crate) fn kv_mounts(
             "the KV mount is empty; the default is \"secret\"",
         ));
     }
+    let mount = url_part(&mount, &format!("{key}.kv_mount"), false)?;
     check_version(format!("{key}.kv_version"), config.kv_version)?;
     let mut mounts = BTreeMap::new();
     mounts.insert(mount.clone(), config.kv_version);
@@ -281,6 +282,7 @@ pub(crate) fn kv_mounts(
                 "a KV mount in kv_mounts must be one path segment (e.g. \"legacy\")",
             ));
         }
+        url_part(trimmed, &k, true)?;
         if let Some(previous) = mounts.insert(trimmed.to_string(), *version)
             && previous != *version
         {
@@ -291,6 +293,32 @@ pub(crate) fn kv_mounts(
         }
     }
     Ok((mount, mounts))
+}
+
+/// A mount (`kv_mount`, `auth.mount`) or a name that becomes part of a
+/// URL path (`auth.role`, `auth.username`, `auth.name`), held to the rule
+/// of a secret path ([`crate::SecretPath`]): the `url` crate silently drops
+/// `.` and `..` segments, so `approle/../x` would call another path.
+/// Mounts may have several segments (surrounding '/' are dropped); names
+/// must be one segment, taken as written.
+pub(crate) fn url_part(value: &str, key: &str, one_segment: bool) -> Result<String, ConfigError> {
+    let text = if one_segment {
+        value
+    } else {
+        trim_slashes(value)
+    };
+    let problem = match crate::SecretPath::parse(text) {
+        Err(err) => err.to_string(),
+        Ok(path) if path.query().is_some() => "it contains '?'".to_string(),
+        Ok(_) if one_segment && text.contains('/') => {
+            "it must be one path segment, without '/'".to_string()
+        }
+        Ok(_) => return Ok(text.to_string()),
+    };
+    Err(ConfigError::new(
+        key,
+        format!("'{}': {problem}", crate::text::shown(value)),
+    ))
 }
 
 /// A token as Vault issues it, trimmed of the newline a file or `echo`

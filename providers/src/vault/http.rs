@@ -91,6 +91,10 @@ impl Http {
             .no_proxy()
             .connect_timeout(timeout)
             .timeout(timeout)
+            // Every request carries X-Vault-Token: following a redirect would
+            // send it wherever the answer points (another host, or plain
+            // http). A 3xx is reported instead (`Failure::from_status`).
+            .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("vaultbridge/", env!("CARGO_PKG_VERSION")));
         if !https {
             // reqwest#2988 (what vaultrs works around too): no platform
@@ -319,6 +323,15 @@ impl Failure {
     /// `{"errors": [...]}` list is kept: never the rest (a 404 for a
     /// deleted version carries the secret's metadata).
     pub fn from_status(code: u16, body: &[u8]) -> Self {
+        if (300..400).contains(&code) {
+            return Failure::Status {
+                code,
+                errors: vec![format!(
+                    "a redirect, which vaultbridge does not follow because it would carry the token; \
+                     set address to the server that answers (e.g. the active node, with the scheme and port it serves)"
+                )],
+            };
+        }
         let errors = serde_json::from_slice::<serde_json::Value>(body)
             .ok()
             .and_then(|v| {
@@ -408,10 +421,16 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// How many of Vault's error strings are kept, and how many characters of
+/// each: a hostile or broken server may send thousands.
+const MAX_ERRORS: usize = 5;
+const MAX_ERROR_CHARS: usize = 200;
+
 /// "1 error occurred:\n\t* permission denied\n\n" -> "permission denied";
-/// one line each, bounded.
+/// one line each, escaped and bounded, at most [`MAX_ERRORS`] of them (then
+/// a count of the rest).
 pub(crate) fn clean(errors: Vec<String>) -> Vec<String> {
-    errors
+    let mut lines = errors
         .into_iter()
         .flat_map(|e| {
             let items: Vec<String> = e
@@ -423,10 +442,15 @@ pub(crate) fn clean(errors: Vec<String>) -> Vec<String> {
         .map(|e| {
             // The server's words: escaped and bounded like any foreign text.
             let line = e.split_whitespace().collect::<Vec<_>>().join(" ");
-            crate::text::shown_max(&line, 300).into_owned()
+            crate::text::shown_max(&line, MAX_ERROR_CHARS).into_owned()
         })
-        .filter(|e| !e.is_empty())
-        .collect()
+        .filter(|e| !e.is_empty());
+    let mut kept: Vec<String> = lines.by_ref().take(MAX_ERRORS).collect();
+    let rest = lines.count();
+    if rest > 0 {
+        kept.push(format!("…and {rest} more error(s)"));
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -443,6 +467,21 @@ mod tests {
             clean(vec!["no handler for route \"x\"".into()]),
             vec!["no handler for route \"x\"".to_string()]
         );
+    }
+
+    #[test]
+    fn keeps_a_bounded_number_of_bounded_errors() {
+        let many: Vec<String> = (0..10_000)
+            .map(|i| format!("error {i}\n\x1b[2K{}", "x".repeat(10_000)))
+            .collect();
+        let kept = clean(many);
+        assert_eq!(kept.len(), MAX_ERRORS + 1);
+        assert_eq!(kept[MAX_ERRORS], "…and 9995 more error(s)");
+        assert!(kept[0].starts_with("error 0 \\u{1b}[2Kxxx"), "{}", kept[0]);
+        let total: usize = kept.iter().map(|e| e.chars().count()).sum();
+        assert!(total < (MAX_ERROR_CHARS + 20) * (MAX_ERRORS + 1), "{total}");
+        let multi = "7 errors occurred:\n".to_string() + &"\t* denied\n".repeat(7);
+        assert_eq!(clean(vec![multi]).len(), MAX_ERRORS + 1);
     }
 
     #[test]
@@ -471,6 +510,75 @@ mod tests {
                 errors: vec![]
             }
         );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_reported_not_followed() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        // Where a hostile redirect points: it must never see a connection.
+        let elsewhere = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        elsewhere.set_nonblocking(true).unwrap();
+        let elsewhere_port = elsewhere.local_addr().unwrap().port();
+        let vault = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vault_addr = vault.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut conn, _) = vault.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    break;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            let answer = format!(
+                "HTTP/1.1 307 Temporary Redirect\r\nLocation: http://127.0.0.1:{elsewhere_port}/v1/secret/data/x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
+            conn.write_all(answer.as_bytes()).await.unwrap();
+            request
+        });
+
+        let address = parse_address(&format!("http://{vault_addr}"), "providers.v").unwrap();
+        let tls = TlsFiles {
+            ca_cert: None,
+            client: None,
+        };
+        let http = Http::new(
+            "providers.v",
+            &address,
+            &tls,
+            None,
+            false,
+            None,
+            Duration::from_secs(5),
+        )
+        .unwrap();
+        let token = SecretString::from("s.token-that-must-stay-home");
+        let failure = http
+            .send(reqwest::Method::GET, "secret/data/x", &[], None, &token)
+            .await
+            .unwrap_err();
+
+        let request = server.await.unwrap();
+        assert!(
+            String::from_utf8_lossy(&request).contains("s.token-that-must-stay-home"),
+            "the test server should have seen the token"
+        );
+        // Had the redirect been followed, that connection would be queued
+        // by now: `send` only returns after following.
+        assert_eq!(
+            elsewhere.accept().unwrap_err().kind(),
+            std::io::ErrorKind::WouldBlock,
+            "the redirect was followed, with the token"
+        );
+        assert!(failure.is_status(307), "{failure}");
+        let error = crate::vault::unavailable(&http.shown, "reading secret/data/x", failure);
+        let message = error.to_string();
+        assert!(message.contains("HTTP 307"), "{message}");
+        assert!(message.contains("redirect"), "{message}");
+        assert!(!message.contains("token-that-must"), "{message}");
     }
 
     #[test]

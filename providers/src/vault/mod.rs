@@ -168,9 +168,12 @@ impl VaultProvider {
             if m.is_empty() {
                 Err(ConfigError::new(format!("{auth_key}.{field}"), "is empty"))
             } else {
-                Ok(m.to_string())
+                config::url_part(m, &format!("{auth_key}.{field}"), false)
             }
         };
+        // Role and user names go into login URLs (or bodies) as one segment.
+        let name_of =
+            |name: &str, field: &str| config::url_part(name, &format!("{auth_key}.{field}"), true);
         let method = match &config.auth {
             AuthConfig::Token(t) => {
                 if let Some(file) = &t.token_file {
@@ -242,7 +245,7 @@ impl VaultProvider {
                 }
                 Method::Jwt {
                     mount: mount_of(&j.mount, "mount")?,
-                    role: j.role.clone(),
+                    role: name_of(&j.role, "role")?,
                     jwt_file: j.jwt_file.clone(),
                 }
             }
@@ -270,7 +273,12 @@ impl VaultProvider {
                 };
                 Method::Cert {
                     mount: mount_of(&c.mount, "mount")?,
-                    name: c.name.clone().filter(|n| !n.is_empty()),
+                    name: c
+                        .name
+                        .as_deref()
+                        .filter(|n| !n.is_empty())
+                        .map(|n| name_of(n, "name"))
+                        .transpose()?,
                     login_http,
                 }
             }
@@ -281,7 +289,7 @@ impl VaultProvider {
                 }
                 Method::Userpass {
                     mount: mount_of(&u.mount, "mount")?,
-                    username: u.username.clone(),
+                    username: name_of(&u.username, "username")?,
                     password_file: u.password_file.clone(),
                 }
             }
@@ -861,6 +869,76 @@ mod tests {
             let err = VaultProvider::new(&config, "providers.v").err().unwrap();
             assert_eq!(err.key, "providers.v.logical_prefixes", "{bad}");
         }
+    }
+
+    #[test]
+    fn mounts_and_login_names_follow_the_path_rule() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, "x").unwrap();
+        let file = file.display();
+        let build = |text: &str| VaultProvider::new(&with_token(text), "providers.v");
+        let key_of = |text: &str| build(text).err().map(|e| e.key);
+        for bad in [
+            "approle/../x",
+            "a/./b",
+            "..;x",
+            "a%2fb",
+            "a\u{200b}b",
+            "a?b=1",
+            "a#b",
+        ] {
+            let mounts = [
+                (
+                    format!("address = \"http://x\"\nkv_mount = \"{bad}\""),
+                    "providers.v.kv_mount",
+                ),
+                (
+                    format!(
+                        "address = \"http://x\"\nauth = {{ method = \"approle\", role_id_file = \"{file}\", secret_id_file = \"{file}\", mount = \"{bad}\" }}"
+                    ),
+                    "providers.v.auth.mount",
+                ),
+                (
+                    format!(
+                        "address = \"http://x\"\nauth = {{ method = \"jwt\", role = \"r\", jwt_file = \"{file}\", mount = \"{bad}\" }}"
+                    ),
+                    "providers.v.auth.mount",
+                ),
+                (
+                    format!(
+                        "address = \"http://x\"\nauth = {{ method = \"jwt\", role = \"{bad}\", jwt_file = \"{file}\" }}"
+                    ),
+                    "providers.v.auth.role",
+                ),
+                (
+                    format!(
+                        "address = \"http://x\"\nauth = {{ method = \"userpass\", username = \"{bad}\", password_file = \"{file}\" }}"
+                    ),
+                    "providers.v.auth.username",
+                ),
+            ];
+            for (text, key) in mounts {
+                assert_eq!(key_of(&text).as_deref(), Some(key), "{text}");
+            }
+        }
+        let err = build("address = \"http://x\"\nkv_mounts = { \"..\" = 2 }")
+            .err()
+            .unwrap();
+        assert_eq!(err.key, "providers.v.kv_mounts...");
+        // One segment for names; several for mounts.
+        assert!(config::url_part("team/x", "k", true).is_err());
+        assert_eq!(
+            config::url_part("/team/kv/", "k", false).unwrap(),
+            "team/kv"
+        );
+        let err = config::url_part("web/..", "providers.v.auth.name", true).unwrap_err();
+        assert_eq!(err.key, "providers.v.auth.name");
+        assert!(err.message.contains("'web/..'"), "{err}");
+        assert!(build(&format!(
+            "address = \"http://x\"\nkv_mount = \"/team/kv/\"\nauth = {{ method = \"userpass\", username = \"ops.bot@example.com\", password_file = \"{file}\", mount = \"corp/userpass\" }}"
+        ))
+        .is_ok());
     }
 
     #[test]
