@@ -39,9 +39,33 @@ pub struct Key {
 }
 
 /// What a fetch produced: the value, and whether it is unique to one task.
+#[derive(Clone)]
 pub struct Fetched {
     pub value: Value,
     pub per_task: bool,
+    /// How long a per-task value stays valid (the backend's lease), if known.
+    pub lease: Option<Duration>,
+}
+
+impl std::fmt::Debug for Fetched {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Fetched")
+            .field("len", &self.value.expose_secret().len())
+            .field("per_task", &self.per_task)
+            .field("lease", &self.lease)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Fetched {
+    /// A value any task may get (from the cache, or a shared call).
+    pub fn shared(value: Value) -> Self {
+        Self {
+            value,
+            per_task: false,
+            lease: None,
+        }
+    }
 }
 
 /// How an answer was obtained, for the log line (and later, metrics).
@@ -53,6 +77,8 @@ pub enum Source {
     Stale,
     /// Not cacheable (per-task): fetched for this request alone.
     Bypass,
+    /// The per-task value this task already got (the engine asked again).
+    Reissued,
 }
 
 impl Source {
@@ -63,6 +89,7 @@ impl Source {
             Source::Coalesced => "coalesced",
             Source::Stale => "stale",
             Source::Bypass => "bypass",
+            Source::Reissued => "reissued",
         }
     }
 }
@@ -190,7 +217,7 @@ enum Flight {
     Done(Result<Value, ResolveError>),
     Stale(Value),
     /// A per-task value: the first waiter takes it, the others fetch their own.
-    PerTask(Arc<Mutex<Option<Value>>>),
+    PerTask(Arc<Mutex<Option<Fetched>>>),
 }
 
 impl Cache {
@@ -222,7 +249,7 @@ impl Cache {
         key: &Key,
         lifetimes: Lifetimes,
         fetch: F,
-    ) -> Result<(Value, Source), ResolveError>
+    ) -> Result<(Fetched, Source), ResolveError>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<Fetched, ResolveError>> + Send + 'static,
@@ -233,7 +260,7 @@ impl Cache {
             if let Some(entry) = state.entries.get(key)
                 && entry.is_fresh(now)
             {
-                return Ok((entry.value.clone(), Source::Hit));
+                return Ok((Fetched::shared(entry.value.clone()), Source::Hit));
             }
             match state.flights.get(key) {
                 Some(receiver) => (receiver.clone(), Source::Coalesced),
@@ -263,13 +290,13 @@ impl Cache {
             }
         };
         match flight {
-            Flight::Done(result) => result.map(|value| (value, source)),
-            Flight::Stale(value) => Ok((value, Source::Stale)),
+            Flight::Done(result) => result.map(|value| (Fetched::shared(value), source)),
+            Flight::Stale(value) => Ok((Fetched::shared(value), Source::Stale)),
             Flight::PerTask(slot) => {
                 let taken = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
                 match taken {
-                    Some(value) => Ok((value, Source::Bypass)),
-                    None => fetch().await.map(|fetched| (fetched.value, Source::Bypass)),
+                    Some(fetched) => Ok((fetched, Source::Bypass)),
+                    None => fetch().await.map(|fetched| (fetched, Source::Bypass)),
                 }
             }
         }
@@ -286,9 +313,7 @@ impl Cache {
         state.flights.remove(key);
         let now = Instant::now();
         match result {
-            Ok(fetched) if fetched.per_task => {
-                Flight::PerTask(Arc::new(Mutex::new(Some(fetched.value))))
-            }
+            Ok(fetched) if fetched.per_task => Flight::PerTask(Arc::new(Mutex::new(Some(fetched)))),
             Ok(fetched) => {
                 self.insert(&mut state, key, &fetched.value, lifetimes, now);
                 Flight::Done(Ok(fetched.value))
@@ -446,6 +471,7 @@ mod tests {
                         Fetched {
                             value: value(&bytes),
                             per_task,
+                            lease: None,
                         }
                     })
                     .map_err(|error| ResolveError::Provider {
@@ -467,7 +493,7 @@ mod tests {
         cache
             .get_or_fetch(key, life, || backend.fetch())
             .await
-            .map(|(v, s)| (v.expose_secret().to_vec(), s))
+            .map(|(f, s)| (f.value.expose_secret().to_vec(), s))
     }
 
     #[tokio::test(start_paused = true)]

@@ -11,6 +11,7 @@
 //! - [`labels`]: `vaultbridge.*` labels -> a [`labels::Lookup`].
 //! - [`resolve`]: route a lookup to a provider, pick a field, decode, check size.
 //! - [`cache`]: TTL cache, request coalescing, stale-on-error.
+//! - [`issued`]: the per-task value each task got, for the engine's re-asks.
 //! - [`tuning`]: per-provider deadline, retries, concurrency limit.
 //! - [`config`]: the TOML file / environment / embedded default.
 //! - [`cli`]: `serve`, `check`, `get`.
@@ -20,6 +21,7 @@
 pub mod cache;
 pub mod cli;
 pub mod config;
+pub mod issued;
 pub mod labels;
 pub mod protocol;
 pub mod resolve;

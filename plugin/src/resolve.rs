@@ -13,6 +13,7 @@ use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef};
 
 use crate::cache::{self, Cache, Fetched, Key, Lifetimes, Source};
 use crate::config::Config;
+use crate::issued::{Issued, TaskSecret};
 use crate::labels::{Decode, FIELD, Lookup, PROVIDER};
 use crate::tuning::{Tuning, Upstream};
 
@@ -26,6 +27,8 @@ pub struct Resolver {
     providers: BTreeMap<String, Arc<Upstream>>,
     default: Option<String>,
     cache: Arc<Cache>,
+    /// Per-task values by (task, secret), for the engine's re-asks.
+    issued: Issued,
 }
 
 /// A value ready for Docker.
@@ -35,6 +38,8 @@ pub struct Resolved {
     pub per_task: bool,
     /// Where the answer came from: the cache, a shared call, the backend.
     pub source: Source,
+    /// How long a per-task value stays valid, when the backend said.
+    pub lease: Option<std::time::Duration>,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -120,6 +125,7 @@ impl Resolver {
             providers,
             default,
             cache: Arc::new(Cache::new(limits)),
+            issued: Issued::default(),
         }
     }
 
@@ -172,30 +178,71 @@ impl Resolver {
                 value: fetched.value,
                 per_task: true,
                 source: Source::Bypass,
+                lease: fetched.lease,
             });
         }
-        let key = Key {
-            provider: upstream.name.clone(),
-            path: lookup.path.as_str().to_string(),
-            version: lookup.version.clone(),
-            field: lookup.field.clone(),
-            decode: lookup.decode,
-        };
+        let key = cache_key(upstream, lookup);
         let lifetimes = Lifetimes {
             ttl: upstream.tuning.cache_ttl,
             max_stale: upstream.tuning.max_stale,
         };
-        let (value, source) = self
+        let (fetched, source) = self
             .cache
             .get_or_fetch(&key, lifetimes, || {
                 fetch_and_shape(upstream.clone(), lookup.clone())
             })
             .await?;
         Ok(Resolved {
-            value,
-            per_task: source == Source::Bypass,
+            value: fetched.value,
+            per_task: fetched.per_task,
             source,
+            lease: fetched.lease,
         })
+    }
+
+    /// [`Self::resolve`] for one of the engine's tasks: a per-task value is
+    /// remembered under (task, secret), so that the engine asking again for
+    /// a task that already has its value (failover, node reconnect) gets the
+    /// same bytes instead of a new lease. Without a task id, as `resolve`.
+    pub async fn resolve_for_task(
+        &self,
+        upstream: &Arc<Upstream>,
+        lookup: &Lookup,
+        task_id: &str,
+        secret_name: &str,
+    ) -> Result<Resolved, ResolveError> {
+        let task = TaskSecret {
+            task_id: task_id.to_string(),
+            secret_name: secret_name.to_string(),
+            lookup: cache_key(upstream, lookup),
+        };
+        if !task_id.is_empty()
+            && let Some(value) = self.issued.get(&task)
+        {
+            return Ok(Resolved {
+                value,
+                per_task: true,
+                source: Source::Reissued,
+                lease: None,
+            });
+        }
+        let resolved = self.resolve(upstream, lookup).await?;
+        if resolved.per_task {
+            self.issued
+                .insert(task, resolved.value.clone(), resolved.lease);
+        }
+        Ok(resolved)
+    }
+}
+
+/// Everything that makes two lookups on `upstream` return the same bytes.
+fn cache_key(upstream: &Upstream, lookup: &Lookup) -> Key {
+    Key {
+        provider: upstream.name.clone(),
+        path: lookup.path.as_str().to_string(),
+        version: lookup.version.clone(),
+        field: lookup.field.clone(),
+        decode: lookup.decode,
     }
 }
 
@@ -221,6 +268,7 @@ async fn fetch_and_shape(upstream: Arc<Upstream>, lookup: Lookup) -> Result<Fetc
     Ok(Fetched {
         value: Arc::new(value),
         per_task: fetched.per_task,
+        lease: fetched.lease,
     })
 }
 
@@ -397,6 +445,7 @@ mod tests {
             value: Arc::new(SecretSlice::from(b"topsecret".to_vec())),
             per_task: false,
             source: Source::Hit,
+            lease: None,
         };
         assert!(!format!("{resolved:?}").contains("topsecret"));
     }

@@ -145,7 +145,7 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
         .map_or("-", |(_, upstream)| upstream.name.as_str());
     let result = match &routed {
         Ok((lookup, upstream)) => resolver
-            .resolve(upstream, lookup)
+            .resolve_for_task(upstream, lookup, &request.task_id, &request.secret_name)
             .await
             .map_err(|err| (outcome(&err), err.to_string())),
         Err(err) => Err(err.clone()),

@@ -24,6 +24,9 @@ pub struct SecretValue {
     /// True when the value is unique to this request (a leased, dynamic
     /// credential): it must not be cached or shared between tasks.
     pub per_task: bool,
+    /// How long the value stays valid (a lease's duration), when the
+    /// backend says: a task that asks again within it gets the same value.
+    pub lease: Option<std::time::Duration>,
 }
 
 impl SecretValue {
@@ -31,6 +34,7 @@ impl SecretValue {
         Self {
             bytes: bytes.into(),
             per_task: false,
+            lease: None,
         }
     }
 
@@ -39,7 +43,14 @@ impl SecretValue {
         Self {
             bytes: bytes.into(),
             per_task: true,
+            lease: None,
         }
+    }
+
+    /// The value stays valid for `lease` (e.g. Vault's `lease_duration`).
+    pub fn with_lease(mut self, lease: std::time::Duration) -> Self {
+        self.lease = Some(lease);
+        self
     }
 
     pub fn expose(&self) -> &[u8] {

@@ -457,11 +457,32 @@ async fn leased_dynamic_secrets_are_per_task_and_differ_per_call() {
         ("vaultbridge.path", path),
         ("vaultbridge.field", "serial_number"),
     ];
-    let a = ask(&plugin, &labels);
-    let b = ask(&plugin, &labels);
+    // Two tasks: two certificates. The engine asking again for a task that
+    // has its certificate (failover, reconnect): the same one, no new lease.
+    let as_task = |task: &str| {
+        let mut request = engine_request("s", &labels);
+        request["TaskID"] = task.into();
+        plugin.get_secret(&request)
+    };
+    let issued = || bao.audit_count("pki/issue/web");
+    let before = issued();
+    let a = as_task("task-a");
+    let b = as_task("task-b");
     assert_eq!(a.json()["DoNotReuse"], true, "{}", a.json());
     assert_eq!(b.json()["DoNotReuse"], true);
     assert_ne!(a.value(), b.value());
+    assert_eq!(issued(), before + 2, "one certificate per task");
+    for _ in 0..3 {
+        let again = as_task("task-a");
+        assert_eq!(again.json()["DoNotReuse"], true);
+        assert_eq!(again.value(), a.value(), "a re-ask got another certificate");
+    }
+    assert_eq!(issued(), before + 2, "a re-ask minted a new lease");
+    assert!(
+        plugin.log().contains("cache=\"reissued\""),
+        "{}",
+        plugin.log()
+    );
     let key = ask_field(&plugin, path, "private_key");
     assert!(text(&key).contains("PRIVATE KEY"));
     assert_log_has_no_values(&plugin.log(), &[&key]);

@@ -642,7 +642,11 @@ impl VaultProvider {
         }
         let bytes = json_value(Some(body.get()), &what)?;
         Ok(if leased {
-            SecretValue::per_task(bytes)
+            let value = SecretValue::per_task(bytes);
+            match response.lease_duration {
+                0 => value,
+                seconds => value.with_lease(std::time::Duration::from_secs(seconds)),
+            }
         } else {
             SecretValue::new(bytes)
         })
