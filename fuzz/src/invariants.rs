@@ -24,29 +24,24 @@ pub const MAX_ERROR_BYTES: usize = 2048;
 /// `Config::parse` errors are one line: the key (`providers.<name>...`)
 /// and the message may both quote text from the file.
 ///
-/// TODO(lead): false until config.rs shows foreign text through
-/// `vaultbridge_providers::text::shown` (or escapes it). Today these come
-/// back with the raw character (seeds `fuzz/corpus/config/bug-*.toml`):
-/// - `default_provider = "a\nb"` -> `default_provider: 'a<LF>b' is not a configured provider`
-/// - `[providers."a\nb"]` -> key `providers.a<LF>b` (validate_names)
-/// - an unknown key `"a\rb" = 1`, in a table or at the top (keyed `(file)`)
-///   -> ``unknown field `a<CR>b` `` (`one_line` replaces only `\n`)
-///
-/// With false, only errors keyed `(file)` are checked, and for `\n` only.
-pub const CONFIG_ERRORS_ARE_ALWAYS_ONE_LINE: bool = false;
+/// `ConfigError`'s Display shows its key and message through
+/// `vaultbridge_providers::text::shown_max`. Seeds `fuzz/corpus/config/bug-*.toml`
+/// are the inputs that once came back with a raw newline or CR
+/// (`default_provider = "a\nb"`, `[providers."a\nb"]`, a key `"a\rb"`).
+pub const CONFIG_ERRORS_ARE_ALWAYS_ONE_LINE: bool = true;
 
 /// Accepted paths have no space at either end.
 ///
-/// TODO(lead): false until `SecretPath::parse` refuses them. Today it
-/// accepts `.. ` and `a/. ` (the segment is not `.`/`..` as text), but URL
+/// `SecretPath::parse` refuses a segment with a space at either end. It once
+/// accepted `.. ` and `a/. ` (the segment is not `.`/`..` as text), but URL
 /// parsers (WHATWG, the `url` crate's `Url::parse`/`join`) strip leading and
 /// trailing spaces from the whole input first, so a URL *built as text*,
 /// `format!("{base}/{path}")` then parsed, resolves `.. ` to `..`:
 /// `Url::parse("https://v/prefix/").join("./.. ")` is `https://v/`. Found by
 /// the `path` fuzz target (input `.. `). The Vault client builds URLs with
 /// `path_segments_mut`, which encodes the space (`..%20`), so no request
-/// escapes today; the check stays on for that API either way.
-pub const SECRET_PATHS_REFUSE_EDGE_SPACES: bool = false;
+/// escaped even then; the check stays on for that API either way.
+pub const SECRET_PATHS_REFUSE_EDGE_SPACES: bool = true;
 
 /// A character that would let text forge or repaint a log line.
 fn breaks_a_line(c: char) -> bool {

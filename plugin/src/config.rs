@@ -334,6 +334,17 @@ mod tests {
 
         let err = Config::parse("[providers]\n").unwrap_err();
         assert_eq!(err.key, "providers");
+
+        // The file's own text in a key or message cannot start a log line.
+        for text in [
+            "default_provider = \"a\\nb\"\n[providers.a]\ntype = \"file\"\nroot = \"/\"\n",
+            "[providers.\"a\\nb\"]\ntype = \"file\"\nroot = \"/\"\n",
+            "\"a\\rb\" = 1\n",
+            "[providers.x]\ntype = \"file\"\nroot = \"/\"\n\"k\\u001b[2K\" = 1\n",
+        ] {
+            let shown = Config::parse(text).unwrap_err().to_string();
+            assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        }
     }
 
     #[test]

@@ -40,9 +40,15 @@ pub enum ProviderConfig {
     Azure(crate::azure::AzureConfig),
 }
 
-/// A configuration problem, with the key path it concerns.
+/// A configuration problem, with the key path it concerns. Both may quote
+/// the file's own text (a key, a provider name, a value), so both are shown
+/// escaped and bounded: one config error is one log line.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-#[error("{key}: {message}")]
+#[error(
+    "{}: {}",
+    crate::text::shown_max(key, 300),
+    crate::text::shown_max(message, 2000)
+)]
 pub struct ConfigError {
     /// Dotted path in the config file, e.g. `providers.vault-prod.auth.role_id_file`.
     pub key: String,

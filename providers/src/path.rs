@@ -55,6 +55,10 @@ pub enum PathError {
         "it has a segment that starts with ';' (servers and proxies may read ';…' as a path parameter and see an empty segment); write the name without it"
     )]
     ParamSegment,
+    #[error(
+        "it has a segment that starts or ends with a space (URL parsers and servers may trim it, and '.. ' becomes '..'); write the name without it"
+    )]
+    EdgeSpace,
     #[error("it contains a percent escape ('%{0}'); write the character itself")]
     PercentEscape(String),
     #[error("it contains '{0}', which is not allowed in a secret path")]
@@ -155,6 +159,9 @@ pub fn check_segment(segment: &str) -> Result<(), PathError> {
     if segment.is_empty() {
         return Err(PathError::EmptySegment);
     }
+    if segment.starts_with(char::is_whitespace) || segment.ends_with(char::is_whitespace) {
+        return Err(PathError::EdgeSpace);
+    }
     match segment.split(';').next().unwrap_or_default() {
         "." | ".." => Err(PathError::DotSegment),
         "" => Err(PathError::ParamSegment),
@@ -252,6 +259,15 @@ mod tests {
         assert_eq!(err("..;jsessionid=1?a=b"), PathError::DotSegment);
         assert_eq!(err("a/;x/b"), PathError::ParamSegment);
         assert_eq!(err(";"), PathError::ParamSegment);
+        // What a URL parser that trims the input (a URL built as text)
+        // would turn into '..' or '.'.
+        for edge in [".. ", " ..", "a/. ", "a/ b", "prefix/..\u{a0}"] {
+            assert_eq!(err(edge), PathError::EdgeSpace, "{edge:?}");
+        }
+        assert!(
+            SecretPath::parse("a b/c d").is_ok(),
+            "inner spaces are names"
+        );
         assert_eq!(err("/etc/passwd"), PathError::EmptySegment);
         assert_eq!(err("a//b"), PathError::EmptySegment);
         assert_eq!(err("a/b/"), PathError::EmptySegment);
