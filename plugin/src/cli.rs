@@ -1,7 +1,6 @@
 //! The `vaultbridge` command line: `serve` (what Docker runs), and `check`
 //! and `get` for operators debugging a configuration.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,9 +11,10 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, Source};
-use crate::labels::Lookup;
+use crate::protocol::GetSecretRequest;
 use crate::resolve::Resolver;
 use crate::server;
+use vaultbridge_providers::text::shown;
 
 /// What the managed-plugin manifest names: `/run/docker/plugins/<socket>`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/vaultbridge.sock";
@@ -307,17 +307,12 @@ async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> 
             return ExitCode::from(2);
         }
     };
-    let labels: BTreeMap<String, String> = labels.into_iter().collect();
-    let result = match Lookup::from_labels(&name, &labels) {
-        Ok(lookup) => match resolver.route(&lookup) {
-            Ok(upstream) => resolver
-                .resolve(upstream, &lookup)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        },
-        Err(err) => Err(err.to_string()),
+    let request = GetSecretRequest {
+        secret_name: name,
+        secret_labels: labels.into_iter().collect(),
+        ..GetSecretRequest::default()
     };
+    let result = resolver.answer(&request).await.result;
     match result {
         Ok(resolved) => {
             let mut stdout = std::io::stdout().lock();
@@ -333,8 +328,9 @@ async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> 
             }
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("secret '{name}': {message}");
+        Err(failure) => {
+            let name = shown(&request.secret_name);
+            eprintln!("secret '{name}': {}", failure.message);
             ExitCode::FAILURE
         }
     }
