@@ -38,7 +38,7 @@ pub struct StackSecret {
 #[derive(Debug)]
 pub enum Check {
     /// Ours: the request the leader will send for the first service using it.
-    Resolve(GetSecretRequest),
+    Resolve(Box<GetSecretRequest>),
     /// Not asked of this driver; why.
     Skip(String),
 }
@@ -202,13 +202,13 @@ fn plan(
                 if !service.is_empty() {
                     service_labels.insert(STACK_NAMESPACE.into(), stack.into());
                 }
-                Check::Resolve(GetSecretRequest {
+                Check::Resolve(Box::new(GetSecretRequest {
                     secret_name: name.clone(),
                     secret_labels: labels,
                     service_name: service,
                     service_labels,
                     ..GetSecretRequest::default()
-                })
+                }))
             }
             (Some(driver), _) => {
                 Check::Skip(format!("driver '{}' (another plugin)", shown(driver)))
