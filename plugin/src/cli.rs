@@ -1,7 +1,6 @@
 //! The `vaultbridge` command line: `serve` (what Docker runs), and `check`
 //! and `get` for operators debugging a configuration.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -12,9 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 
 use crate::config::{Config, Source};
-use crate::labels::Lookup;
+use crate::protocol::GetSecretRequest;
 use crate::resolve::Resolver;
 use crate::server;
+use crate::stack::{self, Check};
+use vaultbridge_providers::text::shown;
 
 /// What the managed-plugin manifest names: `/run/docker/plugins/<socket>`.
 pub const DEFAULT_SOCKET: &str = "/run/docker/plugins/vaultbridge.sock";
@@ -55,10 +56,22 @@ pub enum Command {
               value_parser = clap::value_parser!(u64).range(0..=300))]
         grace_period: u64,
     },
-    /// Validate the configuration and check every provider is reachable.
+    /// Validate the configuration and check every provider is reachable; with
+    /// --stack, resolve a stack file's secrets as the plugin would after
+    /// `docker stack deploy`, printing sizes, never values.
     Check {
         #[command(flatten)]
         config: ConfigArg,
+        /// A compose file, as given to `docker stack deploy -c FILE`.
+        #[arg(long, value_name = "FILE", requires = "stack_name")]
+        stack: Option<PathBuf>,
+        /// The stack's name, as given to `docker stack deploy -c FILE NAME`.
+        #[arg(long, value_name = "NAME", requires = "stack", value_parser = stack::parse_stack_name)]
+        stack_name: Option<String>,
+        /// The plugin's name in the stack file's `driver:` (as installed, or
+        /// its `--alias`); repeatable. `NAME` and `NAME:latest` are one.
+        #[arg(long = "driver", value_name = "NAME", default_value = "vaultbridge")]
+        drivers: Vec<String>,
     },
     /// Resolve one secret exactly as the plugin would; the value goes to stdout.
     Get {
@@ -197,7 +210,13 @@ pub async fn run(cli: Cli) -> ExitCode {
             config,
             grace_period,
         } => serve(socket, config, Duration::from_secs(grace_period)).await,
-        Command::Check { config } => check(config).await,
+        Command::Check {
+            config,
+            stack: Some(file),
+            stack_name: Some(name),
+            drivers,
+        } => check_stack(config, file, name, drivers).await,
+        Command::Check { config, .. } => check(config).await,
         Command::Get {
             config,
             labels,
@@ -299,6 +318,71 @@ async fn check(config: ConfigArg) -> ExitCode {
     }
 }
 
+/// Resolve every vaultbridge secret of a stack file through the server's
+/// own pipeline; 0: all resolve, 1: one does not, 2: the file or the
+/// configuration is unusable.
+async fn check_stack(
+    config: ConfigArg,
+    file: PathBuf,
+    stack_name: String,
+    drivers: Vec<String>,
+) -> ExitCode {
+    let secrets = match stack::load(&file, &stack_name, &drivers, &process_env) {
+        Ok(secrets) => secrets,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (resolver, source) = match load(&config).await {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            eprintln!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("configuration: {source}");
+    let (mut ok, mut failed, mut skipped) = (0, 0, 0);
+    for secret in &secrets {
+        let name = shown(&secret.name);
+        let unused = if secret.services.is_empty() {
+            " (unused)"
+        } else {
+            ""
+        };
+        let request = match &secret.check {
+            Check::Resolve(request) => request,
+            Check::Skip(reason) => {
+                skipped += 1;
+                println!("skip  {name}{unused}: {reason}");
+                continue;
+            }
+        };
+        // Each provider call has its configured deadline.
+        let answer = resolver.answer(request).await;
+        match answer.result {
+            Ok(resolved) => {
+                ok += 1;
+                let provider = answer.provider.as_deref().unwrap_or("-");
+                let path = answer.path.as_deref().unwrap_or("-");
+                let bytes = resolved.value.expose_secret().len();
+                let per_task = if resolved.per_task { ", per task" } else { "" };
+                println!("ok    {name} ({provider}, {path}): {bytes} bytes{per_task}{unused}");
+            }
+            Err(failure) => {
+                failed += 1;
+                println!("FAIL  {name}{unused}: {}", failure.message);
+            }
+        }
+    }
+    println!("{ok} ok, {failed} failed, {skipped} skipped");
+    if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> ExitCode {
     let (resolver, _) = match load(&config).await {
         Ok(loaded) => loaded,
@@ -307,17 +391,12 @@ async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> 
             return ExitCode::from(2);
         }
     };
-    let labels: BTreeMap<String, String> = labels.into_iter().collect();
-    let result = match Lookup::from_labels(&name, &labels) {
-        Ok(lookup) => match resolver.route(&lookup) {
-            Ok(upstream) => resolver
-                .resolve(upstream, &lookup)
-                .await
-                .map_err(|e| e.to_string()),
-            Err(err) => Err(err.to_string()),
-        },
-        Err(err) => Err(err.to_string()),
+    let request = GetSecretRequest {
+        secret_name: name,
+        secret_labels: labels.into_iter().collect(),
+        ..GetSecretRequest::default()
     };
+    let result = resolver.answer(&request).await.result;
     match result {
         Ok(resolved) => {
             let mut stdout = std::io::stdout().lock();
@@ -333,8 +412,9 @@ async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> 
             }
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("secret '{name}': {message}");
+        Err(failure) => {
+            let name = shown(&request.secret_name);
+            eprintln!("secret '{name}': {}", failure.message);
             ExitCode::FAILURE
         }
     }

@@ -14,7 +14,8 @@
 //! - [`issued`]: the per-task value each task got, for the engine's re-asks.
 //! - [`tuning`]: per-provider deadline, retries, concurrency limit.
 //! - [`config`]: the TOML file / environment / embedded default.
-//! - [`cli`]: `serve`, `check`, `get`.
+//! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
+//! - [`cli`]: `serve`, `check` (also `check --stack`), `get`.
 //!
 //! Backends live in the `vaultbridge-providers` crate.
 
@@ -26,4 +27,5 @@ pub mod labels;
 pub mod protocol;
 pub mod resolve;
 pub mod server;
+pub mod stack;
 pub mod tuning;

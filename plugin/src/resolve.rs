@@ -2,7 +2,8 @@
 //! pick a JSON field, decode base64, enforce Docker's size limits.
 //!
 //! This is the one place that knows the rules every backend shares; the
-//! `get` CLI command and the server both go through it.
+//! server, the `get` command and `check --stack` all go through
+//! [`Resolver::answer`], which turns a GetSecret request into its result.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::cache::{self, Cache, Fetched, Key, Lifetimes, Source};
 use crate::config::Config;
 use crate::issued::{Issued, TaskSecret};
 use crate::labels::{Decode, FIELD, Lookup, PROVIDER};
+use crate::protocol::GetSecretRequest;
 use crate::tuning::{Tuning, Upstream};
 
 /// Docker refuses secret values outside 1..=511999 bytes (swarmkit's
@@ -52,6 +54,38 @@ impl std::fmt::Debug for Resolved {
     }
 }
 
+/// What one GetSecret request came to, before it becomes Docker's answer.
+#[derive(Debug)]
+pub struct Answer {
+    /// The provider the request was routed to, once routing got that far.
+    pub provider: Option<String>,
+    /// The validated path, once the labels parsed.
+    pub path: Option<String>,
+    pub result: Result<Resolved, Failure>,
+}
+
+/// A failed request: a stable word for logs and metrics, and the message
+/// for the operator.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub outcome: &'static str,
+    /// Escaped and bounded (it quotes labels and backend answers): ready for
+    /// a log line, Docker's `Err` or a terminal.
+    pub message: String,
+}
+
+/// The longest failure message sent to the engine, logged or printed.
+pub const MAX_ERROR_CHARS: usize = 2000;
+
+impl Failure {
+    fn new(outcome: &'static str, message: &str) -> Self {
+        Self {
+            outcome,
+            message: vaultbridge_providers::text::shown_max(message, MAX_ERROR_CHARS).into_owned(),
+        }
+    }
+}
+
 /// Why a lookup failed, phrased for the operator who reads the plugin log.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum ResolveError {
@@ -81,6 +115,24 @@ pub enum ResolveError {
 }
 
 impl ResolveError {
+    /// A short, stable word per failure kind, for logs and (later) metrics.
+    pub fn outcome(&self) -> &'static str {
+        use vaultbridge_providers::ProviderError as P;
+        match self {
+            ResolveError::UnknownProvider { .. } | ResolveError::NoDefault { .. } => "bad_labels",
+            ResolveError::Shape { .. } => "bad_value",
+            ResolveError::NotConfigured => "not_configured",
+            ResolveError::Internal(_) => "internal",
+            ResolveError::Provider { error, .. } => match error {
+                P::NotFound(_) => "not_found",
+                P::Denied(_) => "denied",
+                P::Unauthenticated(_) => "unauthenticated",
+                P::Unavailable(_) => "unavailable",
+                P::Invalid(_) => "bad_labels",
+            },
+        }
+    }
+
     /// Worth serving a stale value for: the backend could not be reached.
     pub fn is_transient(&self) -> bool {
         matches!(self, ResolveError::Provider { error, .. } if error.is_transient())
@@ -162,6 +214,42 @@ impl Resolver {
             .cloned()
             .collect::<Vec<_>>()
             .join(", ")
+    }
+
+    /// The whole pipeline for one GetSecret request: its labels, then the
+    /// provider, then the value. Either step may fail, and the answer says
+    /// what was known when it did.
+    pub async fn answer(&self, request: &GetSecretRequest) -> Answer {
+        let lookup = match Lookup::from_labels(&request.secret_name, &request.secret_labels) {
+            Ok(lookup) => lookup,
+            Err(err) => {
+                return Answer {
+                    provider: None,
+                    path: None,
+                    result: Err(Failure::new("bad_labels", &err.to_string())),
+                };
+            }
+        };
+        let path = Some(lookup.path.as_str().to_string());
+        let upstream = match self.route(&lookup) {
+            Ok(upstream) => upstream,
+            Err(err) => {
+                return Answer {
+                    provider: None,
+                    path,
+                    result: Err(Failure::new(err.outcome(), &err.to_string())),
+                };
+            }
+        };
+        let result = self
+            .resolve_for_task(upstream, &lookup, &request.task_id, &request.secret_name)
+            .await
+            .map_err(|err| Failure::new(err.outcome(), &err.to_string()));
+        Answer {
+            provider: Some(upstream.name.clone()),
+            path,
+            result,
+        }
     }
 
     /// Fetch and shape one secret from the provider [`Self::route`] chose,

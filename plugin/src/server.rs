@@ -33,18 +33,14 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
-use crate::labels::Lookup;
 use crate::protocol::{
     ActivateResponse, CONTENT_TYPE, ErrorResponse, GetSecretRequest, GetSecretResponse,
 };
-use crate::resolve::{ResolveError, Resolver};
-use vaultbridge_providers::text::{shown, shown_max};
+use crate::resolve::Resolver;
+use vaultbridge_providers::text::shown;
 
 /// Requests are small JSON documents; anything larger is refused unread.
 pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
-
-/// The longest error message sent to the engine or logged for one request.
-const MAX_ERROR_CHARS: usize = 2000;
 
 /// How long in-flight requests may run after a shutdown signal.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -122,17 +118,7 @@ async fn get_secret(
 /// Resolve one request and log exactly one line about it.
 async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Response {
     let started = Instant::now();
-    // Labels, then the provider: either may be wrong, and the log line names
-    // what was known when it failed.
-    let lookup = Lookup::from_labels(&request.secret_name, &request.secret_labels)
-        .map_err(|err| ("bad_labels", err.to_string()));
-    let routed = lookup.as_ref().map_err(Clone::clone).and_then(|lookup| {
-        resolver
-            .route(lookup)
-            .map(|upstream| (lookup, upstream))
-            .map_err(|err| (outcome(&err), err.to_string()))
-    });
-    let path = lookup.as_ref().map_or("-", |lookup| lookup.path.as_str());
+    let answer = resolver.answer(request).await;
     // Request-controlled: escaped and bounded so that no field can forge a
     // log line (the path is already validated by the labels).
     let (secret, service, task) = (
@@ -140,18 +126,10 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
         shown(&request.service_name),
         shown(&request.task_name),
     );
-    let provider = routed
-        .as_ref()
-        .map_or("-", |(_, upstream)| upstream.name.as_str());
-    let result = match &routed {
-        Ok((lookup, upstream)) => resolver
-            .resolve_for_task(upstream, lookup, &request.task_id, &request.secret_name)
-            .await
-            .map_err(|err| (outcome(&err), err.to_string())),
-        Err(err) => Err(err.clone()),
-    };
+    let provider = answer.provider.as_deref().unwrap_or("-");
+    let path = answer.path.as_deref().unwrap_or("-");
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-    match result {
+    match answer.result {
         Ok(resolved) => {
             let value = resolved.value.expose_secret();
             tracing::info!(
@@ -172,42 +150,23 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
                 &GetSecretResponse::value(value, resolved.per_task),
             )
         }
-        Err((outcome, message)) => {
-            // Errors quote backend answers and labels: one last escape and
-            // bound here, the one place they leave the plugin.
-            let message = shown_max(&message, MAX_ERROR_CHARS);
+        Err(failure) => {
+            // The failure's message is already escaped and bounded: it
+            // quotes backend answers and labels.
             tracing::warn!(
                 %secret,
                 %service,
                 %task,
                 provider,
                 path,
-                outcome,
+                outcome = failure.outcome,
                 duration_ms,
-                error = %message,
+                error = %failure.message,
                 "secret lookup failed"
             );
-            let message = format!("vaultbridge: secret '{secret}': {message}");
+            let message = format!("vaultbridge: secret '{secret}': {}", failure.message);
             json_response(StatusCode::OK, &GetSecretResponse::error(&message))
         }
-    }
-}
-
-/// A short, stable word per failure kind, for logs and (later) metrics.
-fn outcome(err: &ResolveError) -> &'static str {
-    use vaultbridge_providers::ProviderError as P;
-    match err {
-        ResolveError::UnknownProvider { .. } | ResolveError::NoDefault { .. } => "bad_labels",
-        ResolveError::Shape { .. } => "bad_value",
-        ResolveError::NotConfigured => "not_configured",
-        ResolveError::Internal(_) => "internal",
-        ResolveError::Provider { error, .. } => match error {
-            P::NotFound(_) => "not_found",
-            P::Denied(_) => "denied",
-            P::Unauthenticated(_) => "unauthenticated",
-            P::Unavailable(_) => "unavailable",
-            P::Invalid(_) => "bad_labels",
-        },
     }
 }
 

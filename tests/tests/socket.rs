@@ -1067,3 +1067,119 @@ fn under_umask_000_the_socket_is_never_reachable_wider_than_0600() {
     );
     assert!(plugin.terminate(Duration::from_secs(10)).is_some());
 }
+
+/// `check --stack`: every vaultbridge secret of a stack file resolved as the
+/// plugin would after `docker stack deploy`, one line each, no value shown.
+#[test]
+fn cli_check_stack() {
+    const GOOD: &[u8] = b"stack-check-good-value-5e1d";
+    const FIELD: &str = "stack-check-field-value-a07c";
+    let dir = tempfile::tempdir().unwrap();
+    let secrets = dir.path().join("secrets");
+    std::fs::create_dir_all(&secrets).unwrap();
+    std::fs::write(secrets.join("db_password"), GOOD).unwrap();
+    std::fs::write(
+        secrets.join("app.json"),
+        format!(r#"{{"api_key":"{FIELD}","port":1}}"#),
+    )
+    .unwrap();
+    let good = r#"
+services:
+  api:
+    image: busybox
+    secrets:
+      - db_password
+      - source: api_key
+        target: key
+secrets:
+  db_password:
+    driver: vaultbridge
+  api_key:
+    driver: vaultbridge:latest
+    labels:
+      - vaultbridge.path=app.json
+      - vaultbridge.field=api_key
+  plain:
+    file: ./plain.txt
+  elsewhere:
+    driver: other-driver
+"#;
+    let broken = format!(
+        "{good}  missing:
+    driver: vaultbridge
+    labels: {{vaultbridge.path: nope/missing}}
+  typo:
+    driver: vaultbridge
+    labels: {{vaultbridge.feild: api_key}}
+"
+    );
+    let check = |text: &str| {
+        let file = dir.path().join("stack.yml");
+        std::fs::write(&file, text).unwrap();
+        let out = std::process::Command::new(vaultbridge_tests::binary())
+            .args(["check", "--stack"])
+            .arg(&file)
+            .args(["--stack-name", "st"])
+            .env_clear()
+            .env("VAULTBRIDGE_FILE_DIR", &secrets)
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        for value in [std::str::from_utf8(GOOD).unwrap(), FIELD] {
+            assert!(
+                !stdout.contains(value) && !stderr.contains(value),
+                "a value was printed:\n{stdout}\n{stderr}"
+            );
+        }
+        (out.status.code(), stdout, stderr)
+    };
+    let has_line = |stdout: &str, line: &str| stdout.lines().any(|l| l == line);
+
+    let (code, stdout, stderr) = check(good);
+    assert_eq!(code, Some(0), "{stdout}\n{stderr}");
+    let expected = [
+        "ok    st_api_key (file, app.json): 28 bytes",
+        "ok    st_db_password (file, db_password): 27 bytes",
+        "skip  st_elsewhere (unused): driver 'other-driver' (another plugin)",
+        "skip  st_plain (unused): file: the deploy stores its content",
+        "2 ok, 0 failed, 2 skipped",
+    ];
+    for line in expected {
+        assert!(has_line(&stdout, line), "{line:?} missing:\n{stdout}");
+    }
+
+    let (code, stdout, stderr) = check(&broken);
+    assert_eq!(code, Some(1), "{stdout}\n{stderr}");
+    for line in &expected[..4] {
+        assert!(has_line(&stdout, line), "{line:?} missing:\n{stdout}");
+    }
+    // The same messages the plugin answers the engine with.
+    let failed = |name: &str| {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(&format!("FAIL  {name} (unused): ")))
+            .unwrap_or_else(|| panic!("no FAIL line for {name}:\n{stdout}"))
+            .to_string()
+    };
+    let missing = failed("st_missing");
+    assert!(
+        missing.contains("path 'nope/missing'") && missing.contains("not found"),
+        "{missing}"
+    );
+    let typo = failed("st_typo");
+    assert!(typo.contains("unknown label 'vaultbridge.feild'"), "{typo}");
+    assert!(has_line(&stdout, "2 ok, 2 failed, 2 skipped"), "{stdout}");
+
+    let (code, stdout, stderr) = check("secrets:\n  a: {driver: vaultbridge\n");
+    assert_eq!(code, Some(2), "{stdout}\n{stderr}");
+    assert!(
+        stderr.contains("stack.yml: ") && stderr.contains("not valid YAML"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = check("secrets:\n  a:\n    labels: 7\n");
+    assert_eq!(code, Some(2));
+    assert!(stderr.contains("stack.yml: secrets.a.labels: "), "{stderr}");
+}
