@@ -707,6 +707,7 @@ pub(crate) async fn keep_alive(session: Weak<Session>) {
         return;
     };
     let mut failures: u32 = 0;
+    let mut started = false;
     loop {
         let plan = match session.upgrade() {
             Some(s) => s.plan().await,
@@ -729,15 +730,23 @@ pub(crate) async fn keep_alive(session: Weak<Session>) {
         }
         let Some(s) = session.upgrade() else { return };
         match s.refresh_in_background().await {
-            Ok(_) => failures = 0,
+            Ok(_) => {
+                failures = 0;
+                started = true;
+            }
             Err(err) => {
                 failures = failures.saturating_add(1);
                 let wait = backoff(failures);
+                let what = if started {
+                    "keeping the token alive failed"
+                } else {
+                    "the start-up login failed"
+                };
                 tracing::warn!(
                     provider = %s.name,
                     attempt = failures,
                     retry_in_ms = wait.as_millis() as u64,
-                    "vault: keeping the token alive failed ({err}); trying again later (requests still log in on demand)"
+                    "vault: {what} ({err}); trying again in the background (each request also tries)"
                 );
                 drop(s);
                 tokio::time::sleep(wait).await;
