@@ -1163,6 +1163,42 @@ async fn a_token_that_cannot_look_itself_up_serves_what_its_policy_allows() {
         ],
     );
 
+    // Allowed renew-self but not lookup-self: the TTL is learnt from
+    // renewal and the token is kept alive past it with no traffic.
+    bao.bao_stdin(
+        &["policy", "write", "one-and-renew", "-"],
+        r#"path "secret/data/app/one" { capabilities = ["read"] }
+           path "auth/token/renew-self" { capabilities = ["update"] }"#,
+    );
+    let renewing = bao.bao(&[
+        "token",
+        "create",
+        "-no-default-policy",
+        "-policy=one-and-renew",
+        "-ttl=3s",
+        "-explicit-max-ttl=60s",
+        "-field=token",
+    ]);
+    let renewing_config = token_config(&bao, &bao.file("renewing", renewing.as_bytes()));
+    let r = direct(&renewing_config).await;
+    let report = r.check().await.unwrap();
+    assert!(
+        report.contains("cannot introspect it")
+            && report.contains("learnt from renew-self, renewed in the background"),
+        "{report}"
+    );
+    let renewals = bao.audit_count("auth/token/renew-self");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        bao.audit_count("auth/token/renew-self") > renewals,
+        "renewed while idle"
+    );
+    assert_eq!(
+        fetch(&r, "app/one", None).await.unwrap().0,
+        br#"{"pw":"least-privilege-pw"}"#,
+        "alive after more than its TTL"
+    );
+
     // Revoked: lookup-self and the read both say 403, yet it is an
     // authentication error, not "cannot introspect".
     bao.bao(&["token", "revoke", token.trim()]);
