@@ -1119,3 +1119,177 @@ async fn header_values_are_trimmed_or_refused_at_start() {
     plugin.wait_exit(Duration::from_secs(10)).expect("exits");
     assert!(plugin.log().contains("auth.token_file"), "{}", plugin.log());
 }
+
+/// Issue 13 item 3: a least-privilege token (`no_default_policy`, a policy
+/// that may read ONE secret and nothing else, not even lookup-self) is
+/// accepted: the read works directly and through the real binary, another
+/// path is denied naming the missing capability, and `check` says what it
+/// could not verify. A revoked token is still unauthenticated.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_token_that_cannot_look_itself_up_serves_what_its_policy_allows() {
+    let bao = OpenBao::start();
+    kv_put(&bao, "secret/app/one", &["pw=least-privilege-pw"]);
+    kv_put(&bao, "secret/app/two", &["pw=not-for-this-token"]);
+    bao.bao_stdin(
+        &["policy", "write", "only-one", "-"],
+        r#"path "secret/data/app/one" { capabilities = ["read"] }"#,
+    );
+    let token = bao.bao(&[
+        "token",
+        "create",
+        "-no-default-policy",
+        "-policy=only-one",
+        "-field=token",
+    ]);
+    let config = token_config(&bao, &bao.file("least", token.as_bytes()));
+    let p = direct(&config).await;
+    assert_eq!(
+        fetch(&p, "app/one", None).await.unwrap().0,
+        br#"{"pw":"least-privilege-pw"}"#
+    );
+    let err = fetch(&p, "app/two", None).await.unwrap_err();
+    assert_error(
+        &err,
+        ProviderError::Denied,
+        &[
+            "lacks 'read' on Vault API path 'secret/data/app/two'",
+            "its policy must allow it",
+        ],
+    );
+    let report = p.check().await.unwrap();
+    assert!(
+        report.contains("token accepted")
+            && report.contains("cannot introspect it (lookup-self denied)")
+            && report.contains("TTL and renewal unknown"),
+        "{report}"
+    );
+    assert!(!report.contains(token.trim()), "{report}");
+
+    // Through the real binary and its socket.
+    let plugin = start_plugin(&config);
+    assert_eq!(
+        ask_field(&plugin, "app/one", "pw"),
+        b"least-privilege-pw".to_vec()
+    );
+    assert_refused(
+        &ask(&plugin, &[("vaultbridge.path", "app/two")]),
+        &["lacks 'read'", "secret/data/app/two"],
+    );
+    assert_log_has_no_values(
+        &plugin.log(),
+        &[
+            b"least-privilege-pw",
+            b"not-for-this-token",
+            token.trim().as_bytes(),
+        ],
+    );
+
+    // Allowed renew-self but not lookup-self: the TTL is learnt from
+    // renewal and the token is kept alive past it with no traffic.
+    bao.bao_stdin(
+        &["policy", "write", "one-and-renew", "-"],
+        r#"path "secret/data/app/one" { capabilities = ["read"] }
+           path "auth/token/renew-self" { capabilities = ["update"] }"#,
+    );
+    let renewing = bao.bao(&[
+        "token",
+        "create",
+        "-no-default-policy",
+        "-policy=one-and-renew",
+        "-ttl=3s",
+        "-explicit-max-ttl=60s",
+        "-field=token",
+    ]);
+    let renewing_config = token_config(&bao, &bao.file("renewing", renewing.as_bytes()));
+    let r = direct(&renewing_config).await;
+    let report = r.check().await.unwrap();
+    assert!(
+        report.contains("cannot introspect it")
+            && report.contains("learnt from renew-self, renewed in the background"),
+        "{report}"
+    );
+    let renewals = bao.audit_count("auth/token/renew-self");
+    std::thread::sleep(Duration::from_secs(4));
+    assert!(
+        bao.audit_count("auth/token/renew-self") > renewals,
+        "renewed while idle"
+    );
+    assert_eq!(
+        fetch(&r, "app/one", None).await.unwrap().0,
+        br#"{"pw":"least-privilege-pw"}"#,
+        "alive after more than its TTL"
+    );
+
+    // Revoked: lookup-self and the read both say 403, yet it is an
+    // authentication error, not "cannot introspect".
+    bao.bao(&["token", "revoke", token.trim()]);
+    let err = fetch(&p, "app/one", None).await.unwrap_err();
+    assert_error(
+        &err,
+        ProviderError::Unauthenticated,
+        &["invalid, revoked or expired"],
+    );
+    let err = fetch_once(&config, "app/one").await.unwrap_err();
+    assert_error(
+        &err,
+        ProviderError::Unauthenticated,
+        &["invalid, revoked or expired"],
+    );
+}
+
+/// Issue 13 item 4: the credential is kept alive with no traffic. AppRole
+/// tokens live 3 s (max 60 s); after one read nothing is asked for 10 s
+/// (more than three TTLs), then a read succeeds, OpenBao's audit log shows
+/// the renewals made while idle, and the read's path has no login.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_provider_keeps_its_token_alive_in_the_background() {
+    let bao = OpenBao::start();
+    reader_policy(&bao);
+    kv_put(&bao, "secret/app/idle", &["pw=idle-pw-77"]);
+    let role_id = enable_approle(&bao, "app", "3s", Some("60s"));
+    let secret_id = approle_secret_id(&bao, "app");
+    let config = approle_config(&bao, &role_id, &secret_id);
+    let p = direct(&config).await;
+    assert_eq!(
+        fetch(&p, "app/idle", None).await.unwrap().0,
+        br#"{"pw":"idle-pw-77"}"#
+    );
+    let logins = bao.audit_count("auth/approle/login");
+    let renewals = bao.audit_count("auth/token/renew-self");
+    assert_eq!(logins, 1, "one login at start");
+    std::thread::sleep(Duration::from_secs(10));
+    let renewed_while_idle = bao.audit_count("auth/token/renew-self") - renewals;
+    assert_eq!(
+        bao.audit_count("auth/approle/login"),
+        logins,
+        "no login while idle (max TTL not reached)"
+    );
+    // Renewal at 2/3 of 3 s: about one every 2 s.
+    assert!(
+        (3..=7).contains(&renewed_while_idle),
+        "renewals while idle: {renewed_while_idle}"
+    );
+    let started = Instant::now();
+    assert_eq!(
+        fetch(&p, "app/idle", None).await.unwrap().0,
+        br#"{"pw":"idle-pw-77"}"#
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    assert_eq!(
+        bao.audit_count("auth/approle/login"),
+        logins,
+        "no login on the read's path"
+    );
+    eprintln!("{renewed_while_idle} renewals in 10 s idle, {logins} login");
+
+    // Dropped: the background task stops with the provider.
+    drop(p);
+    std::thread::sleep(Duration::from_millis(200));
+    let after_drop = bao.audit_count("auth/token/renew-self");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(
+        bao.audit_count("auth/token/renew-self"),
+        after_drop,
+        "no renewal after the provider is dropped"
+    );
+}

@@ -1,19 +1,27 @@
 //! Logging in, and keeping a token alive.
 //!
 //! One [`Session`] per provider holds the token behind a `tokio` mutex.
+//! [`keep_alive`] (one task per provider, spawned by `vault::build`) renews
+//! the token at 2/3 of its TTL and logs in again when renewal can no longer
+//! extend it (max TTL reached, not renewable), independent of traffic, so a
+//! request after a long idle period finds a live token.
 //! Callers ask [`Session::token`] for a token: if it is fresh enough they get
-//! it at once; otherwise the first caller renews it (at 2/3 of its TTL) or
-//! logs in again (when renewal can no longer extend it: max TTL reached, not
-//! renewable, or renewal failed) while holding the lock, so concurrent
-//! requests wait for that ONE login instead of each starting their own.
-//! Nothing happens before the first request: building the provider does no
-//! network I/O.
+//! it at once; otherwise (the background task lags or is absent) the first
+//! caller renews or logs in while holding the lock, so concurrent requests
+//! wait for that ONE login instead of each starting their own.
+//!
+//! A token that may not look itself up (`auth/token/lookup-self` denied, as
+//! for a least-privilege token created with `no_default_policy`) is still
+//! accepted when Vault knows it; its TTL is learnt from renew-self when that
+//! is allowed, else it is not scheduled for renewal.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::sync::{Arc, Weak};
+
 use secrecy::{ExposeSecret, SecretString};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tracing::instrument::WithSubscriber;
 use vaultrs::error::ClientError;
 
@@ -101,7 +109,11 @@ struct TokenState {
     /// The TTL granted at login: renew when less than a third of it is left.
     login_ttl: Option<Duration>,
     renewable: bool,
-    policies: Vec<String>,
+    /// `None`: the token cannot look itself up, so we do not know them.
+    policies: Option<Vec<String>>,
+    /// Whether the background task should keep this token alive: it has a
+    /// known TTL and either renewal or a real login can extend it.
+    scheduled: bool,
 }
 
 impl TokenState {
@@ -124,10 +136,18 @@ impl TokenState {
 
     /// Less than a third of the login TTL left (renew at 2/3).
     fn due(&self, now: Instant) -> bool {
-        match (self.remaining(now), self.login_ttl) {
-            (Some(left), Some(full)) => left < full / 3,
-            _ => false,
-        }
+        self.due_in(now).is_some_and(|wait| wait.is_zero())
+    }
+
+    /// How long until [`Self::due`]; `None` for a token that never expires
+    /// or whose TTL we do not know.
+    fn due_in(&self, now: Instant) -> Option<Duration> {
+        let (left, full) = (self.remaining(now)?, self.login_ttl?);
+        Some(if left < full / 3 {
+            Duration::ZERO
+        } else {
+            (left - full / 3).max(Duration::from_millis(1))
+        })
     }
 }
 
@@ -145,6 +165,17 @@ pub(crate) struct Identity {
     pub renewable: bool,
 }
 
+/// Whether Vault accepts a token, and what we could learn about it.
+pub(crate) enum Lookup {
+    /// lookup-self answered.
+    Known(Identity),
+    /// lookup-self was denied, but Vault knows the token: a least-privilege
+    /// token whose policy does not allow introspection.
+    Opaque,
+    /// Vault does not know the token: invalid, revoked or expired.
+    Refused,
+}
+
 pub(crate) struct Session {
     pub http: Http,
     pub method: Method,
@@ -157,6 +188,19 @@ pub(crate) struct Session {
     /// (N queued requests must not make N logins against a dead Vault).
     attempts: std::sync::atomic::AtomicU64,
     last_error: std::sync::Mutex<Option<ProviderError>>,
+    /// Signalled when the token in hand changes outside the background
+    /// task (a login or an invalidation on the request path), so that the
+    /// task plans again. Its own `Arc`: the task waits on it without
+    /// keeping the session alive.
+    changed: Arc<Notify>,
+}
+
+/// How a refresh went (for the background task's back-off).
+enum Refreshed {
+    /// The token in hand was fresh enough; nothing was done.
+    Fresh,
+    /// Renewed or logged in again.
+    Done,
 }
 
 /// Run a `vaultrs` call with its own logging silenced: it logs every 404 at
@@ -186,6 +230,7 @@ impl Session {
             generations: Default::default(),
             attempts: Default::default(),
             last_error: Default::default(),
+            changed: Default::default(),
         }
     }
 
@@ -212,6 +257,54 @@ impl Session {
                 _ => Err(err),
             };
         }
+        let outcome = self.refresh(&mut guard, "request").await;
+        // The background task plans from the new state.
+        self.changed.notify_one();
+        outcome
+            .map(|_| guard.as_ref().map(TokenState::current))
+            .and_then(|c| c.ok_or_else(|| ProviderError::Unauthenticated("no Vault token".into())))
+    }
+
+    /// When the background task should next act: `Some(ZERO)` now (no
+    /// token yet, or due), `None` when nothing is to be scheduled.
+    async fn plan(&self) -> Option<Duration> {
+        match self.state.lock().await.as_ref() {
+            None => Some(Duration::ZERO),
+            Some(state) if state.scheduled => state.due_in(Instant::now()),
+            Some(_) => None,
+        }
+    }
+
+    /// The background task's step: renew or log in if due. `Err` when the
+    /// token in hand could not be refreshed (back off, then try again).
+    async fn refresh_in_background(&self) -> Result<Refreshed, ProviderError> {
+        let mut guard = self.state.lock().await;
+        if guard.as_ref().is_some_and(|s| !s.due(Instant::now())) {
+            return Ok(Refreshed::Fresh);
+        }
+        self.refresh(&mut guard, "background").await?;
+        match guard.as_ref() {
+            // Still due: neither renewal nor login gave more time.
+            Some(state) if state.scheduled && state.due(Instant::now()) => {
+                Err(ProviderError::Unavailable(
+                    "the token could not be extended (renewal and login gave no more time)".into(),
+                ))
+            }
+            _ => Ok(Refreshed::Done),
+        }
+    }
+
+    /// Renew the token in `guard`, or log in again when renewal cannot
+    /// extend it. `Ok` when a usable token is in `guard` afterwards (a
+    /// failed re-login keeps an old token that still works: `Err` then
+    /// only if the token in hand is still due, see the callers).
+    async fn refresh(
+        &self,
+        guard: &mut Option<TokenState>,
+        why: &'static str,
+    ) -> Result<Refreshed, ProviderError> {
+        use std::sync::atomic::Ordering;
+        let previous = guard.as_ref().map(|s| s.token.clone());
         if let Some(state) = guard.as_mut() {
             if state.renewable {
                 match self.renew(state).await {
@@ -219,9 +312,10 @@ impl Session {
                         tracing::info!(
                             provider = %self.name,
                             ttl = %state.ttl.map(secs).unwrap_or_default(),
+                            by = why,
                             "vault token renewed"
                         );
-                        return Ok(state.current());
+                        return Ok(Refreshed::Done);
                     }
                     Ok(()) => tracing::info!(
                         provider = %self.name,
@@ -245,26 +339,40 @@ impl Session {
         }
         self.attempts.fetch_add(1, Ordering::Release);
         match outcome {
-            Ok(fresh) => {
+            Ok(mut fresh) => {
+                // A given token at its max TTL reads back as itself: there
+                // is nothing to log in with, so stop scheduling it (it is
+                // used until Vault refuses it, then the file is re-read).
+                if previous
+                    .as_ref()
+                    .is_some_and(|p| p.expose_secret() == fresh.token.expose_secret())
+                {
+                    fresh.scheduled = false;
+                }
                 tracing::info!(
                     provider = %self.name,
                     method = %self.method.describe(),
-                    ttl = %fresh.ttl.map(secs).unwrap_or_else(|| "none".into()),
+                    ttl = %fresh.ttl.map(secs).unwrap_or_else(|| "unknown".into()),
                     renewable = fresh.renewable,
+                    by = why,
                     "vault login"
                 );
-                let current = fresh.current();
                 *guard = Some(fresh);
-                Ok(current)
+                Ok(Refreshed::Done)
             }
             // A failed re-login while the old token still works: use it.
             Err(err) => match guard.as_ref() {
                 Some(old) if old.usable(Instant::now()) => {
                     tracing::warn!(
                         provider = %self.name,
+                        by = why,
                         "vault: logging in again failed ({err}); using the current token until it expires"
                     );
-                    Ok(old.current())
+                    if why == "background" {
+                        Err(err)
+                    } else {
+                        Ok(Refreshed::Fresh)
+                    }
                 }
                 _ => Err(err),
             },
@@ -278,32 +386,65 @@ impl Session {
         if guard.as_ref().is_some_and(|s| s.generation == generation) {
             tracing::info!(provider = %self.name, "vault token was refused; logging in again");
             *guard = None;
+            self.changed.notify_one();
         }
     }
 
-    /// Whether Vault still accepts `token` (lookup-self); `Ok(None)` when
-    /// it does not.
-    pub async fn lookup(&self, token: &SecretString) -> Result<Option<Identity>, Failure> {
+    /// Whether Vault still accepts `token`, and what lookup-self says.
+    ///
+    /// Vault answers 403 "permission denied" both for a token it does not
+    /// know and for one whose policy does not allow lookup-self. To tell
+    /// them apart we ask `sys/internal/ui/mounts`: it needs no policy, but
+    /// when a token is sent Vault checks it (403 if unknown, 200 if valid,
+    /// listing only what the token may see). Measured on OpenBao 2.7.
+    pub async fn lookup(&self, token: &SecretString) -> Result<Lookup, Failure> {
         let client = self.http.vault(token);
         match quiet(vaultrs::token::lookup_self(&client)).await {
-            Ok(info) => Ok(Some(Identity {
+            Ok(info) => Ok(Lookup::Known(Identity {
                 policies: info.policies,
                 ttl: (info.ttl > 0).then(|| Duration::from_secs(info.ttl)),
                 renewable: info.renewable.unwrap_or(false),
             })),
-            Err(f) if f.is_status(403) || f.is_status(401) => Ok(None),
+            Err(f) if f.is_status(403) || f.is_status(401) => {
+                match self
+                    .http
+                    .send(
+                        reqwest::Method::GET,
+                        "sys/internal/ui/mounts",
+                        &[],
+                        None,
+                        token,
+                    )
+                    .await
+                {
+                    Ok(_) => Ok(Lookup::Opaque),
+                    Err(f) if f.is_status(403) || f.is_status(401) => Ok(Lookup::Refused),
+                    Err(f) => Err(f),
+                }
+            }
             Err(f) => Err(f),
         }
     }
 
-    /// The policies of the token in hand (for "denied" messages).
-    pub async fn policies(&self) -> Vec<String> {
+    /// The policies of the token in hand (for "denied" messages); `None`
+    /// when the token cannot look itself up.
+    pub async fn policies(&self) -> Option<Vec<String>> {
         self.state
             .lock()
             .await
             .as_ref()
-            .map(|s| s.policies.clone())
-            .unwrap_or_default()
+            .and_then(|s| s.policies.clone())
+    }
+
+    /// The TTL and renewability of the token in hand, as we track them
+    /// (learnt from renew-self for a token that cannot look itself up).
+    pub async fn lease(&self) -> Option<(Option<Duration>, bool)> {
+        let now = Instant::now();
+        self.state
+            .lock()
+            .await
+            .as_ref()
+            .map(|s| (s.remaining(now), s.renewable))
     }
 
     async fn renew(&self, state: &mut TokenState) -> Result<(), Failure> {
@@ -343,8 +484,9 @@ impl Session {
                     }
                 };
                 let info = match self.lookup(&token).await {
-                    Ok(Some(info)) => info,
-                    Ok(None) => {
+                    Ok(Lookup::Known(info)) => info,
+                    Ok(Lookup::Opaque) => return self.opaque_token(token, started).await,
+                    Ok(Lookup::Refused) => {
                         return Err(ProviderError::Unauthenticated(format!(
                             "Vault at {} refuses the {what}: it is invalid, revoked or expired; provide a new token",
                             self.http.shown
@@ -352,14 +494,17 @@ impl Session {
                     }
                     Err(f) => return Err(login_error(f)),
                 };
+                let renewable = info.renewable && info.ttl.is_some();
                 return Ok(TokenState {
                     token,
                     generation: self.next_generation(),
                     since: started,
                     ttl: info.ttl,
                     login_ttl: info.ttl,
-                    renewable: info.renewable && info.ttl.is_some(),
-                    policies: info.policies,
+                    renewable,
+                    policies: Some(info.policies),
+                    // A given token can only be renewed, never re-obtained.
+                    scheduled: renewable,
                 });
             }
             Method::AppRole {
@@ -448,7 +593,51 @@ impl Session {
             ttl,
             login_ttl: ttl,
             renewable: auth.renewable,
-            policies: auth.policies,
+            policies: Some(auth.policies),
+            // Renewed while renewal extends it, else logged in again.
+            scheduled: ttl.is_some(),
+        })
+    }
+
+    /// A given token Vault accepts but that may not look itself up: learn
+    /// its TTL from renew-self when its policy allows that (renewing it is
+    /// what we would do anyway), else serve reads without scheduling.
+    async fn opaque_token(
+        &self,
+        token: SecretString,
+        started: Instant,
+    ) -> Result<TokenState, ProviderError> {
+        let client = self.http.vault(&token);
+        let (ttl, renewable) = match quiet(vaultrs::token::renew_self(&client, None)).await {
+            Ok(auth) => (
+                (auth.lease_duration > 0).then(|| Duration::from_secs(auth.lease_duration)),
+                auth.renewable,
+            ),
+            Err(Failure::Status { .. }) => (None, false),
+            Err(f) => {
+                return Err(login_failure(&self.http.shown, &self.method.describe(), f));
+            }
+        };
+        tracing::info!(
+            provider = %self.name,
+            ttl = %ttl.map(secs).unwrap_or_else(|| "unknown".into()),
+            "vault token accepted; it cannot look itself up (lookup-self denied){}",
+            if ttl.is_some() {
+                ": TTL learnt from renew-self"
+            } else {
+                ": TTL and renewal unknown, not renewed in the background"
+            }
+        );
+        let renewable = renewable && ttl.is_some();
+        Ok(TokenState {
+            token,
+            generation: self.next_generation(),
+            since: started,
+            ttl,
+            login_ttl: ttl,
+            renewable,
+            policies: None,
+            scheduled: renewable,
         })
     }
 
@@ -487,6 +676,82 @@ impl Session {
             })?;
         *cache = Some((wrapping, secret_id.clone()));
         Ok(secret_id)
+    }
+}
+
+/// First wait after a failed background renewal or login; doubled per
+/// failure up to [`BACKOFF_MAX`], each wait jittered down to half.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(120);
+
+/// The wait before attempt `failures + 1`: exponential, bounded, with
+/// "equal jitter" (half fixed, half random) so that many plugins started
+/// together do not hit Vault in step.
+fn backoff(failures: u32) -> Duration {
+    use std::hash::BuildHasher;
+    let ceiling = BACKOFF_MIN
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX);
+    // A random u64 from the std hasher's per-instance random keys.
+    let random = std::collections::hash_map::RandomState::new().hash_one(failures);
+    let fraction = (random % 1000) as f64 / 1000.0;
+    ceiling / 2 + (ceiling / 2).mul_f64(fraction)
+}
+
+/// Keep the session's token alive until the session is dropped: renew at
+/// 2/3 of its TTL, log in again when renewal cannot extend it, back off on
+/// failure. Holds only a [`Weak`] reference between steps (the provider
+/// also aborts it on drop), so it never keeps a provider alive.
+pub(crate) async fn keep_alive(session: Weak<Session>) {
+    let Some(changed) = session.upgrade().map(|s| s.changed.clone()) else {
+        return;
+    };
+    let mut failures: u32 = 0;
+    let mut started = false;
+    loop {
+        let plan = match session.upgrade() {
+            Some(s) => s.plan().await,
+            None => return,
+        };
+        match plan {
+            // Nothing to schedule (no TTL known, or a token we cannot
+            // extend): wait until the request path changes the token.
+            None => {
+                changed.notified().await;
+                continue;
+            }
+            Some(wait) if !wait.is_zero() => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = changed.notified() => continue,
+                }
+            }
+            Some(_) => {}
+        }
+        let Some(s) = session.upgrade() else { return };
+        match s.refresh_in_background().await {
+            Ok(_) => {
+                failures = 0;
+                started = true;
+            }
+            Err(err) => {
+                failures = failures.saturating_add(1);
+                let wait = backoff(failures);
+                let what = if started {
+                    "keeping the token alive failed"
+                } else {
+                    "the start-up login failed"
+                };
+                tracing::warn!(
+                    provider = %s.name,
+                    attempt = failures,
+                    retry_in_ms = wait.as_millis() as u64,
+                    "vault: {what} ({err}); trying again in the background (each request also tries)"
+                );
+                drop(s);
+                tokio::time::sleep(wait).await;
+            }
+        }
     }
 }
 
@@ -554,7 +819,8 @@ mod tests {
             ttl: Some(Duration::from_secs(ttl)),
             login_ttl: Some(Duration::from_secs(30)),
             renewable: true,
-            policies: vec![],
+            policies: Some(vec![]),
+            scheduled: true,
         }
     }
 
@@ -569,6 +835,23 @@ mod tests {
         let mut forever = state(30, 100);
         forever.ttl = None;
         assert!(!forever.due(now));
+        assert_eq!(forever.due_in(now), None);
+        // The background task wakes when the third is reached.
+        let wait = state(30, 0).due_in(now).unwrap();
+        assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20));
+        assert_eq!(state(30, 25).due_in(now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn backoff_is_bounded_and_jittered() {
+        for failures in [1, 2, 5, 30, u32::MAX] {
+            let wait = backoff(failures);
+            assert!(wait >= BACKOFF_MIN / 2 && wait <= BACKOFF_MAX, "{wait:?}");
+        }
+        assert!(backoff(1) <= BACKOFF_MIN);
+        assert!(backoff(40) >= BACKOFF_MAX / 2);
+        let waits: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(8)).collect();
+        assert!(waits.len() > 1, "jittered: {waits:?}");
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! - [`config`]: the `[providers.<name>]` settings and `VAULT_ADDR` defaults.
 //! - `http`: the one HTTP client, built from our settings only (no `VAULT_*`
 //!   read behind our back), and failure classification.
-//! - `auth`: login methods, renewal, single-flight re-login.
+//! - `auth`: login methods, background renewal, single-flight re-login,
+//!   least-privilege tokens that cannot look themselves up.
 //! - this file: where a `vaultbridge.path` goes (KV v2, KV v1, or a generic
 //!   logical path) and what comes back.
 //!
@@ -33,19 +34,22 @@ use serde_json::value::RawValue;
 pub use config::{AuthConfig, VARIABLES, VaultConfig};
 
 use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};
-use auth::{Current, Method, Session, quiet};
+use auth::{Current, Lookup, Method, Session, quiet};
 use http::{Failure, Http, TlsFiles};
 
-/// Validate `config` and build the provider. No network I/O: the first
-/// request logs in.
+/// Validate `config` and build the provider. No network I/O here: a
+/// background task logs in and then keeps the token alive.
 pub async fn build(config: &VaultConfig, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
-    let provider = VaultProvider::new(config, key)?;
-    provider.log_in_in_background();
+    let mut provider = VaultProvider::new(config, key)?;
+    provider.keep_alive_in_background();
     Ok(Arc::new(provider))
 }
 
 pub struct VaultProvider {
     session: Arc<Session>,
+    /// The task of [`auth::keep_alive`], aborted when the provider is
+    /// dropped.
+    keeper: Option<tokio::task::AbortHandle>,
     kv_mount: String,
     kv_mounts: std::collections::BTreeMap<String, u8>,
     logical_get: Vec<String>,
@@ -315,6 +319,7 @@ impl VaultProvider {
         };
         Ok(Self {
             session: Arc::new(Session::new(http, method, key.to_string())),
+            keeper: None,
             kv_mount,
             kv_mounts,
             logical_get: prefixes(&config.logical_prefixes, "logical_prefixes")?,
@@ -322,23 +327,20 @@ impl VaultProvider {
         })
     }
 
-    /// Log in now, off the start-up path (the socket must open at once):
-    /// a bad credential shows in the log at start, and the first request
-    /// finds a token (or waits for this one login). Needs a tokio runtime;
-    /// without one the first request logs in.
-    pub fn log_in_in_background(&self) {
+    /// Log in now, off the start-up path (the socket must open at once),
+    /// then keep the token alive independent of traffic (`auth` module
+    /// docs): a bad credential shows in the log at start, and a request
+    /// after a long idle period finds a live token. Needs a tokio runtime;
+    /// without one requests log in and renew on demand.
+    pub fn keep_alive_in_background(&mut self) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let session = self.session.clone();
-        runtime.spawn(async move {
-            if let Err(err) = session.token().await {
-                tracing::warn!(
-                    provider = %session.name,
-                    "vault: the start-up login failed ({err}); the next request tries again"
-                );
-            }
-        });
+        if let Some(old) = self.keeper.take() {
+            old.abort();
+        }
+        let task = runtime.spawn(auth::keep_alive(Arc::downgrade(&self.session)));
+        self.keeper = Some(task.abort_handle());
     }
 
     /// Apply the path rule (module docs) to a path [`SecretPath`] already
@@ -390,26 +392,38 @@ impl VaultProvider {
             Err(f) => return Err(CallError::Vault(f)),
         };
         match self.session.lookup(&current.token).await {
-            Ok(Some(_)) => return Err(CallError::Vault(failure)),
-            Ok(None) => self.session.invalidate(current.generation).await,
+            Ok(Lookup::Known(_) | Lookup::Opaque) => return Err(CallError::Vault(failure)),
+            Ok(Lookup::Refused) => self.session.invalidate(current.generation).await,
             Err(f) => return Err(CallError::Vault(f)),
         }
         let fresh = self.session.token().await.map_err(CallError::Provider)?;
         op(fresh).await.map_err(CallError::Vault)
     }
 
-    async fn denied(&self, what: &str, api_path: &str, f: &Failure) -> ProviderError {
-        let policies = self.session.policies().await;
+    /// A 403 with a token Vault accepts: name the capability it lacks.
+    /// `capability` is what the call needs: 'read' for a GET, 'update'
+    /// for a logical POST.
+    async fn denied(
+        &self,
+        what: &str,
+        capability: &str,
+        api_path: &str,
+        f: &Failure,
+    ) -> ProviderError {
+        let namespace = self
+            .session
+            .http
+            .namespace
+            .as_deref()
+            .map(|n| format!(" in namespace '{n}'"))
+            .unwrap_or_default();
+        let policies = match self.session.policies().await {
+            Some(policies) => format!("its policies [{}] must allow it", policies.join(", ")),
+            None => "its policy must allow it (which policies it has is unknown: it may not look itself up)".into(),
+        };
         ProviderError::Denied(format!(
-            "permission denied reading {what} (Vault API path '{api_path}'{}): the token from {} has policies [{}], none of which grants 'read' there; grant it or use another role ({})",
-            self.session
-                .http
-                .namespace
-                .as_deref()
-                .map(|n| format!(", namespace '{n}'"))
-                .unwrap_or_default(),
+            "permission denied for {what}: the token ({}) lacks '{capability}' on Vault API path '{api_path}'{namespace}; {policies}, or use another role ({})",
             self.session.method.describe(),
-            policies.join(", "),
             f.errors()
         ))
     }
@@ -548,7 +562,7 @@ impl VaultProvider {
             Failure::Status { code: 404, .. } => {
                 ProviderError::NotFound(format!("no secret {what}"))
             }
-            Failure::Status { code: 403, .. } => self.denied(what, api_path, &f).await,
+            Failure::Status { code: 403, .. } => self.denied(what, "read", api_path, &f).await,
             _ => unavailable(shown, &format!("reading {what}"), f),
         }
     }
@@ -610,7 +624,10 @@ impl VaultProvider {
                     Failure::Status { code: 404, .. } => {
                         ProviderError::NotFound(format!("nothing at {what}"))
                     }
-                    Failure::Status { code: 403, .. } => self.denied(&what, path, &f).await,
+                    Failure::Status { code: 403, .. } => {
+                        let capability = if post { "update" } else { "read" };
+                        self.denied(&what, capability, path, &f).await
+                    }
                     Failure::Status { code: 400, .. } => {
                         ProviderError::Invalid(format!("Vault refused {what}: {}", f.errors()))
                     }
@@ -751,35 +768,60 @@ impl Provider for VaultProvider {
         }
     }
 
-    /// Log in (if needed) and look the token up.
+    /// Log in (if needed) and look the token up; say what could not be
+    /// verified (a least-privilege token may not look itself up).
     async fn check(&self) -> Result<String, ProviderError> {
         let shown = &self.session.http.shown;
         let current = self.session.token().await?;
-        let identity = match self.session.lookup(&current.token).await {
-            Ok(Some(identity)) => identity,
-            Ok(None) => {
-                return Err(ProviderError::Unauthenticated(format!(
-                    "Vault at {shown} refuses the token just obtained ({})",
-                    self.session.method.describe()
-                )));
+        let namespace = self
+            .session
+            .http
+            .namespace
+            .as_deref()
+            .map(|n| format!(" namespace '{n}'"))
+            .unwrap_or_default();
+        let method = self.session.method.describe();
+        match self.session.lookup(&current.token).await {
+            Ok(Lookup::Known(identity)) => Ok(format!(
+                "Vault {shown}{namespace}: authenticated ({method}), policies [{}], token TTL {}",
+                identity.policies.join(", "),
+                identity
+                    .ttl
+                    .map(|t| format!("{}s", t.as_secs()))
+                    .unwrap_or_else(|| "none (never expires)".into())
+            )),
+            Ok(Lookup::Opaque) => {
+                let lease = match self.session.lease().await {
+                    Some((Some(ttl), true)) => format!(
+                        "TTL {}s learnt from renew-self, renewed in the background",
+                        ttl.as_secs()
+                    ),
+                    Some((Some(ttl), false)) => {
+                        format!(
+                            "TTL {}s learnt from renew-self, not renewable",
+                            ttl.as_secs()
+                        )
+                    }
+                    _ => "TTL and renewal unknown (renew-self denied too), not renewed".into(),
+                };
+                Ok(format!(
+                    "Vault {shown}{namespace}: token accepted ({method}); cannot introspect it (lookup-self denied): policies unknown, {lease}; reads are checked when they happen"
+                ))
             }
-            Err(f) => return Err(unavailable(shown, "token lookup-self", f)),
-        };
-        Ok(format!(
-            "Vault {shown}{}: authenticated ({}), policies [{}], token TTL {}",
-            self.session
-                .http
-                .namespace
-                .as_deref()
-                .map(|n| format!(" namespace '{n}'"))
-                .unwrap_or_default(),
-            self.session.method.describe(),
-            identity.policies.join(", "),
-            identity
-                .ttl
-                .map(|t| format!("{}s", t.as_secs()))
-                .unwrap_or_else(|| "none (never expires)".into())
-        ))
+            Ok(Lookup::Refused) => Err(ProviderError::Unauthenticated(format!(
+                "Vault at {shown} refuses the token just obtained ({method})"
+            ))),
+            Err(f) => Err(unavailable(shown, "token lookup-self", f)),
+        }
+    }
+}
+
+impl Drop for VaultProvider {
+    /// No background task outlives its provider.
+    fn drop(&mut self) {
+        if let Some(keeper) = self.keeper.take() {
+            keeper.abort();
+        }
     }
 }
 
