@@ -592,7 +592,7 @@ mod tests {
         let k = key("a");
         get(&cache, &backend, &k, life).await.unwrap();
 
-        backend.set(Err(ProviderError::Unavailable("down".into())));
+        backend.set(Err(ProviderError::unavailable("down")));
         tokio::time::advance(Duration::from_secs(20)).await;
         assert_eq!(
             get(&cache, &backend, &k, life).await.unwrap(),
@@ -611,7 +611,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         backend.set(Err(ProviderError::Denied("policy".into())));
         assert!(get(&cache, &backend, &k, life).await.is_err());
-        backend.set(Err(ProviderError::Unavailable("down".into())));
+        backend.set(Err(ProviderError::unavailable("down")));
         assert!(get(&cache, &backend, &k, life).await.is_err());
     }
 

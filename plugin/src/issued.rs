@@ -31,7 +31,11 @@ pub const MAX_BYTES: usize = 16 * 1024 * 1024;
 pub struct TaskSecret {
     pub task_id: String,
     pub secret_name: String,
+    /// Everything the labels say: where the value comes from, and
+    /// `vaultbridge.reuse` (a task asking for the shared value must not get
+    /// a per-task one it was given under other labels).
     pub lookup: Key,
+    pub reuse: bool,
 }
 
 struct Entry {
@@ -132,6 +136,7 @@ mod tests {
                 field: None,
                 decode: Decode::None,
             },
+            reuse: true,
         }
     }
 
@@ -152,6 +157,12 @@ mod tests {
         // Another task, another secret of the same task: not this value.
         assert!(issued.get(&task("t2", "db")).is_none());
         assert!(issued.get(&task("t1", "other")).is_none());
+        // The same task and secret under other labels: not this value.
+        let relabelled = TaskSecret {
+            reuse: false,
+            ..task("t1", "db")
+        };
+        assert!(issued.get(&relabelled).is_none());
 
         tokio::time::advance(Duration::from_secs(61)).await;
         assert!(

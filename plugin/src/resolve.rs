@@ -303,6 +303,7 @@ impl Resolver {
             task_id: task_id.to_string(),
             secret_name: secret_name.to_string(),
             lookup: cache_key(upstream, lookup),
+            reuse: lookup.reuse,
         };
         if !task_id.is_empty()
             && let Some(value) = self.issued.get(&task)

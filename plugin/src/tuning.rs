@@ -144,6 +144,12 @@ impl Upstream {
         }
     }
 
+    /// One lookup within the deadline. Providers make one attempt per call;
+    /// this is the one place that asks again: only when the provider says
+    /// that is safe ([`ProviderError::retry_safe`]: never a call that may
+    /// already have minted or written something), never before the
+    /// backend's `Retry-After`, and not at all when the wait would end past
+    /// the deadline — then the failure is reported at once.
     pub async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
         let deadline = Instant::now() + self.tuning.deadline;
         let mut backoff = FIRST_BACKOFF;
@@ -155,22 +161,33 @@ impl Upstream {
                 self.provider.fetch(secret).await
             };
             let error = match tokio::time::timeout_at(deadline, attempt).await {
-                Ok(Err(error)) if error.is_transient() => error,
+                Ok(Err(error)) if error.retry_safe() => error,
                 Ok(result) => return result,
                 Err(_) => {
-                    return Err(ProviderError::Unavailable(format!(
+                    // The call may have been served after all: not retried.
+                    return Err(ProviderError::unavailable(format!(
                         "no answer within the {:?} deadline ({attempts} attempt(s)); raise `deadline` or check the backend",
                         self.tuning.deadline
-                    )));
+                    ))
+                    .without_retry());
                 }
             };
-            let pause = jitter(backoff);
-            if Instant::now() + pause >= deadline {
-                return Err(ProviderError::Unavailable(format!(
-                    "{} (gave up after {attempts} attempt(s) within the {:?} deadline)",
-                    strip_kind(&error),
-                    self.tuning.deadline
-                )));
+            let asked = error.retry_after();
+            let pause = jitter(backoff).max(asked.unwrap_or_default());
+            let next = Instant::now().checked_add(pause);
+            if next.is_none_or(|next| next >= deadline) {
+                let why = match asked {
+                    Some(wait) => format!(
+                        "the backend asked to wait {:.1}s (Retry-After), past the {:?} deadline; reported at once after {attempts} attempt(s)",
+                        wait.as_secs_f64(),
+                        self.tuning.deadline
+                    ),
+                    None => format!(
+                        "gave up after {attempts} attempt(s) within the {:?} deadline",
+                        self.tuning.deadline
+                    ),
+                };
+                return Err(with_note(error, &why));
             }
             tracing::debug!(provider = %self.name, path = %secret.path, attempts, error = %error, "retrying");
             tokio::time::sleep(pause).await;
@@ -179,11 +196,16 @@ impl Upstream {
     }
 }
 
-/// "backend unavailable: x" -> "x", to avoid saying it twice.
-fn strip_kind(error: &ProviderError) -> String {
+/// The outage with `note` added to its message ("x (note)").
+fn with_note(error: ProviderError, note: &str) -> ProviderError {
     match error {
-        ProviderError::Unavailable(message) => message.clone(),
-        other => other.to_string(),
+        ProviderError::Unavailable(outage) => {
+            ProviderError::Unavailable(vaultbridge_providers::Outage {
+                message: format!("{} ({note})", outage.message),
+                ..outage
+            })
+        }
+        other => other,
     }
 }
 
@@ -201,11 +223,12 @@ mod tests {
 
     use super::*;
 
-    /// Fails with `Unavailable` `failures` times, then answers; or hangs.
+    /// Fails with `error` `failures` times, then answers; or hangs.
     struct Flaky {
         failures: usize,
         calls: AtomicUsize,
         hang: bool,
+        error: ProviderError,
     }
 
     #[async_trait]
@@ -219,7 +242,7 @@ mod tests {
                 std::future::pending::<()>().await;
             }
             if call < self.failures {
-                Err(ProviderError::Unavailable("connection refused".into()))
+                Err(self.error.clone())
             } else {
                 Ok(SecretValue::new(b"v".to_vec()))
             }
@@ -230,10 +253,25 @@ mod tests {
     }
 
     fn upstream(failures: usize, hang: bool, deadline: Duration) -> (Upstream, Arc<Flaky>) {
+        failing_with(
+            ProviderError::unavailable("connection refused"),
+            failures,
+            hang,
+            deadline,
+        )
+    }
+
+    fn failing_with(
+        error: ProviderError,
+        failures: usize,
+        hang: bool,
+        deadline: Duration,
+    ) -> (Upstream, Arc<Flaky>) {
         let flaky = Arc::new(Flaky {
             failures,
             calls: AtomicUsize::new(0),
             hang,
+            error,
         });
         let tuning = Tuning {
             deadline,
@@ -272,6 +310,59 @@ mod tests {
             err.to_string().contains("no answer within the 3s deadline"),
             "{err}"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_that_may_have_taken_effect_is_made_once() {
+        let minted = ProviderError::unavailable("HTTP 502 from pki/issue/web").without_retry();
+        let (up, flaky) = failing_with(minted, 1, false, Duration::from_secs(10));
+        let err = up.fetch(secret()).await.unwrap_err();
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+        assert!(err.to_string().contains("HTTP 502"), "{err}");
+        // Neither are errors that asking again cannot fix.
+        for permanent in [
+            ProviderError::NotFound("x".into()),
+            ProviderError::Invalid("x".into()),
+            ProviderError::Denied("x".into()),
+            ProviderError::Unauthenticated("x".into()),
+        ] {
+            let (up, flaky) = failing_with(permanent, 1, false, Duration::from_secs(10));
+            assert!(up.fetch(secret()).await.is_err());
+            assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_after_is_waited_for_or_reported_at_once() {
+        let throttled = |wait: u64| {
+            ProviderError::unavailable("HTTP 429").with_retry_after(Duration::from_secs(wait))
+        };
+        // Fits in the deadline: the second attempt comes no earlier.
+        let (up, flaky) = failing_with(throttled(3), 1, false, Duration::from_secs(10));
+        let started = Instant::now();
+        assert!(up.fetch(secret()).await.is_ok());
+        assert!(
+            started.elapsed() >= Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+
+        // Does not fit: one attempt, reported at once, saying why.
+        let (up, flaky) = failing_with(throttled(30), usize::MAX, false, Duration::from_secs(10));
+        let started = Instant::now();
+        let err = up.fetch(secret()).await.unwrap_err();
+        assert_eq!(started.elapsed(), Duration::ZERO);
+        assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+        assert!(err.to_string().contains("Retry-After"), "{err}");
+        // A wait no clock can hold is refused, not a panic.
+        let (up, _) = failing_with(
+            ProviderError::unavailable("x").with_retry_after(Duration::MAX),
+            usize::MAX,
+            false,
+            Duration::from_secs(10),
+        );
+        assert!(up.fetch(secret()).await.is_err());
     }
 
     #[test]

@@ -126,7 +126,7 @@ fn io_error(path: &str, root: &Path, err: std::io::Error) -> ProviderError {
         _ if err.raw_os_error() == Some(libc::ENXIO) => {
             ProviderError::Invalid(format!("'{path}' under {root} is not a regular file"))
         }
-        _ => ProviderError::Unavailable(format!("cannot read '{path}' under {root}: {err}")),
+        _ => ProviderError::unavailable(format!("cannot read '{path}' under {root}: {err}")),
     }
 }
 
@@ -166,7 +166,7 @@ impl ReadError {
                 real.display(),
                 root.display()
             )),
-            ReadError::Unverified(err) => ProviderError::Unavailable(format!(
+            ReadError::Unverified(err) => ProviderError::unavailable(format!(
                 "cannot check where '{path}' under {} was opened (/proc/self/fd: {err}); \
                  the file provider needs /proc to prove the file is inside its root",
                 root.display()
@@ -283,7 +283,7 @@ impl Provider for FileProvider {
         let bytes = tokio::task::spawn_blocking(move || read_secret_file(&full, &root))
             .await
             .map_err(|err| {
-                ProviderError::Unavailable(format!("reading '{}' failed: {err}", secret.path))
+                ProviderError::unavailable(format!("reading '{}' failed: {err}", secret.path))
             })?
             .map_err(|err| err.into_provider_error(secret.path, &self.root))?;
         Ok(SecretValue::new(bytes))

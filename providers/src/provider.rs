@@ -80,8 +80,9 @@ impl std::fmt::Debug for SecretValue {
 pub const MAX_MESSAGE_CHARS: usize = 1200;
 
 /// Why a lookup failed. The variants are distinct because the plugin reacts
-/// to each differently: only `Unavailable` is retried or served stale, and
-/// "not found" is never an empty value.
+/// to each differently: only `Unavailable` is retried (when its [`Outage`]
+/// says that is safe) or served stale, and "not found" is never an empty
+/// value.
 ///
 /// Messages are for operators: they name the path and what to fix, and never
 /// carry a secret value or a credential. They are often built from text we
@@ -97,11 +98,26 @@ pub enum ProviderError {
     Denied(String),
     #[error("authentication failed: {}", shown_message(.0))]
     Unauthenticated(String),
-    #[error("backend unavailable: {}", shown_message(.0))]
-    Unavailable(String),
+    #[error("backend unavailable: {}", shown_message(&.0.message))]
+    Unavailable(Outage),
     /// The request itself is wrong for this backend (a label it cannot honour).
     #[error("invalid request: {}", shown_message(.0))]
     Invalid(String),
+}
+
+/// The backend could not be reached or gave no usable answer, and what
+/// asking again would do. Providers make one attempt per call and say this;
+/// only the plugin retries (`plugin/src/tuning.rs`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Outage {
+    pub message: String,
+    /// Asking again is safe: the call had no effect, or repeating it does
+    /// nothing new (a read). False when it may already have taken effect (a
+    /// write or a credential-minting read that timed out or got a 5xx), or
+    /// when the answer will not change by asking again.
+    pub retry_safe: bool,
+    /// The backend's `Retry-After`: no new attempt before this.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 fn shown_message(message: &str) -> Cow<'_, str> {
@@ -109,9 +125,54 @@ fn shown_message(message: &str) -> Cow<'_, str> {
 }
 
 impl ProviderError {
-    /// Transient failures worth retrying and, if configured, serving stale.
+    /// The backend is unavailable; asking again is safe (see [`Outage`]).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        ProviderError::Unavailable(Outage {
+            message: message.into(),
+            retry_safe: true,
+            retry_after: None,
+        })
+    }
+
+    /// The same outage, but asking again is not safe or cannot help.
+    pub fn without_retry(self) -> Self {
+        match self {
+            ProviderError::Unavailable(outage) => ProviderError::Unavailable(Outage {
+                retry_safe: false,
+                ..outage
+            }),
+            other => other,
+        }
+    }
+
+    /// The same outage, not to be retried before `wait` (Retry-After).
+    pub fn with_retry_after(self, wait: std::time::Duration) -> Self {
+        match self {
+            ProviderError::Unavailable(outage) => ProviderError::Unavailable(Outage {
+                retry_after: Some(wait),
+                ..outage
+            }),
+            other => other,
+        }
+    }
+
+    /// Transient failures: served stale when configured (retried only when
+    /// [`Self::retry_safe`]).
     pub fn is_transient(&self) -> bool {
         matches!(self, ProviderError::Unavailable(_))
+    }
+
+    /// Another attempt is safe and may succeed.
+    pub fn retry_safe(&self) -> bool {
+        matches!(self, ProviderError::Unavailable(outage) if outage.retry_safe)
+    }
+
+    /// The backend's `Retry-After`, when it gave one.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            ProviderError::Unavailable(outage) => outage.retry_after,
+            _ => None,
+        }
     }
 
     /// The message without the kind, escaped and bounded like `Display`.
@@ -124,8 +185,8 @@ impl ProviderError {
             ProviderError::NotFound(m)
             | ProviderError::Denied(m)
             | ProviderError::Unauthenticated(m)
-            | ProviderError::Unavailable(m)
             | ProviderError::Invalid(m) => m,
+            ProviderError::Unavailable(outage) => &outage.message,
         }
     }
 
@@ -187,7 +248,7 @@ mod tests {
             ProviderError::NotFound(hostile.clone()),
             ProviderError::Denied(hostile.clone()),
             ProviderError::Unauthenticated(hostile.clone()),
-            ProviderError::Unavailable(hostile.clone()),
+            ProviderError::unavailable(hostile.clone()),
             ProviderError::Invalid(hostile.clone()),
         ] {
             for shown in [

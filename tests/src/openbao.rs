@@ -405,28 +405,55 @@ pub fn sign_jwt(dir: &Path, key_pem: &Path, claims: &serde_json::Value) -> Strin
 /// every connection it accepted are closed.
 pub struct BlackHole {
     pub port: u16,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    accepting: Option<std::thread::JoinHandle<()>>,
+    _accepting: AcceptLoop,
 }
 
 impl BlackHole {
     pub fn start() -> BlackHole {
+        // The thread owns the listener and the held connections: both are
+        // closed when it returns.
+        let mut held = Vec::new();
+        let accepting = AcceptLoop::start(move |stream| held.push(stream));
+        BlackHole {
+            port: accepting.port,
+            _accepting: accepting,
+        }
+    }
+}
+
+/// An HTTP proxy in front of OpenBao that relays every request, but answers
+/// `502 Bad Gateway` to those whose path contains `fail_after` — after
+/// OpenBao has served them, as a gateway that lost the answer would: the
+/// call took effect, the client cannot know. One request per connection
+/// (`Connection: close`). Stopped on drop.
+pub struct LossyProxy {
+    pub addr: String,
+    _accepting: AcceptLoop,
+}
+
+/// A listener on 127.0.0.1 whose thread hands each connection to `serve`,
+/// until dropped: then the thread, the listener and what `serve` kept end.
+struct AcceptLoop {
+    port: u16,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    accepting: Option<std::thread::JoinHandle<()>>,
+}
+
+impl AcceptLoop {
+    fn start(mut serve: impl FnMut(TcpStream) + Send + 'static) -> AcceptLoop {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopping = stop.clone();
-        // The thread owns the listener and the held connections: both are
-        // closed when it returns.
         let accepting = std::thread::spawn(move || {
-            let mut held = Vec::new();
             for stream in listener.incoming().flatten() {
                 if stopping.load(std::sync::atomic::Ordering::SeqCst) {
                     break;
                 }
-                held.push(stream);
+                serve(stream);
             }
         });
-        BlackHole {
+        AcceptLoop {
             port,
             stop,
             accepting: Some(accepting),
@@ -434,7 +461,7 @@ impl BlackHole {
     }
 }
 
-impl Drop for BlackHole {
+impl Drop for AcceptLoop {
     fn drop(&mut self) {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
         // Wake the blocked accept() so that the thread sees `stop` (wait
@@ -445,4 +472,76 @@ impl Drop for BlackHole {
             let _ = accepting.join();
         }
     }
+}
+
+impl LossyProxy {
+    pub fn start(upstream: &str, fail_after: &str) -> LossyProxy {
+        let upstream = upstream
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        let fail_after = fail_after.to_string();
+        let accepting = AcceptLoop::start(move |stream| {
+            let (upstream, fail_after) = (upstream.clone(), fail_after.clone());
+            std::thread::spawn(move || relay(stream, &upstream, &fail_after));
+        });
+        LossyProxy {
+            addr: format!("http://127.0.0.1:{}", accepting.port),
+            _accepting: accepting,
+        }
+    }
+}
+
+/// One request from `client` to `upstream` and its answer back (or a 502).
+fn relay(mut client: TcpStream, upstream: &str, fail_after: &str) {
+    let _ = client.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut request = Vec::new();
+    let mut buf = [0u8; 8192];
+    // Headers, then as many body bytes as Content-Length says.
+    let header_end = loop {
+        let Ok(n) = client.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        request.extend_from_slice(&buf[..n]);
+        if let Some(at) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&request[..header_end]).to_string();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .unwrap_or(0);
+    while request.len() < header_end + length {
+        let Ok(n) = client.read(&mut buf) else { return };
+        if n == 0 {
+            return;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+    // Ask for one answer per connection, then relay it whole.
+    let head = head
+        .lines()
+        .filter(|l| !l.to_ascii_lowercase().starts_with("connection:"))
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\r\n");
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        return;
+    };
+    let _ = server.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes());
+    let _ = server.write_all(&request[header_end..]);
+    let mut answer = Vec::new();
+    let _ = server.read_to_end(&mut answer);
+    let path = head.split_whitespace().nth(1).unwrap_or_default();
+    if path.contains(fail_after) {
+        answer = b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: application/json\r\nContent-Length: 22\r\nConnection: close\r\n\r\n{\"errors\":[\"gateway\"]}"
+            .to_vec();
+    }
+    let _ = client.write_all(&answer);
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde_json::json;
 use vaultbridge_providers::aws::{AwsConfig, AwsProvider};
-use vaultbridge_providers::{Provider, ProviderError, SecretRef};
+use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::moto::{ACCOUNT, Moto, xml_field};
 use vaultbridge_tests::{Answer, Plugin, assert_log_has_no_values, binary, engine_request};
 
@@ -606,7 +606,7 @@ async fn backend_down_is_unavailable_within_the_deadline() {
 
     let started = Instant::now();
     match fetch(&p, "up-then-down", None).await {
-        Err(ProviderError::Unavailable(m)) => {
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
             assert!(
                 m.contains("cannot reach") && m.contains(&moto.endpoint),
                 "{m}"
@@ -633,7 +633,9 @@ async fn backend_down_is_unavailable_within_the_deadline() {
     .unwrap();
     let started = Instant::now();
     match fetch(&hung, "anything", None).await {
-        Err(ProviderError::Unavailable(m)) => assert!(m.contains(&silent_endpoint), "{m}"),
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
+            assert!(m.contains(&silent_endpoint), "{m}")
+        }
         other => panic!("{other:?}"),
     }
     let elapsed = started.elapsed();

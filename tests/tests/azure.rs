@@ -9,8 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
+use vaultbridge::tuning::{Tuning, Upstream};
 use vaultbridge_providers::azure::{AzureConfig, CredentialConfig, build};
-use vaultbridge_providers::{Provider, ProviderError, SecretRef};
+use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::azure_double::AzureDouble;
 use vaultbridge_tests::{Plugin, assert_log_has_no_values, engine_request};
 
@@ -68,6 +69,25 @@ async fn fetch(
         path: &vaultbridge_providers::SecretPath::parse(path)
             .map_err(|err| vaultbridge_providers::ProviderError::Invalid(err.to_string()))?,
         version,
+    })
+    .await
+    .map(|v| v.expose().to_vec())
+}
+
+/// The provider behind the plugin's one owner of retries and deadlines.
+fn upstream(p: Arc<dyn Provider>, deadline_secs: f64) -> Upstream {
+    let tuning = Tuning {
+        deadline: Duration::from_secs_f64(deadline_secs),
+        ..Tuning::default()
+    };
+    Upstream::new("kv".into(), p, tuning)
+}
+
+async fn fetch_via(up: &Upstream, path: &str) -> Result<Vec<u8>, ProviderError> {
+    let path = vaultbridge_providers::SecretPath::parse(path).expect("a valid path");
+    up.fetch(SecretRef {
+        path: &path,
+        version: None,
     })
     .await
     .map(|v| v.expose().to_vec())
@@ -222,28 +242,42 @@ async fn provider_wrong_client_secret_surfaces_the_aadsts_code_not_the_secret() 
 }
 
 #[tokio::test]
-async fn provider_waits_out_throttling_within_the_deadline() {
+async fn throttling_is_waited_out_by_the_plugin_within_the_deadline() {
     let double = AzureDouble::start();
     let app = app(&double, 3599);
     let p = provider(&config(&double, &app, VAULT, 8.0)).await;
+    let throttled = |name: &str| double.stats()["throttled"][format!("{VAULT}/{name}")].clone();
 
+    // The provider makes one attempt and hands on the vault's Retry-After.
+    let once = AzureDouble::unique("throttled-once");
+    double.put_secret(
+        VAULT,
+        &once,
+        json!({"value": "x", "throttle": 1, "retry_after": 1}),
+    );
+    let err = fetch(&*p, &once, None).await.unwrap_err();
+    assert!(err.retry_safe(), "{err}");
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(1)), "{err}");
+    assert_eq!(throttled(&once), 1);
+
+    // The plugin waits each Retry-After out, then gets the value.
     let name = AzureDouble::unique("throttled");
     double.put_secret(
         VAULT,
         &name,
         json!({"value": "after-throttle", "throttle": 2, "retry_after": 1}),
     );
+    let up = upstream(p.clone(), 8.0);
     let started = Instant::now();
-    assert_eq!(fetch(&*p, &name, None).await.unwrap(), b"after-throttle");
-    // Two 429s, each honoured for its Retry-After of 1 s.
-    assert_eq!(double.stats()["throttled"][format!("{VAULT}/{name}")], 2);
+    assert_eq!(fetch_via(&up, &name).await.unwrap(), b"after-throttle");
+    assert_eq!(throttled(&name), 2);
     assert!(
         started.elapsed() >= Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
 
-    // A Retry-After beyond the deadline is reported at once, not slept on.
+    // A Retry-After beyond the deadline: one attempt, reported at once.
     let long = AzureDouble::unique("throttled-long");
     double.put_secret(
         VAULT,
@@ -251,35 +285,36 @@ async fn provider_waits_out_throttling_within_the_deadline() {
         json!({"value": "x", "throttle": 5, "retry_after": 60}),
     );
     let started = Instant::now();
-    match fetch(&*p, &long, None).await {
-        Err(ProviderError::Unavailable(m)) => {
+    match fetch_via(&up, &long).await {
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
             assert!(m.contains("429") && m.contains("60.0s"), "{m}")
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+    assert_eq!(throttled(&long), 1, "asked again despite Retry-After");
     assert!(
-        started.elapsed() < Duration::from_secs(8),
+        started.elapsed() < Duration::from_secs(2),
         "{:?}",
         started.elapsed()
     );
 }
 
 #[tokio::test]
-async fn provider_retries_a_throttled_token_endpoint() {
+async fn a_throttled_token_endpoint_is_retried_by_the_plugin() {
     let double = AzureDouble::start();
     let app = app(&double, 3599);
     double.throttle_token_endpoint(&app.tenant, &app.client_id, &app.secret, 1);
     let name = AzureDouble::unique("after-token-429");
     double.add_version(VAULT, &name, "token-eventually");
-    let p = provider(&config(&double, &app, VAULT, 8.0)).await;
+    let up = upstream(provider(&config(&double, &app, VAULT, 8.0)).await, 8.0);
     // A 429 from Entra is transient (its Retry-After honoured), not "bad credentials".
-    assert_eq!(fetch(&*p, &name, None).await.unwrap(), b"token-eventually");
+    assert_eq!(fetch_via(&up, &name).await.unwrap(), b"token-eventually");
     assert_eq!(tokens_issued(&double, &app.client_id), 1);
 
     double.throttle_token_endpoint(&app.tenant, &app.client_id, &app.secret, 100);
-    let fresh = provider(&config(&double, &app, VAULT, 1.5)).await;
-    match fetch(&*fresh, &name, None).await {
-        Err(ProviderError::Unavailable(m)) => {
+    let fresh = upstream(provider(&config(&double, &app, VAULT, 1.5)).await, 1.5);
+    match fetch_via(&fresh, &name).await {
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
             assert!(m.contains("AADSTS90055") && m.contains("HTTP 429"), "{m}")
         }
         other => panic!("expected Unavailable, got {other:?}"),
@@ -299,7 +334,9 @@ async fn provider_vault_down_is_unavailable_within_the_deadline() {
     cfg.vault_url = format!("https://{VAULT}.vault.azure.net:{port}");
     let started = Instant::now();
     match fetch(&*provider(&cfg).await, "db", None).await {
-        Err(ProviderError::Unavailable(m)) => assert!(m.contains("cannot reach vault"), "{m}"),
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
+            assert!(m.contains("cannot reach vault"), "{m}")
+        }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(
@@ -316,7 +353,9 @@ async fn provider_vault_down_is_unavailable_within_the_deadline() {
     );
     let started = Instant::now();
     match fetch(&*provider(&cfg).await, "db", None).await {
-        Err(ProviderError::Unavailable(m)) => assert!(m.contains(&cfg.vault_url), "{m}"),
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
+            assert!(m.contains(&cfg.vault_url), "{m}")
+        }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     assert!(
@@ -446,7 +485,7 @@ async fn provider_without_the_ca_does_not_trust_the_double() {
     let mut cfg = config(&double, &app, VAULT, 5.0);
     cfg.ca_file = None;
     match fetch(&*provider(&cfg).await, "db", None).await {
-        Err(ProviderError::Unavailable(m)) => {
+        Err(ProviderError::Unavailable(Outage { message: m, .. })) => {
             assert!(m.contains("certificate") && m.contains("ca_file"), "{m}")
         }
         other => panic!("expected Unavailable, got {other:?}"),

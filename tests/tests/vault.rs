@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use vaultbridge_providers::vault::VaultConfig;
 use vaultbridge_providers::{Provider, ProviderError, SecretRef};
-use vaultbridge_tests::openbao::{self, BlackHole, OpenBao};
+use vaultbridge_tests::openbao::{self, BlackHole, LossyProxy, OpenBao};
 use vaultbridge_tests::{Answer, Plugin, assert_log_has_no_values, engine_request};
 
 /// A TOML value from JSON (strings, numbers, booleans, arrays, tables).
@@ -410,6 +410,68 @@ async fn kv1_mounts_mount_prefix_and_unknown_mounts() {
     assert_refused(&answer, &["KV v1 keeps no versions"]);
 }
 
+/// A call that may have taken effect is made once: a write or a minting
+/// read whose answer a gateway lost (502 after OpenBao served it), or a
+/// write answered 204. A KV read that fails the same way is retried.
+/// Counted in OpenBao's audit log, through the plugin's socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_may_have_taken_effect_are_never_retried() {
+    let bao = OpenBao::start();
+    bao.bao(&["secrets", "enable", "pki"]);
+    bao.bao(&[
+        "write",
+        "pki/root/generate/internal",
+        "common_name=test-root",
+        "ttl=48h",
+        "key_type=ec",
+    ]);
+    bao.bao(&[
+        "write",
+        "pki/roles/web",
+        "allowed_domains=example.com",
+        "allow_subdomains=true",
+        "max_ttl=1h",
+        "key_type=ec",
+    ]);
+    kv_put(&bao, "secret/app/flaky", &["password=x"]);
+
+    // The gateway loses every answer to pki/issue and to the KV read.
+    let lossy = LossyProxy::start(&bao.addr, "pki/issue/web");
+    let mut config = root_config(&bao);
+    config["address"] = lossy.addr.clone().into();
+    config["logical_write_prefixes"] = json!(["pki/issue/", "cubbyhole/"]);
+    let plugin = start_plugin_with(&config, &[("deadline", "3s")]);
+    let answer = ask(
+        &plugin,
+        &[(
+            "vaultbridge.path",
+            "pki/issue/web?common_name=app.example.com",
+        )],
+    );
+    assert!(answer.err().contains("502"), "{}", answer.err());
+    assert_eq!(
+        bao.audit_count("pki/issue/web"),
+        1,
+        "a lost write was sent again"
+    );
+
+    // A write answered 204 (its work done, nothing to serve): once, at once.
+    let started = Instant::now();
+    let answer = ask(&plugin, &[("vaultbridge.path", "cubbyhole/note?k=v")]);
+    assert!(answer.err().contains("no body"), "{}", answer.err());
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(bao.audit_count("cubbyhole/note"), 1);
+
+    // A KV read lost the same way is safe to ask again, within the deadline.
+    let lossy_kv = LossyProxy::start(&bao.addr, "secret/data/app/flaky");
+    config["address"] = lossy_kv.addr.clone().into();
+    let plugin = start_plugin_with(&config, &[("deadline", "2s")]);
+    let answer = ask(&plugin, &[("vaultbridge.path", "secret/app/flaky")]);
+    assert!(answer.err().contains("502"), "{}", answer.err());
+    let reads = bao.audit_reads("secret/data/app/flaky");
+    assert!(reads > 1, "a failed KV read was not retried ({reads} read)");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leased_dynamic_secrets_are_per_task_and_differ_per_call() {
     let bao = OpenBao::start();
@@ -763,16 +825,16 @@ async fn cert_auth_and_ca_pinning_over_tls() {
     // Pinning: the server's CA only; another CA or the system roots fail.
     let wrong_ca = with(json!({"ca_cert": dir.join("client-ca.pem")}));
     let err = fetch_once(&wrong_ca, "app/tls").await.unwrap_err();
-    assert_error(&err, ProviderError::Unavailable, &["TLS"]);
+    assert_error(&err, ProviderError::unavailable, &["TLS"]);
     let system_roots = with(json!({}));
     let err = fetch_once(&system_roots, "app/tls").await.unwrap_err();
-    assert_error(&err, ProviderError::Unavailable, &["TLS"]);
+    assert_error(&err, ProviderError::unavailable, &["TLS"]);
     // tls_server_name: the certificate names localhost, not vault.wrong.test.
     let named = with(json!({"ca_cert": ca, "tls_server_name": "localhost"}));
     assert!(fetch_once(&named, "app/tls").await.is_ok());
     let misnamed = with(json!({"ca_cert": ca, "tls_server_name": "vault.wrong.test"}));
     let err = fetch_once(&misnamed, "app/tls").await.unwrap_err();
-    assert_error(&err, ProviderError::Unavailable, &["TLS"]);
+    assert_error(&err, ProviderError::unavailable, &["TLS"]);
     // Skipping verification only when asked.
     let skip = with(json!({"tls_skip_verify": true}));
     assert!(fetch_once(&skip, "app/tls").await.is_ok());
@@ -898,7 +960,7 @@ async fn a_stopped_or_hung_server_is_unavailable_within_the_deadline() {
     let started = Instant::now();
     let err = fetch(&p, "app/db", None).await.unwrap_err();
     assert_took_less_than(started, 6);
-    assert_error(&err, ProviderError::Unavailable, &[&bao.addr]);
+    assert_error(&err, ProviderError::unavailable, &[&bao.addr]);
     let started = Instant::now();
     let answer = ask(&plugin, &[("vaultbridge.path", "app/db")]);
     assert_took_less_than(started, 5);
@@ -912,7 +974,7 @@ async fn a_stopped_or_hung_server_is_unavailable_within_the_deadline() {
     let started = Instant::now();
     let err = fetch_once(&hung, "app/db").await.unwrap_err();
     assert_took_less_than(started, 4);
-    assert_error(&err, ProviderError::Unavailable, &["in time"]);
+    assert_error(&err, ProviderError::unavailable, &["in time"]);
     let hung_plugin = start_plugin_with(&hung, &[("deadline", "3s")]);
     let started = Instant::now();
     let answer = ask(&hung_plugin, &[("vaultbridge.path", "app/db")]);
@@ -1015,7 +1077,7 @@ async fn namespaces_and_a_sealed_server() {
 
     bao.bao(&["operator", "seal"]);
     let err = fetch(&root, "app/ns", None).await.unwrap_err();
-    assert_error(&err, ProviderError::Unavailable, &["is sealed"]);
+    assert_error(&err, ProviderError::unavailable, &["is sealed"]);
     let sealed_plugin = start_plugin_with(&config, &[("deadline", "2s")]);
     let answer = ask(&sealed_plugin, &[("vaultbridge.path", "app/ns")]);
     assert_refused(&answer, &["sealed"]);

@@ -135,7 +135,7 @@ fn raw_field(raw: &HttpResponse, name: &str) -> Option<String> {
 
 /// The call (the SDK's, or our hard bound over it) ran out of time.
 pub(crate) fn no_answer(context: &Context<'_>) -> ProviderError {
-    ProviderError::Unavailable(format!(
+    ProviderError::unavailable(format!(
         "no answer from Secrets Manager at {} (region {}) within {:?}",
         context.endpoint, context.region, context.timeout
     ))
@@ -157,17 +157,19 @@ where
         }
         SdkError::TimeoutError(_) => no_answer(context),
         SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
-            ProviderError::Unavailable(format!(
+            ProviderError::unavailable(format!(
                 "cannot reach Secrets Manager at {endpoint} (region {region}): {}",
                 detail(err)
             ))
         }
         SdkError::ResponseError(response) => {
             let status = response.raw().status().as_u16();
-            ProviderError::Unavailable(format!(
+            // The same answer next time: not worth asking again.
+            ProviderError::unavailable(format!(
                 "Secrets Manager at {endpoint} (region {region}) gave an unreadable answer (HTTP {status}): {}",
                 detail(err)
             ))
+            .without_retry()
         }
         // Credentials are resolved before the request is sent: failures of
         // the chain (no credentials, a failed AssumeRole, an unreadable
@@ -192,13 +194,13 @@ where
                      roles) and check role_arn/profile"
                 ))
             } else {
-                ProviderError::Unavailable(format!(
+                ProviderError::unavailable(format!(
                     "the request to Secrets Manager at {endpoint} (region {region}) failed: {text}"
                 ))
             }
         }
         // `SdkError` is non-exhaustive.
-        _ => ProviderError::Unavailable(format!(
+        _ => ProviderError::unavailable(format!(
             "the request to Secrets Manager at {endpoint} (region {region}) failed: {}",
             detail(err)
         )),
@@ -295,12 +297,11 @@ fn classify(
              role the provider uses, and the host's clock",
             aws(code_text)
         )),
-        Some(c) if THROTTLING_CODES.contains(&c) => ProviderError::Unavailable(format!(
-            "Secrets Manager at {endpoint} (region {region}) throttled the request (AWS {}); the SDK retried within {:?}",
-            aws(code_text),
-            context.timeout
+        Some(c) if THROTTLING_CODES.contains(&c) => ProviderError::unavailable(format!(
+            "Secrets Manager at {endpoint} (region {region}) throttled the request (AWS {})",
+            aws(code_text)
         )),
-        Some(c) if SERVER_CODES.contains(&c) => ProviderError::Unavailable(format!(
+        Some(c) if SERVER_CODES.contains(&c) => ProviderError::unavailable(format!(
             "Secrets Manager at {endpoint} (region {region}) failed (AWS {})",
             aws(code_text)
         )),
@@ -323,7 +324,7 @@ fn classify(
             Some(404) => {
                 ProviderError::NotFound(format!("{what} does not exist (AWS {})", aws(code_text)))
             }
-            Some(s) if s == 429 || s >= 500 => ProviderError::Unavailable(format!(
+            Some(s) if s == 429 || s >= 500 => ProviderError::unavailable(format!(
                 "Secrets Manager at {endpoint} (region {region}) answered HTTP {s} ({})",
                 aws(code_text)
             )),
@@ -331,7 +332,7 @@ fn classify(
                 "{what}: Secrets Manager answered HTTP {s} ({})",
                 aws(code_text)
             )),
-            None => ProviderError::Unavailable(format!(
+            None => ProviderError::unavailable(format!(
                 "Secrets Manager at {endpoint} (region {region}) failed ({})",
                 aws(code_text)
             )),

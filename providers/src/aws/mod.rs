@@ -43,9 +43,6 @@ const MIN_TIMEOUT_SECS: f64 = 0.1;
 /// The session name of an assumed role when `session_name` is not set; it
 /// shows in CloudTrail as the caller.
 pub const DEFAULT_SESSION_NAME: &str = "vaultbridge";
-/// How many times the SDK may try one call (first try included), all within
-/// `timeout`.
-const MAX_ATTEMPTS: u32 = 3;
 
 /// One `[providers.<name>] type = "aws"` table.
 #[derive(Clone, Deserialize)]
@@ -458,17 +455,16 @@ impl AwsProvider {
         };
         let timeout = timeout_of(config, key)?;
 
-        // Every attempt, and the whole call with its retries, ends within
-        // `timeout`; the STS calls of an assumed role inherit the same bounds.
+        // One attempt, within `timeout`: the plugin owns retries (and knows
+        // the deadline). The STS calls of an assumed role inherit the same
+        // bounds.
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(timeout)
             .read_timeout(timeout)
             .operation_attempt_timeout(timeout)
             .operation_timeout(timeout)
             .build();
-        let retries = RetryConfig::standard()
-            .with_max_attempts(MAX_ATTEMPTS)
-            .with_max_backoff(timeout / 4);
+        let retries = RetryConfig::disabled();
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(Region::new(region.to_string()))
             .timeout_config(timeouts)

@@ -12,7 +12,7 @@ use azure_core::http::{RawResponse, StatusCode};
 
 use crate::ProviderError;
 
-/// What the lookup loop does with a failed attempt.
+/// A failed attempt, and whether another one could succeed.
 #[derive(Debug)]
 pub(super) enum Failure {
     /// Worth another attempt, after `after` (the server's Retry-After, if any).
@@ -22,6 +22,27 @@ pub(super) enum Failure {
         throttled: bool,
     },
     Final(ProviderError),
+}
+
+/// Used when a 429 carries no Retry-After.
+const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
+
+impl Failure {
+    /// The error the plugin acts on: a transient one carries the wait the
+    /// vault asked for; an outage that asking again will not fix says so.
+    pub(super) fn into_error(self) -> ProviderError {
+        match self {
+            Failure::Transient {
+                error,
+                after,
+                throttled,
+            } => match after.or(throttled.then_some(DEFAULT_THROTTLE_WAIT)) {
+                Some(wait) => error.with_retry_after(wait),
+                None => error,
+            },
+            Failure::Final(error) => error.without_retry(),
+        }
+    }
 }
 
 /// Where the failing call was going, for messages.
@@ -161,7 +182,7 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
                 );
                 if status == StatusCode::TooManyRequests || status_num >= 500 {
                     Failure::Transient {
-                        error: ProviderError::Unavailable(message),
+                        error: ProviderError::unavailable(message),
                         after: raw.and_then(retry_after),
                         throttled: status == StatusCode::TooManyRequests,
                     }
@@ -172,7 +193,7 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
             None if transport => {
                 let cause = root_cause(err);
                 Failure::Transient {
-                    error: ProviderError::Unavailable(format!(
+                    error: ProviderError::unavailable(format!(
                         "cannot reach the token endpoint {authority} for {identity}: {cause}{}",
                         tls_hint(&cause)
                     )),
@@ -211,7 +232,7 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
                 "vault {vault} refused the token of {identity}; check that tenant_id is the vault's tenant and authority_host matches the vault's cloud{said}"
             ))),
             StatusCode::TooManyRequests => Failure::Transient {
-                error: ProviderError::Unavailable(format!(
+                error: ProviderError::unavailable(format!(
                     "vault {vault} is throttling requests (HTTP 429){said}"
                 )),
                 after: raw.and_then(retry_after),
@@ -221,13 +242,13 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
                 "vault {vault} refused the request for {target} as malformed{said}"
             ))),
             _ if status_num >= 500 || status == StatusCode::RequestTimeout => Failure::Transient {
-                error: ProviderError::Unavailable(format!(
+                error: ProviderError::unavailable(format!(
                     "vault {vault} answered HTTP {status_num}{said}"
                 )),
                 after: raw.and_then(retry_after),
                 throttled: false,
             },
-            _ => Failure::Final(ProviderError::Unavailable(format!(
+            _ => Failure::Final(ProviderError::unavailable(format!(
                 "vault {vault} answered HTTP {status_num} for {target}{said}"
             ))),
         };
@@ -236,7 +257,7 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
     if transport {
         let cause = root_cause(err);
         return Failure::Transient {
-            error: ProviderError::Unavailable(format!(
+            error: ProviderError::unavailable(format!(
                 "cannot reach vault {vault}: {cause}{}",
                 tls_hint(&cause)
             )),
@@ -253,7 +274,7 @@ pub(super) fn classify(err: &azure_core::Error, cx: &Context<'_>) -> Failure {
             "vault {vault} asked for a token for another domain, so none was sent; vault_url must be the vault's own name (https://<name>.vault.azure.net, or the sovereign cloud's vault domain): {text}"
         )));
     }
-    Failure::Final(ProviderError::Unavailable(format!(
+    Failure::Final(ProviderError::unavailable(format!(
         "request to vault {vault} failed: {text}"
     )))
 }

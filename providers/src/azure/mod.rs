@@ -8,11 +8,10 @@
 //!   ([`config`]). The SDK's credential caches the token and refreshes it
 //!   before it expires; one credential serves every concurrent lookup of the
 //!   provider.
-//! - Every lookup is bounded by `timeout` (token acquisition and retries
-//!   included). Throttling (429) is retried after the server's Retry-After
-//!   when that still fits in the deadline; transient failures (connection,
-//!   5xx) are retried twice; everything else is answered at once
-//!   ([`errors`]).
+//! - One attempt per lookup, bounded by `timeout` (token acquisition
+//!   included). A transient failure (connection, 5xx, 429) is reported with
+//!   the vault's Retry-After; the plugin decides whether there is time to
+//!   ask again. Everything else is final ([`errors`]).
 //! - The SDK's check that a vault's authentication challenge names the vault's
 //!   own domain stays on.
 //!
@@ -23,7 +22,7 @@ mod config;
 mod errors;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use azure_core::cloud::{CloudConfiguration, CustomConfiguration};
@@ -44,16 +43,9 @@ pub use config::{
     AzureConfig, CredentialConfig, DEFAULT_TIMEOUT_SECS, PUBLIC_AUTHORITY_HOST, VARIABLES,
 };
 use config::{ManagedId, ValidCredential};
-use errors::{Context, Failure};
+use errors::Context;
 
 use crate::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
-
-/// Transient failures (connection, 5xx) are retried this many times; 429 is
-/// retried for as long as its Retry-After fits in the deadline.
-const TRANSIENT_RETRIES: u32 = 2;
-const FIRST_BACKOFF: Duration = Duration::from_millis(200);
-/// Used when a 429 carries no Retry-After.
-const DEFAULT_THROTTLE_WAIT: Duration = Duration::from_secs(1);
 
 /// Turns the Entra token endpoint's error answers into HTTP errors carrying
 /// the status, the AADSTS codes and the description.
@@ -280,15 +272,14 @@ impl AzureProvider {
         })
     }
 
-    /// One GET, retried while the deadline allows; see the module docs.
+    /// One GET, one attempt within `timeout`: the plugin decides whether
+    /// and when to ask again (`Retry-After` included); see the module docs.
     async fn get(
         &self,
         name: &str,
         version: Option<&str>,
         target: &str,
     ) -> Result<String, ProviderError> {
-        let started = Instant::now();
-        let deadline = started + self.timeout;
         let cx = Context {
             vault: &self.vault,
             target,
@@ -296,89 +287,35 @@ impl AzureProvider {
             fix_hint: self.fix_hint,
             authority: &self.authority,
         };
-        let mut transient_retries = 0u32;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let options = SecretClientGetSecretOptions {
-                secret_version: version.map(str::to_string),
-                ..Default::default()
-            };
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            let outcome =
-                tokio::time::timeout(remaining, self.client.get_secret(name, Some(options))).await;
-            let failure = match outcome {
-                Err(_elapsed) => {
-                    return Err(ProviderError::Unavailable(format!(
-                        "no answer from vault {} (or its token endpoint) within the {:?} timeout ({attempts} attempt(s))",
-                        self.vault, self.timeout
-                    )));
-                }
-                Ok(Ok(response)) => {
-                    let secret = response.into_model().map_err(|err| {
-                        ProviderError::Unavailable(format!(
-                            "vault {} sent an unreadable answer for {target}: {}",
-                            self.vault,
-                            errors::first_line(&err.to_string())
-                        ))
-                    })?;
-                    return secret.value.ok_or_else(|| {
-                        ProviderError::NotFound(format!(
-                            "{target} in vault {} has no value",
-                            self.vault
-                        ))
-                    });
-                }
-                Ok(Err(err)) => errors::classify(&err, &cx),
-            };
-            let (error, wait) = match failure {
-                Failure::Final(error) => return Err(error),
-                Failure::Transient {
-                    error,
-                    after,
-                    throttled: true,
-                } => (error, after.unwrap_or(DEFAULT_THROTTLE_WAIT)),
-                Failure::Transient {
-                    error,
-                    after,
-                    throttled: false,
-                } => {
-                    if transient_retries >= TRANSIENT_RETRIES {
-                        return Err(with_note(
-                            error,
-                            format!("gave up after {attempts} attempts"),
-                        ));
-                    }
-                    transient_retries += 1;
-                    let backoff = FIRST_BACKOFF * 2u32.pow(transient_retries - 1);
-                    (error, after.map_or(backoff, |after| after.max(backoff)))
-                }
-            };
-            // `wait` may come from the server (Retry-After): checked, so
-            // that no value can overflow the clock.
-            let next_attempt = Instant::now().checked_add(wait);
-            if next_attempt.is_none_or(|at| at >= deadline) {
-                return Err(with_note(
-                    error,
-                    format!(
-                        "the next attempt would be in {:.1}s, past the {:?} timeout ({attempts} attempt(s))",
-                        wait.as_secs_f64(),
-                        self.timeout
-                    ),
-                ));
+        let options = SecretClientGetSecretOptions {
+            secret_version: version.map(str::to_string),
+            ..Default::default()
+        };
+        let outcome =
+            tokio::time::timeout(self.timeout, self.client.get_secret(name, Some(options))).await;
+        match outcome {
+            Err(_elapsed) => Err(ProviderError::unavailable(format!(
+                "no answer from vault {} (or its token endpoint) within the {:?} timeout",
+                self.vault, self.timeout
+            ))),
+            Ok(Ok(response)) => {
+                let secret = response.into_model().map_err(|err| {
+                    ProviderError::unavailable(format!(
+                        "vault {} sent an unreadable answer for {target}: {}",
+                        self.vault,
+                        errors::first_line(&err.to_string())
+                    ))
+                    .without_retry()
+                })?;
+                secret.value.ok_or_else(|| {
+                    ProviderError::NotFound(format!(
+                        "{target} in vault {} has no value",
+                        self.vault
+                    ))
+                })
             }
-            tracing::debug!(vault = %self.vault, %target, wait_ms = wait.as_millis() as u64, "retrying after a transient failure");
-            tokio::time::sleep(wait).await;
+            Ok(Err(err)) => Err(errors::classify(&err, &cx).into_error()),
         }
-    }
-}
-
-fn with_note(error: ProviderError, note: String) -> ProviderError {
-    match error {
-        ProviderError::Unavailable(message) => {
-            ProviderError::Unavailable(format!("{message}; {note}"))
-        }
-        other => other,
     }
 }
 

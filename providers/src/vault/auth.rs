@@ -286,8 +286,8 @@ impl Session {
         match guard.as_ref() {
             // Still due: neither renewal nor login gave more time.
             Some(state) if state.scheduled && state.due(Instant::now()) => {
-                Err(ProviderError::Unavailable(
-                    "the token could not be extended (renewal and login gave no more time)".into(),
+                Err(ProviderError::unavailable(
+                    "the token could not be extended (renewal and login gave no more time)",
                 ))
             }
             _ => Ok(Refreshed::Done),

@@ -292,7 +292,13 @@ pub(crate) enum Failure {
     /// Vault answered with an HTTP error status.
     Status { code: u16, errors: Vec<String> },
     /// No answer: connection refused, DNS, TLS, timeout.
-    Transport { message: String, tls: bool },
+    /// `sent`: the request may have reached Vault (anything but a failure
+    /// to connect), so it may have taken effect.
+    Transport {
+        message: String,
+        tls: bool,
+        sent: bool,
+    },
     /// An answer we could not use.
     Other(String),
 }
@@ -307,6 +313,20 @@ impl std::fmt::Display for Failure {
 }
 
 impl Failure {
+    /// Whether a failed call may still have done its work (minted a
+    /// credential, issued a certificate): then asking again is not safe.
+    /// A rate limit (429) or a sealed or standby Vault (503) refused it
+    /// before acting; a connection that failed never sent it.
+    pub fn may_have_taken_effect(&self) -> bool {
+        match self {
+            Failure::Status {
+                code: 429 | 503, ..
+            } => false,
+            Failure::Status { .. } | Failure::Other(_) => true,
+            Failure::Transport { sent, .. } => *sent,
+        }
+    }
+
     pub fn is_status(&self, code: u16) -> bool {
         matches!(self, Failure::Status { code: c, .. } if *c == code)
     }
@@ -377,6 +397,7 @@ impl Failure {
                     None => Failure::Transport {
                         message: error_chain(source.as_ref()),
                         tls: false,
+                        sent: true,
                     },
                 }
             }
@@ -398,7 +419,11 @@ impl Failure {
         } else {
             chain
         };
-        Failure::Transport { message, tls }
+        Failure::Transport {
+            message,
+            tls,
+            sent: !err.is_connect(),
+        }
     }
 }
 

@@ -563,6 +563,11 @@ impl VaultProvider {
                 ProviderError::NotFound(format!("no secret {what}"))
             }
             Failure::Status { code: 403, .. } => self.denied(what, "read", api_path, &f).await,
+            Failure::Status { code: 400, .. } => {
+                ProviderError::Invalid(format!("Vault refused reading {what}: {}", f.errors()))
+            }
+            // An answer we cannot use will be the same next time.
+            Failure::Other(_) => unavailable(shown, &format!("reading {what}"), f).without_retry(),
             _ => unavailable(shown, &format!("reading {what}"), f),
         }
     }
@@ -631,6 +636,11 @@ impl VaultProvider {
                     Failure::Status { code: 400, .. } => {
                         ProviderError::Invalid(format!("Vault refused {what}: {}", f.errors()))
                     }
+                    // Generic paths may mint (database/creds, pki/issue):
+                    // one that may have been served is never asked again.
+                    _ if f.may_have_taken_effect() => {
+                        unavailable(shown, &format!("requesting {what}"), f).without_retry()
+                    }
                     _ => unavailable(shown, &format!("requesting {what}"), f),
                 });
             }
@@ -693,6 +703,13 @@ struct Kv2Data {
 }
 
 fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
+    if body.is_empty() {
+        // A write endpoint that answers 204: its work is done, and there is
+        // no value in the answer to serve.
+        return Err(Failure::Other(
+            "Vault answered with no body: this path returns nothing to serve".into(),
+        ));
+    }
     serde_json::from_slice(body)
         .map_err(|_| Failure::Other("the answer is not a Vault JSON response".into()))
 }
@@ -731,20 +748,22 @@ pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderErr
             code: 503,
             ref errors,
         } if errors.iter().any(|e| e.contains("sealed")) => {
-            ProviderError::Unavailable(format!("{doing}: Vault at {address} is sealed; unseal it"))
+            ProviderError::unavailable(format!("{doing}: Vault at {address} is sealed; unseal it"))
         }
-        Failure::Status { code, .. } => ProviderError::Unavailable(format!(
+        Failure::Status { code, .. } => ProviderError::unavailable(format!(
             "{doing}: Vault at {address} answered HTTP {code} ({})",
             f.errors()
         )),
-        Failure::Transport { message, tls: true } => ProviderError::Unavailable(format!(
+        Failure::Transport {
+            message, tls: true, ..
+        } => ProviderError::unavailable(format!(
             "{doing}: TLS with Vault at {address} failed: {message}; check ca_cert, tls_server_name and the client certificate"
         )),
-        Failure::Transport { message, .. } => ProviderError::Unavailable(format!(
+        Failure::Transport { message, .. } => ProviderError::unavailable(format!(
             "{doing}: cannot reach Vault at {address}: {message}"
         )),
         Failure::Other(message) => {
-            ProviderError::Unavailable(format!("{doing}: Vault at {address}: {message}"))
+            ProviderError::unavailable(format!("{doing}: Vault at {address}: {message}"))
         }
     }
 }
