@@ -410,14 +410,11 @@ async fn kv1_mounts_mount_prefix_and_unknown_mounts() {
     assert_refused(&answer, &["KV v1 keeps no versions"]);
 }
 
-/// A call that may have taken effect is made once: a write or a minting
-/// read whose answer a gateway lost (502 after OpenBao served it), or a
-/// write answered 204. A KV read that fails the same way is retried.
-/// Counted in OpenBao's audit log, through the plugin's socket.
-#[tokio::test(flavor = "multi_thread")]
-async fn calls_that_may_have_taken_effect_are_never_retried() {
-    let bao = OpenBao::start();
+/// PKI with a root CA and a role `web` for *.example.com, with
+/// generate_lease: every `pki/issue/web` is a new certificate with a lease.
+fn pki_web_role(bao: &OpenBao) {
     bao.bao(&["secrets", "enable", "pki"]);
+    bao.bao(&["secrets", "tune", "-max-lease-ttl=48h", "pki"]);
     bao.bao(&[
         "write",
         "pki/root/generate/internal",
@@ -430,9 +427,20 @@ async fn calls_that_may_have_taken_effect_are_never_retried() {
         "pki/roles/web",
         "allowed_domains=example.com",
         "allow_subdomains=true",
+        "generate_lease=true",
         "max_ttl=1h",
         "key_type=ec",
     ]);
+}
+
+/// A call that may have taken effect is made once: a write or a minting
+/// read whose answer a gateway lost (502 after OpenBao served it), or a
+/// write answered 204. A KV read that fails the same way is retried.
+/// Counted in OpenBao's audit log, through the plugin's socket.
+#[tokio::test(flavor = "multi_thread")]
+async fn calls_that_may_have_taken_effect_are_never_retried() {
+    let bao = OpenBao::start();
+    pki_web_role(&bao);
     kv_put(&bao, "secret/app/flaky", &["password=x"]);
 
     // The gateway loses every answer to pki/issue and to the KV read.
@@ -475,25 +483,7 @@ async fn calls_that_may_have_taken_effect_are_never_retried() {
 #[tokio::test(flavor = "multi_thread")]
 async fn leased_dynamic_secrets_are_per_task_and_differ_per_call() {
     let bao = OpenBao::start();
-    // PKI with generate_lease: every issue is a new certificate with a lease.
-    bao.bao(&["secrets", "enable", "pki"]);
-    bao.bao(&["secrets", "tune", "-max-lease-ttl=48h", "pki"]);
-    bao.bao(&[
-        "write",
-        "pki/root/generate/internal",
-        "common_name=test-root",
-        "ttl=48h",
-        "key_type=ec",
-    ]);
-    bao.bao(&[
-        "write",
-        "pki/roles/web",
-        "allowed_domains=example.com",
-        "allow_subdomains=true",
-        "generate_lease=true",
-        "max_ttl=1h",
-        "key_type=ec",
-    ]);
+    pki_web_role(&bao);
     let mut config = root_config(&bao);
     config["logical_write_prefixes"] = json!(["pki/issue/", "auth/token/create"]);
     let path = "pki/issue/web?common_name=app.example.com&ttl=10m";

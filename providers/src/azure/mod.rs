@@ -178,7 +178,8 @@ impl AzureProvider {
         cloud.authority_host = authority_base.to_string();
         let client_options = ClientOptions {
             transport: Some(Transport::new(Arc::new(http))),
-            // Our own loop retries, within our deadline (see `fetch`).
+            // One attempt: the plugin retries, within its deadline
+            // (plugin/src/tuning.rs).
             retry: RetryOptions::none(),
             cloud: Some(Arc::new(CloudConfiguration::Custom(cloud))),
             ..Default::default()
