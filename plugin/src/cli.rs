@@ -341,6 +341,10 @@ async fn check_stack(
             return ExitCode::from(2);
         }
     };
+    if source == Source::Nothing {
+        eprintln!("{}", crate::config::NOT_CONFIGURED);
+        return ExitCode::from(2);
+    }
     println!("configuration: {source}");
     let (mut ok, mut failed, mut skipped) = (0, 0, 0);
     for secret in &secrets {

@@ -38,17 +38,48 @@ pub struct TaskSecret {
     pub reuse: bool,
 }
 
+/// Docker's task ids are 25 lowercase letters and digits; anything else is
+/// not the engine's, and is not remembered.
+const MAX_TASK_ID_BYTES: usize = 64;
+
+impl TaskSecret {
+    /// What an entry holds: the value, and the request text in its key.
+    fn size(&self, value: &Value) -> usize {
+        let lookup = &self.lookup;
+        value.expose_secret().len()
+            + self.task_id.len()
+            + self.secret_name.len()
+            + lookup.provider.len()
+            + lookup.path.len()
+            + lookup.version.as_ref().map_or(0, String::len)
+            + lookup.field.as_ref().map_or(0, String::len)
+    }
+}
+
 struct Entry {
     value: Value,
     expires: Instant,
+    size: usize,
+    /// Which insertion this is: the order queue's older copies of the key
+    /// (from before a replacement) must not evict it.
+    seq: u64,
 }
 
 #[derive(Default)]
 struct State {
     entries: HashMap<TaskSecret, Entry>,
-    /// Insertion order, for eviction; may name entries already replaced.
-    order: VecDeque<TaskSecret>,
+    /// Insertion order, for eviction; may name entries since replaced.
+    order: VecDeque<(TaskSecret, u64)>,
     bytes: usize,
+    next_seq: u64,
+}
+
+impl State {
+    fn remove(&mut self, task: &TaskSecret) {
+        if let Some(gone) = self.entries.remove(task) {
+            self.bytes -= gone.size;
+        }
+    }
 }
 
 #[derive(Default)]
@@ -70,15 +101,17 @@ impl Issued {
         if entry.expires > Instant::now() {
             return Some(entry.value.clone());
         }
-        let gone = state.entries.remove(task)?;
-        state.bytes -= gone.value.expose_secret().len();
+        state.remove(task);
         None
     }
 
     /// Remember what `task` got, for `lease` (or [`DEFAULT_KEEP`]).
     pub fn insert(&self, task: TaskSecret, value: Value, lease: Option<Duration>) {
-        let size = value.expose_secret().len();
-        if task.task_id.is_empty() || size > MAX_BYTES {
+        let size = task.size(&value);
+        let engine_task_id = !task.task_id.is_empty()
+            && task.task_id.len() <= MAX_TASK_ID_BYTES
+            && task.task_id.bytes().all(|b| b.is_ascii_alphanumeric());
+        if !engine_task_id || size > MAX_BYTES {
             return;
         }
         let now = Instant::now();
@@ -86,27 +119,37 @@ impl Issued {
             return;
         };
         let mut state = self.lock();
-        if let Some(old) = state.entries.remove(&task) {
-            state.bytes -= old.value.expose_secret().len();
-        }
+        state.remove(&task);
         // Oldest first out, until the new value fits.
         while state.entries.len() >= MAX_ENTRIES || state.bytes + size > MAX_BYTES {
-            let Some(oldest) = state.order.pop_front() else {
+            let Some((oldest, seq)) = state.order.pop_front() else {
                 break;
             };
-            if let Some(gone) = state.entries.remove(&oldest) {
-                state.bytes -= gone.value.expose_secret().len();
+            if state
+                .entries
+                .get(&oldest)
+                .is_some_and(|entry| entry.seq == seq)
+            {
+                state.remove(&oldest);
             }
         }
-        // The order queue may hold names of replaced or expired entries:
-        // keep it from growing past a small multiple of the live ones.
+        // The order queue may hold replaced or expired entries: keep it
+        // from growing past a small multiple of the live ones.
         if state.order.len() > 2 * MAX_ENTRIES {
             let State { entries, order, .. } = &mut *state;
-            order.retain(|key| entries.contains_key(key));
+            order.retain(|(key, seq)| entries.get(key).is_some_and(|entry| entry.seq == *seq));
         }
-        state.order.push_back(task.clone());
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        state.order.push_back((task.clone(), seq));
         state.bytes += size;
-        state.entries.insert(task, Entry { value, expires });
+        let entry = Entry {
+            value,
+            expires,
+            size,
+            seq,
+        };
+        state.entries.insert(task, entry);
     }
 
     #[cfg(test)]
@@ -186,7 +229,7 @@ mod tests {
         for n in 0..MAX_ENTRIES + 10 {
             issued.insert(task(&format!("t{n}"), "db"), value(b"v"), None);
         }
-        assert_eq!(issued.usage(), (MAX_ENTRIES, MAX_ENTRIES));
+        assert_eq!(issued.usage().0, MAX_ENTRIES);
         assert!(issued.get(&task("t0", "db")).is_none(), "oldest kept");
         assert!(
             issued
@@ -204,5 +247,38 @@ mod tests {
         // Replacing an entry does not count its bytes twice.
         issued.insert(task("big2", "db"), value(b"small"), None);
         assert!(issued.usage().1 < MAX_BYTES / 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_engine_task_ids_are_remembered_and_keys_count() {
+        let issued = Issued::default();
+        for id in [
+            "x".repeat(1024 * 1024),
+            "t-1".into(),
+            "t\n1".into(),
+            "".into(),
+        ] {
+            issued.insert(task(&id, "db"), value(b"v"), None);
+        }
+        assert_eq!(issued.usage(), (0, 0));
+        // A long secret name counts: the bytes bound covers the keys too.
+        let name = "n".repeat(100_000);
+        issued.insert(task("t1", &name), value(b"v"), None);
+        assert!(issued.usage().1 > 100_000);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_replaced_entry_is_not_evicted_by_its_older_place_in_line() {
+        let issued = Issued::default();
+        issued.insert(task("first", "db"), value(b"1"), None);
+        issued.insert(task("second", "db"), value(b"2"), None);
+        issued.insert(task("first", "db"), value(b"1b"), None);
+        for n in 0..MAX_ENTRIES - 2 {
+            issued.insert(task(&format!("t{n}"), "db"), value(b"v"), None);
+        }
+        // Full: the next one evicts the oldest live entry, `second`.
+        issued.insert(task("last", "db"), value(b"v"), None);
+        assert!(issued.get(&task("second", "db")).is_none());
+        assert!(issued.get(&task("first", "db")).is_some());
     }
 }

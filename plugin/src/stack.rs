@@ -101,6 +101,43 @@ pub fn load(
     })
 }
 
+/// The most nodes alias expansion may add, estimated as (alias uses) ×
+/// (items in the file): each use copies at most the whole file. Compose
+/// files use a few anchors (`<<: *defaults`); a file that could expand to
+/// more is refused before parsing, as Docker's own YAML decoder refuses
+/// "excessive aliasing". (The YAML library bounds the nested, exponential
+/// case itself; this bounds the wide one: many uses of a large anchor.)
+const MAX_ALIAS_EXPANSION: usize = 1_000_000;
+
+fn check_aliasing(text: &str) -> Result<(), String> {
+    let bytes = text.as_bytes();
+    // An alias is `*name` where a node starts: after a space, a flow
+    // indicator or a line start. Counting `*` in quoted text too only
+    // makes this stricter.
+    let uses = bytes
+        .iter()
+        .enumerate()
+        .filter(|&(at, &b)| {
+            b == b'*'
+                && bytes
+                    .get(at + 1)
+                    .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-')
+                && (at == 0
+                    || matches!(
+                        bytes[at - 1],
+                        b' ' | b'\t' | b'\n' | b'[' | b'{' | b',' | b':' | b'-'
+                    ))
+        })
+        .count();
+    let items = 1 + bytes.iter().filter(|&&b| b == b'\n' || b == b',').count();
+    if uses.saturating_mul(items) > MAX_ALIAS_EXPANSION {
+        return Err(format!(
+            "{uses} alias uses in a file of {items} items could expand past {MAX_ALIAS_EXPANSION} nodes; use fewer anchors"
+        ));
+    }
+    Ok(())
+}
+
 /// The typed part of a compose file: `(key path, message)` on error.
 pub fn parse(
     text: &str,
@@ -109,6 +146,7 @@ pub fn parse(
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<Vec<StackSecret>, (String, String)> {
     let top = || "(top level)".to_string();
+    check_aliasing(text).map_err(|message| (top(), message))?;
     let mut value: serde_norway::Value = serde_norway::from_str(text).map_err(|err| {
         (
             top(),
@@ -278,7 +316,32 @@ fn interpolate_tree(
     Ok(())
 }
 
+/// Variables a stack file may not read: the plugin's own settings and
+/// credentials (`check --stack` runs with them), and any of the backends'
+/// ecosystems. A hostile file could otherwise print `${VAULT_TOKEN}` in a
+/// secret's name, or send it to a backend as a path.
+fn is_protected(name: &str) -> bool {
+    const PREFIXES: &[&str] = &[
+        "VAULTBRIDGE_",
+        "VAULT_",
+        "BAO_",
+        "AWS_",
+        "AZURE_",
+        "GOOGLE_",
+    ];
+    PREFIXES.iter().any(|prefix| name.starts_with(prefix))
+        || crate::config::variables().iter().any(|v| v.name == name)
+}
+
 fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let env = |name: &str| -> Result<Option<String>, String> {
+        if is_protected(name) {
+            return Err(format!(
+                "${{{name}}} is not substituted: the plugin's settings and credentials are not for stack files; write the value itself"
+            ));
+        }
+        Ok(env(name))
+    };
     let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
@@ -298,7 +361,7 @@ fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
             if name.is_empty() {
                 return Err(format!("invalid interpolation '${{{}}}'", shown(inner)));
             }
-            let value = env(name);
+            let value = env(name)?;
             let set = value.as_deref().is_some_and(|v| !v.is_empty());
             let resolved = match op {
                 "" => value.unwrap_or_default(),
@@ -337,7 +400,7 @@ fn interpolate(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
                     shown(text)
                 ));
             }
-            out.push_str(&env(&rest[..end]).unwrap_or_default());
+            out.push_str(&env(&rest[..end])?.unwrap_or_default());
             rest = &rest[end..];
         }
     }
@@ -631,6 +694,47 @@ secrets:
             message.contains("NOPE") && message.contains("set it"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn the_plugins_own_variables_are_never_substituted() {
+        let env = |name: &str| Some(format!("value-of-{name}"));
+        for name in [
+            "VAULT_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "AZURE_CLIENT_SECRET",
+            "SSL_CERT_FILE",
+            "VAULTBRIDGE_CONFIG",
+            "BAO_TOKEN",
+        ] {
+            for form in [
+                format!("${name}"),
+                format!("${{{name}}}"),
+                format!("${{{name}:-x}}"),
+            ] {
+                let text =
+                    format!("secrets:\n  a:\n    driver: vaultbridge\n    name: \"{form}\"\n");
+                let (key, message) =
+                    parse(&text, "st", &["vaultbridge".to_string()], &env).unwrap_err();
+                assert_eq!(key, "secrets.a.name", "{form}");
+                assert!(
+                    message.contains("not substituted") && !message.contains("value-of"),
+                    "{message}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn wide_alias_expansion_is_refused_before_parsing() {
+        let k = 2_000;
+        let anchor = vec!["~"; k].join(",");
+        let uses = vec!["*a"; 600].join(",");
+        let bomb = format!("x-a: &a [{anchor}]\nx-b: [{uses}]\nsecrets: {{}}\n");
+        let (_, message) = parse(&bomb, "st", &[], &no_env).unwrap_err();
+        assert!(message.contains("alias uses"), "{message}");
+        // Ordinary anchors (the STACK above) are fine.
+        assert!(!secrets(STACK).is_empty());
     }
 
     #[test]

@@ -534,6 +534,7 @@ fn relay(mut client: TcpStream, upstream: &str, fail_after: &str) {
     let Ok(mut server) = TcpStream::connect(upstream) else {
         return;
     };
+    let _ = server.set_read_timeout(Some(Duration::from_secs(10)));
     let _ = server.write_all(format!("{head}\r\nConnection: close\r\n\r\n").as_bytes());
     let _ = server.write_all(&request[header_end..]);
     let mut answer = Vec::new();

@@ -241,6 +241,42 @@ async fn provider_wrong_client_secret_surfaces_the_aadsts_code_not_the_secret() 
     }
 }
 
+/// After a first lookup, the token is refreshed in the background, without
+/// traffic, before it expires; dropping the provider stops that.
+#[tokio::test]
+async fn the_token_is_kept_fresh_in_the_background_until_dropped() {
+    let double = AzureDouble::start();
+    // 250 s: inside the SDK's 5-minute refresh window at once, so the
+    // keeper asks again after its 10 s floor (real tokens: ~55 min).
+    let app = app(&double, 250);
+    let name = AzureDouble::unique("kept-fresh");
+    double.add_version(VAULT, &name, "v");
+    let p = provider(&config(&double, &app, VAULT, 5.0)).await;
+    assert_eq!(
+        tokens_issued(&double, &app.client_id),
+        0,
+        "build fetched a token"
+    );
+    assert_eq!(fetch(&*p, &name, None).await.unwrap(), b"v");
+    assert_eq!(tokens_issued(&double, &app.client_id), 1);
+    let started = Instant::now();
+    while tokens_issued(&double, &app.client_id) < 2 {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no token refresh without traffic"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(p);
+    let after = tokens_issued(&double, &app.client_id);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        tokens_issued(&double, &app.client_id),
+        after,
+        "refreshing went on after the provider was dropped"
+    );
+}
+
 #[tokio::test]
 async fn throttling_is_waited_out_by_the_plugin_within_the_deadline() {
     let double = AzureDouble::start();

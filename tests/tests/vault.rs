@@ -518,14 +518,14 @@ async fn leased_dynamic_secrets_are_per_task_and_differ_per_call() {
     };
     let issued = || bao.audit_count("pki/issue/web");
     let before = issued();
-    let a = as_task("task-a");
-    let b = as_task("task-b");
+    let a = as_task("taska");
+    let b = as_task("taskb");
     assert_eq!(a.json()["DoNotReuse"], true, "{}", a.json());
     assert_eq!(b.json()["DoNotReuse"], true);
     assert_ne!(a.value(), b.value());
     assert_eq!(issued(), before + 2, "one certificate per task");
     for _ in 0..3 {
-        let again = as_task("task-a");
+        let again = as_task("taska");
         assert_eq!(again.json()["DoNotReuse"], true);
         assert_eq!(again.value(), a.value(), "a re-ask got another certificate");
     }

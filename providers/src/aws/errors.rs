@@ -194,9 +194,11 @@ where
                      roles) and check role_arn/profile"
                 ))
             } else {
+                // Not sent, or not answered in a way asking again changes.
                 ProviderError::unavailable(format!(
                     "the request to Secrets Manager at {endpoint} (region {region}) failed: {text}"
                 ))
+                .without_retry()
             }
         }
         // `SdkError` is non-exhaustive.

@@ -16,7 +16,9 @@
 //!   own domain stays on.
 //!
 //! `build` does no network I/O: the first lookup (or `vaultbridge check`)
-//! fetches the token.
+//! fetches the token. From then on a background task keeps it fresh
+//! ([`keep_token_fresh`]), so the first lookup after a quiet week does not
+//! wait for Entra.
 
 mod config;
 mod errors;
@@ -136,6 +138,11 @@ pub async fn build(config: &AzureConfig, key: &str) -> Result<Arc<dyn Provider>,
 
 pub struct AzureProvider {
     client: SecretClient,
+    /// The client's credential, refreshed in the background once a lookup
+    /// has used it (see [`keep_token_fresh`]).
+    credential: Arc<dyn TokenCredential>,
+    token_scope: String,
+    keeper: std::sync::OnceLock<tokio::task::AbortHandle>,
     /// The vault's base URL, for messages.
     vault: String,
     identity: String,
@@ -246,9 +253,10 @@ impl AzureProvider {
         };
 
         let vault = valid.vault_url.as_str().trim_end_matches('/').to_string();
+        let token_scope = token_scope(&valid.vault_url);
         let client = SecretClient::new(
             valid.vault_url.as_str(),
-            credential,
+            credential.clone(),
             Some(SecretClientOptions {
                 client_options,
                 // Never turned off: a vault's challenge must name its own domain.
@@ -265,6 +273,9 @@ impl AzureProvider {
 
         Ok(Self {
             client,
+            credential,
+            token_scope,
+            keeper: std::sync::OnceLock::new(),
             vault,
             identity: valid.credential.describe(),
             fix_hint: valid.credential.fix_hint(),
@@ -300,6 +311,13 @@ impl AzureProvider {
                 self.vault, self.timeout
             ))),
             Ok(Ok(response)) => {
+                // The credential works: from now on it is kept fresh.
+                self.keeper.get_or_init(|| {
+                    let credential = Arc::downgrade(&self.credential);
+                    let scope = self.token_scope.clone();
+                    let vault = self.vault.clone();
+                    tokio::spawn(keep_token_fresh(credential, scope, vault)).abort_handle()
+                });
                 let secret = response.into_model().map_err(|err| {
                     ProviderError::unavailable(format!(
                         "vault {} sent an unreadable answer for {target}: {}",
@@ -317,6 +335,70 @@ impl AzureProvider {
             }
             Ok(Err(err)) => Err(errors::classify(&err, &cx).into_error()),
         }
+    }
+}
+
+impl Drop for AzureProvider {
+    fn drop(&mut self) {
+        if let Some(keeper) = self.keeper.get() {
+            keeper.abort();
+        }
+    }
+}
+
+/// The scope Key Vault's challenge asks tokens for: the vault's domain
+/// without the vault's own name (`https://vault.azure.net/.default` for
+/// `https://<name>.vault.azure.net`, likewise in sovereign clouds).
+fn token_scope(vault_url: &azure_core::http::Url) -> String {
+    let host = vault_url.host_str().unwrap_or_default();
+    let domain = host.split_once('.').map_or(host, |(_, rest)| rest);
+    format!("https://{domain}/.default")
+}
+
+/// `azure_identity` fetches a new token only when a caller asks for one
+/// that expires within 5 minutes. Asking at [`REFRESH_LEAD`] before expiry
+/// renews it then, off the request path; a lookup finds a fresh token.
+const REFRESH_LEAD: Duration = Duration::from_secs(4 * 60);
+/// Backoff after a failed refresh: from 1 s, doubling, at most this.
+const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(120);
+
+/// Keep the credential's token for `scope` fresh until the provider is
+/// dropped (the task is aborted then, and `credential` no longer upgrades).
+async fn keep_token_fresh(
+    credential: std::sync::Weak<dyn TokenCredential>,
+    scope: String,
+    vault: String,
+) {
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        let Some(current) = credential.upgrade() else {
+            return;
+        };
+        let wait = match current.get_token(&[&scope], None).await {
+            Ok(token) => {
+                backoff = Duration::from_secs(1);
+                let left = token.expires_on - azure_core::time::OffsetDateTime::now_utc();
+                let left = Duration::try_from(left).unwrap_or_default();
+                tracing::debug!(%vault, expires_in_secs = left.as_secs(), "azure: token fresh");
+                // Never sooner than every 10 s: a token already inside the
+                // window (a very short lifetime) must not make this spin.
+                left.saturating_sub(REFRESH_LEAD)
+                    .max(Duration::from_secs(10))
+            }
+            Err(err) => {
+                tracing::warn!(
+                    %vault,
+                    retry_secs = backoff.as_secs(),
+                    error = %crate::text::shown(&errors::first_line(&err.to_string())),
+                    "azure: refreshing the token in the background failed"
+                );
+                let wait = backoff;
+                backoff = (backoff * 2).min(MAX_REFRESH_BACKOFF);
+                wait
+            }
+        };
+        drop(current);
+        tokio::time::sleep(wait).await;
     }
 }
 

@@ -319,9 +319,16 @@ impl Failure {
     /// before acting; a connection that failed never sent it.
     pub fn may_have_taken_effect(&self) -> bool {
         match self {
-            Failure::Status {
-                code: 429 | 503, ..
-            } => false,
+            Failure::Status { code: 429, .. } => false,
+            // Vault's own 503s (sealed, standby); a proxy's 503 may come
+            // after the upstream was reached.
+            Failure::Status { code: 503, errors }
+                if errors
+                    .iter()
+                    .any(|e| e.contains("sealed") || e.contains("standby")) =>
+            {
+                false
+            }
             Failure::Status { .. } | Failure::Other(_) => true,
             Failure::Transport { sent, .. } => *sent,
         }

@@ -394,7 +394,8 @@ impl VaultProvider {
         match self.session.lookup(&current.token).await {
             Ok(Lookup::Known(_) | Lookup::Opaque) => return Err(CallError::Vault(failure)),
             Ok(Lookup::Refused) => self.session.invalidate(current.generation).await,
-            Err(f) => return Err(CallError::Vault(f)),
+            // The probe failing says nothing about the 403: report that.
+            Err(_) => return Err(CallError::Vault(failure)),
         }
         let fresh = self.session.token().await.map_err(CallError::Provider)?;
         op(fresh).await.map_err(CallError::Vault)
@@ -566,8 +567,14 @@ impl VaultProvider {
             Failure::Status { code: 400, .. } => {
                 ProviderError::Invalid(format!("Vault refused reading {what}: {}", f.errors()))
             }
-            // An answer we cannot use will be the same next time.
-            Failure::Other(_) => unavailable(shown, &format!("reading {what}"), f).without_retry(),
+            // Asking again helps only after a connection failure, a rate
+            // limit or a server error: an answer we cannot use, a redirect,
+            // 405, 412 or 501 will be the same next time.
+            Failure::Other(_)
+            | Failure::Status {
+                code: 0..=428 | 430..=499 | 501,
+                ..
+            } => unavailable(shown, &format!("reading {what}"), f).without_retry(),
             _ => unavailable(shown, &format!("reading {what}"), f),
         }
     }
