@@ -120,6 +120,22 @@ pub struct Outage {
     pub retry_after: Option<std::time::Duration>,
 }
 
+/// The longest Retry-After we honour; the plugin's deadline cuts it
+/// shorter anyway, this only keeps the arithmetic far from overflow.
+pub const MAX_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// A `Retry-After: <seconds>` header value, capped at [`MAX_RETRY_AFTER`].
+/// The server chooses it: NaN, negative or huge values (`1e20` would make
+/// `Duration::from_secs_f64` panic) are ignored or capped, never trusted.
+/// (The HTTP-date form is not used by Vault or Key Vault: ignored.)
+pub fn retry_after_secs(value: &str) -> Option<std::time::Duration> {
+    let secs = value.trim().parse::<f64>().ok()?;
+    if secs.is_nan() || secs < 0.0 {
+        return None;
+    }
+    std::time::Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
+}
+
 fn shown_message(message: &str) -> Cow<'_, str> {
     crate::text::shown_max(message, MAX_MESSAGE_CHARS)
 }
@@ -281,5 +297,31 @@ mod tests {
         let plain = ProviderError::NotFound("no secret at kv/app/db".into());
         assert_eq!(plain.to_string(), "not found: no secret at kv/app/db");
         assert_eq!(format!("{plain:?}"), "NotFound(\"no secret at kv/app/db\")");
+    }
+
+    #[test]
+    fn retry_after_from_the_server_never_panics_and_is_capped() {
+        assert_eq!(
+            retry_after_secs(" 2 "),
+            Some(std::time::Duration::from_secs(2))
+        );
+        assert_eq!(
+            retry_after_secs("0.5"),
+            Some(std::time::Duration::from_millis(500))
+        );
+        assert_eq!(retry_after_secs("0"), Some(std::time::Duration::ZERO));
+        for huge in ["1e19", "1e20", "1e300", "inf", "18446744073709551616"] {
+            assert_eq!(retry_after_secs(huge), Some(MAX_RETRY_AFTER), "{huge}");
+        }
+        for bad in [
+            "-1",
+            "NaN",
+            "-inf",
+            "soon",
+            "",
+            "Wed, 21 Oct 2026 07:28:00 GMT",
+        ] {
+            assert_eq!(retry_after_secs(bad), None, "{bad}");
+        }
     }
 }

@@ -480,6 +480,41 @@ async fn calls_that_may_have_taken_effect_are_never_retried() {
     assert!(reads > 1, "a failed KV read was not retried ({reads} read)");
 }
 
+/// Vault's rate-limit quota answers 429 with Retry-After: the plugin does
+/// not ask again before it, and reports at once when it does not fit.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limited_read_waits_for_retry_after_or_is_reported_at_once() {
+    let bao = OpenBao::start();
+    kv_put(&bao, "secret/app/a", &["password=a"]);
+    kv_put(&bao, "secret/app/b", &["password=b"]);
+    // Vault sends Retry-After with its 429s only when told to.
+    bao.bao(&[
+        "write",
+        "sys/quotas/config",
+        "enable_rate_limit_response_headers=true",
+    ]);
+    bao.bao(&[
+        "write",
+        "sys/quotas/rate-limit/kv",
+        "path=secret/",
+        "rate=1",
+        "interval=20s",
+    ]);
+    let plugin = start_plugin_with(&root_config(&bao), &[("deadline", "3s")]);
+    assert_eq!(ask_field(&plugin, "secret/app/a", "password"), b"a");
+    let started = Instant::now();
+    let answer = ask(&plugin, &[("vaultbridge.path", "secret/app/b")]);
+    let err = answer.err();
+    assert!(err.contains("429") && err.contains("Retry-After"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    // One attempt: the quota's wait (~20 s) is past the 3 s deadline.
+    assert!(err.contains("after 1 attempt(s)"), "{err}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn leased_dynamic_secrets_are_per_task_and_differ_per_call() {
     let bao = OpenBao::start();
@@ -719,7 +754,17 @@ async fn jwt_login_with_a_generated_key_pair() {
     let err = fetch(&later, "app/jwt", None).await.unwrap_err();
     assert_error(&err, ProviderError::Unauthenticated, &[]);
     std::fs::write(&rotating, &jwt).unwrap();
-    assert!(fetch(&later, "app/jwt", None).await.is_ok());
+    // A login already under way (the background task's retry) may have
+    // read the old file; a request that waited for it shares its error.
+    // The next login reads the new one.
+    let started = Instant::now();
+    while fetch(&later, "app/jwt", None).await.is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the rotated JWT was never used"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A role the JWT does not satisfy: an authentication error.
     let err = fetch_once(&jwt_config("nope", &jwt_file), "app/jwt")

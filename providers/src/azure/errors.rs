@@ -94,26 +94,11 @@ fn root_cause(err: &azure_core::Error) -> String {
     first_line(&current.to_string())
 }
 
-/// The longest Retry-After we honour; the lookup's deadline cuts it
-/// shorter anyway, this only keeps the arithmetic far from overflow.
-pub(super) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
-
 fn retry_after(raw: &RawResponse) -> Option<Duration> {
     let value = raw
         .headers()
         .get_optional_str(&azure_core::http::headers::RETRY_AFTER)?;
-    retry_after_secs(value)
-}
-
-/// A `Retry-After: <seconds>` value, capped at [`MAX_RETRY_AFTER`]. The
-/// server chooses it: NaN, negative or huge values (`1e20` would make
-/// `Duration::from_secs_f64` panic) are ignored or capped, never trusted.
-fn retry_after_secs(value: &str) -> Option<Duration> {
-    let secs = value.trim().parse::<f64>().ok()?;
-    if secs.is_nan() || secs < 0.0 {
-        return None;
-    }
-    Duration::try_from_secs_f64(secs.min(MAX_RETRY_AFTER.as_secs_f64())).ok()
+    crate::provider::retry_after_secs(value)
 }
 
 /// Key Vault's `{"error":{"code","message","innererror":{"code"}}}`.
@@ -339,25 +324,5 @@ mod tests {
             first_line("Vault \u{1b}[31mgone\u{202e}"),
             "Vault \\u{1b}[31mgone\\u{202e}"
         );
-    }
-
-    #[test]
-    fn retry_after_from_the_server_never_panics_and_is_capped() {
-        assert_eq!(retry_after_secs(" 2 "), Some(Duration::from_secs(2)));
-        assert_eq!(retry_after_secs("0.5"), Some(Duration::from_millis(500)));
-        assert_eq!(retry_after_secs("0"), Some(Duration::ZERO));
-        for huge in ["1e19", "1e20", "1e300", "inf", "18446744073709551616"] {
-            assert_eq!(retry_after_secs(huge), Some(MAX_RETRY_AFTER), "{huge}");
-        }
-        for bad in [
-            "-1",
-            "NaN",
-            "-inf",
-            "soon",
-            "",
-            "Wed, 21 Oct 2026 07:28:00 GMT",
-        ] {
-            assert_eq!(retry_after_secs(bad), None, "{bad}");
-        }
     }
 }

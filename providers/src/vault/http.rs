@@ -244,6 +244,12 @@ impl Http {
             .await
             .map_err(|e| Failure::from_reqwest(&e))?;
         let status = response.status().as_u16();
+        // Vault's rate-limit quotas answer 429 with the wait in seconds.
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(crate::provider::retry_after_secs);
         // Bounded: a hostile or broken server must not make us buffer
         // gigabytes. No Docker secret is larger than 500 KiB.
         let mut bytes = Vec::new();
@@ -258,6 +264,12 @@ impl Http {
                 )));
             }
             bytes.extend_from_slice(&chunk);
+        }
+        if status == 429 {
+            return Err(Failure::RateLimited {
+                retry_after,
+                errors: Failure::from_status(status, &bytes).errors(),
+            });
         }
         if !(200..300).contains(&status) {
             return Err(Failure::from_status(status, &bytes));
@@ -299,6 +311,12 @@ pub(crate) enum Failure {
         tls: bool,
         sent: bool,
     },
+    /// HTTP 429 (a rate-limit quota): refused before acting; not to be
+    /// asked again before `retry_after`, when Vault said.
+    RateLimited {
+        retry_after: Option<std::time::Duration>,
+        errors: String,
+    },
     /// An answer we could not use.
     Other(String),
 }
@@ -319,7 +337,7 @@ impl Failure {
     /// before acting; a connection that failed never sent it.
     pub fn may_have_taken_effect(&self) -> bool {
         match self {
-            Failure::Status { code: 429, .. } => false,
+            Failure::Status { code: 429, .. } | Failure::RateLimited { .. } => false,
             // Vault's own 503s (sealed, standby); a proxy's 503 may come
             // after the upstream was reached.
             Failure::Status { code: 503, errors }
@@ -342,7 +360,11 @@ impl Failure {
     pub fn errors(&self) -> String {
         match self {
             Failure::Status { errors, .. } => errors.join("; "),
-            Failure::Transport { message, .. } | Failure::Other(message) => message.clone(),
+            Failure::Transport { message, .. }
+            | Failure::Other(message)
+            | Failure::RateLimited {
+                errors: message, ..
+            } => message.clone(),
         }
     }
 

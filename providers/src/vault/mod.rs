@@ -772,6 +772,18 @@ pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderErr
         Failure::Other(message) => {
             ProviderError::unavailable(format!("{doing}: Vault at {address}: {message}"))
         }
+        Failure::RateLimited {
+            retry_after,
+            errors,
+        } => {
+            let error = ProviderError::unavailable(format!(
+                "{doing}: Vault at {address} is rate limiting requests (HTTP 429: {errors})"
+            ));
+            match retry_after {
+                Some(wait) => error.with_retry_after(wait),
+                None => error,
+            }
+        }
     }
 }
 
