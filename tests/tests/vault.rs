@@ -1335,15 +1335,15 @@ async fn a_token_that_cannot_look_itself_up_serves_what_its_policy_allows() {
 }
 
 /// Issue 13 item 4: the credential is kept alive with no traffic. AppRole
-/// tokens live 3 s (max 60 s); after one read nothing is asked for 10 s
-/// (more than three TTLs), then a read succeeds, OpenBao's audit log shows
+/// tokens live 6 s (max 60 s); after one read nothing is asked for 14 s
+/// (more than two TTLs), then a read succeeds, OpenBao's audit log shows
 /// the renewals made while idle, and the read's path has no login.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_idle_provider_keeps_its_token_alive_in_the_background() {
     let bao = OpenBao::start();
     reader_policy(&bao);
     kv_put(&bao, "secret/app/idle", &["pw=idle-pw-77"]);
-    let role_id = enable_approle(&bao, "app", "3s", Some("60s"));
+    let role_id = enable_approle(&bao, "app", "6s", Some("60s"));
     let secret_id = approle_secret_id(&bao, "app");
     let config = approle_config(&bao, &role_id, &secret_id);
     let p = direct(&config).await;
@@ -1354,16 +1354,17 @@ async fn an_idle_provider_keeps_its_token_alive_in_the_background() {
     let logins = bao.audit_count("auth/approle/login");
     let renewals = bao.audit_count("auth/token/renew-self");
     assert_eq!(logins, 1, "one login at start");
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(14));
     let renewed_while_idle = bao.audit_count("auth/token/renew-self") - renewals;
     assert_eq!(
         bao.audit_count("auth/approle/login"),
         logins,
         "no login while idle (max TTL not reached)"
     );
-    // Renewal at 2/3 of 3 s: about one every 2 s.
+    // Renewal at 2/3 of 6 s: about one every 4 s (2 s of margin before
+    // expiry, for a busy CI machine).
     assert!(
-        (3..=7).contains(&renewed_while_idle),
+        (2..=6).contains(&renewed_while_idle),
         "renewals while idle: {renewed_while_idle}"
     );
     let started = Instant::now();
@@ -1377,7 +1378,7 @@ async fn an_idle_provider_keeps_its_token_alive_in_the_background() {
         logins,
         "no login on the read's path"
     );
-    eprintln!("{renewed_while_idle} renewals in 10 s idle, {logins} login");
+    eprintln!("{renewed_while_idle} renewals in 14 s idle, {logins} login");
 
     // Dropped: the background task stops with the provider.
     drop(p);
