@@ -464,15 +464,24 @@ mod tests {
         std::fs::read_to_string(root.join(path)).unwrap_or_else(|err| panic!("{path}: {err}"))
     }
 
-    fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+    /// Files under `dir` (recursively) whose name ends in `.{extension}`.
+    fn files_named(dir: &Path, extension: &str, found: &mut Vec<PathBuf>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                rust_files(&path, found);
-            } else if path.extension().is_some_and(|e| e == "rs") {
+                files_named(&path, extension, found);
+            } else if path.extension().is_some_and(|e| e == extension) {
                 found.push(path);
             }
         }
+    }
+
+    fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        files_named(dir, "rs", found);
+    }
+
+    fn markdown_files(dir: &Path, found: &mut Vec<PathBuf>) {
+        files_named(dir, "md", found);
     }
 
     fn registered() -> BTreeSet<String> {
@@ -596,9 +605,7 @@ mod tests {
         let registered = registered();
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut docs = vec![root.join("README.md")];
-        for entry in std::fs::read_dir(root.join("docs")).unwrap() {
-            docs.push(entry.unwrap().path());
-        }
+        markdown_files(&root.join("docs"), &mut docs);
         for doc in docs {
             let text = std::fs::read_to_string(&doc).unwrap();
             for word in variable_words(&text, false) {
