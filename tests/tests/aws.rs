@@ -13,7 +13,9 @@ use serde_json::json;
 use vaultbridge_providers::aws::{AwsConfig, AwsProvider};
 use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::moto::{ACCOUNT, Moto, xml_field};
-use vaultbridge_tests::{Answer, Plugin, assert_log_has_no_values, binary, engine_request};
+use vaultbridge_tests::{
+    Answer, Plugin, assert_log_has_no_values, binary, engine_request, wait_until,
+};
 
 const EAST: &str = "us-east-1";
 const WEST: &str = "eu-west-1";
@@ -788,35 +790,144 @@ fn profiles_and_assumed_roles() {
     );
 }
 
+/// A local ECS container credentials endpoint: each answer expires after
+/// `expires_in` (else in 2099). Stopped (its thread joined) on drop, also
+/// when the test panics.
+struct CredentialsEndpoint {
+    uri: String,
+    addr: std::net::SocketAddr,
+    served: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CredentialsEndpoint {
+    fn start(expires_in: Option<Duration>) -> CredentialsEndpoint {
+        use std::io::{Read, Write};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let served = Arc::new(AtomicUsize::new(0));
+        let counter = Arc::clone(&served);
+        let stop = Arc::new(AtomicBool::new(false));
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { break };
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                counter.fetch_add(1, Ordering::SeqCst);
+                let expiration = match expires_in {
+                    Some(left) => {
+                        let at = std::time::SystemTime::now() + left;
+                        let secs = at.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                        rfc3339(secs)
+                    }
+                    None => "2099-01-01T00:00:00Z".to_string(),
+                };
+                let body = format!(
+                    r#"{{"AccessKeyId":"ASIAECSCONTAINER0001","SecretAccessKey":"ecs-secret","Token":"ecs-token","Expiration":"{expiration}"}}"#
+                );
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        CredentialsEndpoint {
+            uri: format!("http://{addr}/credentials"),
+            addr,
+            served,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn served(&self) -> usize {
+        self.served.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for CredentialsEndpoint {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wake the blocking accept so the loop sees `stop`.
+        let _ = std::net::TcpStream::connect(self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// `secs` since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (civil from days,
+/// H. Hinnant's algorithm).
+fn rfc3339(secs: u64) -> String {
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Expiring credentials are fetched again in the background, without any
+/// request: the first lookup after a quiet period does not wait for them.
+#[test]
+fn expiring_credentials_are_refreshed_without_traffic() {
+    assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
+    assert_eq!(rfc3339(1_795_000_000), "2026-11-18T11:06:40Z");
+    let moto = Moto::start();
+    moto.create_string(EAST, "fresh/secret", "fresh-value");
+    let config = format!("[providers.aws]\ntype = \"aws\"\nregion = \"{EAST}\"\n");
+    // 18 s credentials: the keeper asks again after ~12 s (2/3).
+    let endpoint = CredentialsEndpoint::start(Some(Duration::from_secs(18)));
+    let plugin = Plugin::start(
+        Some(&config),
+        &[
+            ("AWS_CONTAINER_CREDENTIALS_FULL_URI", endpoint.uri.as_str()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto.endpoint),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    assert_eq!(
+        value(&plugin, "f", &[("vaultbridge.path", "fresh/secret")]),
+        b"fresh-value"
+    );
+    let before = endpoint.served();
+    assert!(before >= 1, "the ECS endpoint was asked");
+    let refreshed = wait_until(Duration::from_secs(25), || endpoint.served() > before);
+    assert!(refreshed, "no refresh without traffic:\n{}", plugin.log());
+    assert!(
+        plugin
+            .log()
+            .contains("aws: credentials refreshed in the background"),
+        "{}",
+        plugin.log()
+    );
+    assert_log_has_no_values(&plugin.log(), &[b"ecs-secret", b"ecs-token"]);
+}
+
 /// The rest of the standard chain through the plugin, with no keys in the
 /// environment: a web identity token file (STS AssumeRoleWithWebIdentity at
 /// moto) and ECS container credentials (a local credentials endpoint).
 #[test]
 fn web_identity_and_container_credentials() {
-    use std::io::{Read, Write};
-    use std::net::{SocketAddr, TcpListener, TcpStream};
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::thread::JoinHandle;
-
-    /// The ECS credentials endpoint: stopped (and its thread joined) on drop,
-    /// also when the test panics.
-    struct CredentialsEndpoint {
-        addr: SocketAddr,
-        stop: Arc<AtomicBool>,
-        thread: Option<JoinHandle<()>>,
-    }
-    impl Drop for CredentialsEndpoint {
-        fn drop(&mut self) {
-            self.stop.store(true, Ordering::SeqCst);
-            // Wake the blocking accept so the loop sees `stop`.
-            let _ = TcpStream::connect(self.addr);
-            if let Some(thread) = self.thread.take() {
-                let _ = thread.join();
-            }
-        }
-    }
-
     let moto = Moto::start();
     moto.create_string(EAST, "chain/secret", "chain-value");
     let config = format!("[providers.aws]\ntype = \"aws\"\nregion = \"{EAST}\"\n");
@@ -840,35 +951,8 @@ fn web_identity_and_container_credentials() {
     assert_eq!(value(&plugin, "w", &path), b"chain-value");
 
     // ECS: the SDK GETs AWS_CONTAINER_CREDENTIALS_FULL_URI (loopback allowed).
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let uri = format!("http://{addr}/credentials");
-    let served = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&served);
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = Arc::clone(&stop);
-    let thread = std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(mut stream) = stream else { break };
-            if stopped.load(Ordering::SeqCst) {
-                break;
-            }
-            let mut request = [0u8; 4096];
-            let _ = stream.read(&mut request);
-            counter.fetch_add(1, Ordering::SeqCst);
-            let body = r#"{"AccessKeyId":"ASIAECSCONTAINER0001","SecretAccessKey":"ecs-secret","Token":"ecs-token","Expiration":"2099-01-01T00:00:00Z"}"#;
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-        }
-    });
-    let _endpoint = CredentialsEndpoint {
-        addr,
-        stop,
-        thread: Some(thread),
-    };
+    let endpoint = CredentialsEndpoint::start(None);
+    let uri = endpoint.uri.clone();
     let plugin = Plugin::start(
         Some(&config),
         &[
@@ -878,10 +962,7 @@ fn web_identity_and_container_credentials() {
         ],
     );
     assert_eq!(value(&plugin, "e", &path), b"chain-value");
-    assert!(
-        served.load(Ordering::SeqCst) >= 1,
-        "the ECS endpoint was asked"
-    );
+    assert!(endpoint.served() >= 1, "the ECS endpoint was asked");
     assert_log_has_no_values(
         &plugin.log(),
         &[b"chain-value", b"ecs-secret", b"ecs-token"],

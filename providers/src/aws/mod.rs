@@ -18,6 +18,7 @@
 //! that becomes part of a request (keys, tokens, URLs, ARNs) in [`validate`].
 
 mod errors;
+mod fresh;
 mod validate;
 
 use std::sync::Arc;
@@ -340,13 +341,18 @@ fn process_env(name: &str) -> Option<String> {
     std::env::var(name).ok()
 }
 
-/// `sdk` with its credentials provider wrapped in [`validate::Checked`].
+/// `sdk` with its credentials provider wrapped in [`validate::Checked`],
+/// and expiring credentials kept fresh ([`fresh::KeptFresh`]).
 fn checked(sdk: aws_config::SdkConfig) -> aws_config::SdkConfig {
     match sdk.credentials_provider() {
-        Some(inner) => sdk
-            .into_builder()
-            .credentials_provider(SharedCredentialsProvider::new(validate::Checked(inner)))
-            .build(),
+        Some(inner) => {
+            let checked = SharedCredentialsProvider::new(validate::Checked(inner));
+            sdk.into_builder()
+                .credentials_provider(SharedCredentialsProvider::new(fresh::KeptFresh::new(
+                    checked,
+                )))
+                .build()
+        }
         None => sdk,
     }
 }
