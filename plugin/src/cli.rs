@@ -279,19 +279,26 @@ async fn shutdown_signal() {
     }
 }
 
-async fn check(config: ConfigArg) -> ExitCode {
-    let (resolver, source) = match load(&config).await {
-        Ok(loaded) => loaded,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
-    };
+/// The configuration for `check`: said on stdout, or why there is none
+/// usable on stderr with exit code 2 (also when nothing is configured).
+async fn load_for_check(config: &ConfigArg) -> Result<Resolver, ExitCode> {
+    let (resolver, source) = load(config).await.map_err(|message| {
+        eprintln!("{message}");
+        ExitCode::from(2)
+    })?;
     if source == Source::Nothing {
         eprintln!("{}", crate::config::NOT_CONFIGURED);
-        return ExitCode::from(2);
+        return Err(ExitCode::from(2));
     }
     println!("configuration: {source}");
+    Ok(resolver)
+}
+
+async fn check(config: ConfigArg) -> ExitCode {
+    let resolver = match load_for_check(&config).await {
+        Ok(resolver) => resolver,
+        Err(code) => return code,
+    };
     let mut failed = 0;
     for (name, provider) in resolver.providers() {
         let result = tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await;
@@ -334,18 +341,10 @@ async fn check_stack(
             return ExitCode::from(2);
         }
     };
-    let (resolver, source) = match load(&config).await {
-        Ok(loaded) => loaded,
-        Err(message) => {
-            eprintln!("{message}");
-            return ExitCode::from(2);
-        }
+    let resolver = match load_for_check(&config).await {
+        Ok(resolver) => resolver,
+        Err(code) => return code,
     };
-    if source == Source::Nothing {
-        eprintln!("{}", crate::config::NOT_CONFIGURED);
-        return ExitCode::from(2);
-    }
-    println!("configuration: {source}");
     let (mut ok, mut failed, mut skipped) = (0, 0, 0);
     for secret in &secrets {
         let name = shown(&secret.name);
