@@ -299,15 +299,16 @@ impl Resolver {
         task_id: &str,
         secret_name: &str,
     ) -> Result<Resolved, ResolveError> {
+        if task_id.is_empty() {
+            return self.resolve(upstream, lookup).await;
+        }
         let task = TaskSecret {
             task_id: task_id.to_string(),
             secret_name: secret_name.to_string(),
             lookup: cache_key(upstream, lookup),
             reuse: lookup.reuse,
         };
-        if !task_id.is_empty()
-            && let Some(value) = self.issued.get(&task)
-        {
+        if let Some(value) = self.issued.get(&task) {
             return Ok(Resolved {
                 value,
                 per_task: true,
