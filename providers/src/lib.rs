@@ -8,6 +8,7 @@
 //!   the [`ProviderError`] variants the plugin reacts to differently.
 //! - [`path`]: [`SecretPath`], the one validation every path passes before
 //!   any backend, prefix or mount decision.
+//! - [`backoff`]: the wait after a failed background credential refresh.
 //! - [`text`]: showing foreign text in logs and errors (escaped, bounded).
 //! - [`config`]: the typed `[providers.<name>]` tables ([`ProviderConfig`]),
 //!   validation, and the providers implied by standard environment variables.
@@ -15,6 +16,7 @@
 //!   `file` (a directory; the embedded default), `vault` (Vault/OpenBao),
 //!   `aws` (AWS Secrets Manager), `azure` (Azure Key Vault).
 
+pub mod backoff;
 pub mod config;
 pub mod path;
 pub mod provider;

@@ -18,8 +18,6 @@ use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvid
 const USABLE_FOR_AT_LEAST: Duration = Duration::from_secs(60);
 /// The keeper never asks more often than this (very short lifetimes).
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
-/// Back-off after a failed refresh: from 1 s, doubling, at most this.
-const MAX_BACKOFF: Duration = Duration::from_secs(120);
 
 type Held = Mutex<Option<Credentials>>;
 
@@ -89,7 +87,7 @@ impl ProvideCredentials for KeptFresh {
 /// Fetch again at two thirds of the remaining lifetime, until the provider
 /// is dropped (aborted then; `held` no longer upgrades either).
 async fn keep_fresh(held: Weak<Held>, inner: SharedCredentialsProvider) {
-    let mut backoff = Duration::from_secs(1);
+    let mut failures: u32 = 0;
     loop {
         let expiry = match held.upgrade() {
             Some(held) => lock(&held).as_ref().and_then(Credentials::expiry),
@@ -110,7 +108,7 @@ async fn keep_fresh(held: Weak<Held>, inner: SharedCredentialsProvider) {
                     return;
                 };
                 *lock(&held) = Some(fresh);
-                backoff = Duration::from_secs(1);
+                failures = 0;
                 tracing::info!(
                     expires_in_secs = expires_in.as_secs(),
                     "aws: credentials refreshed in the background"
@@ -119,13 +117,14 @@ async fn keep_fresh(held: Weak<Held>, inner: SharedCredentialsProvider) {
             Err(err) => {
                 // The chain's error text names the source, never a secret
                 // (the credentials it would carry were not produced).
+                failures = failures.saturating_add(1);
+                let wait = crate::backoff::after_failures(failures);
                 tracing::warn!(
-                    retry_secs = backoff.as_secs(),
+                    retry_secs = wait.as_secs(),
                     error = %crate::text::shown(&err.to_string()),
                     "aws: refreshing credentials in the background failed"
                 );
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(MAX_BACKOFF);
+                tokio::time::sleep(wait).await;
             }
         }
     }

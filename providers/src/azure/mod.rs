@@ -359,8 +359,6 @@ fn token_scope(vault_url: &azure_core::http::Url) -> String {
 /// that expires within 5 minutes. Asking at [`REFRESH_LEAD`] before expiry
 /// renews it then, off the request path; a lookup finds a fresh token.
 const REFRESH_LEAD: Duration = Duration::from_secs(4 * 60);
-/// Backoff after a failed refresh: from 1 s, doubling, at most this.
-const MAX_REFRESH_BACKOFF: Duration = Duration::from_secs(120);
 
 /// Keep the credential's token for `scope` fresh until the provider is
 /// dropped (the task is aborted then, and `credential` no longer upgrades).
@@ -369,14 +367,14 @@ async fn keep_token_fresh(
     scope: String,
     vault: String,
 ) {
-    let mut backoff = Duration::from_secs(1);
+    let mut failures: u32 = 0;
     loop {
         let Some(current) = credential.upgrade() else {
             return;
         };
         let wait = match current.get_token(&[&scope], None).await {
             Ok(token) => {
-                backoff = Duration::from_secs(1);
+                failures = 0;
                 let left = token.expires_on - azure_core::time::OffsetDateTime::now_utc();
                 let left = Duration::try_from(left).unwrap_or_default();
                 tracing::debug!(%vault, expires_in_secs = left.as_secs(), "azure: token fresh");
@@ -386,14 +384,14 @@ async fn keep_token_fresh(
                     .max(Duration::from_secs(10))
             }
             Err(err) => {
+                failures = failures.saturating_add(1);
+                let wait = crate::backoff::after_failures(failures);
                 tracing::warn!(
                     %vault,
-                    retry_secs = backoff.as_secs(),
+                    retry_secs = wait.as_secs(),
                     error = %crate::text::shown(&errors::first_line(&err.to_string())),
                     "azure: refreshing the token in the background failed"
                 );
-                let wait = backoff;
-                backoff = (backoff * 2).min(MAX_REFRESH_BACKOFF);
                 wait
             }
         };

@@ -679,25 +679,6 @@ impl Session {
     }
 }
 
-/// First wait after a failed background renewal or login; doubled per
-/// failure up to [`BACKOFF_MAX`], each wait jittered down to half.
-const BACKOFF_MIN: Duration = Duration::from_secs(1);
-const BACKOFF_MAX: Duration = Duration::from_secs(120);
-
-/// The wait before attempt `failures + 1`: exponential, bounded, with
-/// "equal jitter" (half fixed, half random) so that many plugins started
-/// together do not hit Vault in step.
-fn backoff(failures: u32) -> Duration {
-    use std::hash::BuildHasher;
-    let ceiling = BACKOFF_MIN
-        .saturating_mul(1 << failures.saturating_sub(1).min(16))
-        .min(BACKOFF_MAX);
-    // A random u64 from the std hasher's per-instance random keys.
-    let random = std::collections::hash_map::RandomState::new().hash_one(failures);
-    let fraction = (random % 1000) as f64 / 1000.0;
-    ceiling / 2 + (ceiling / 2).mul_f64(fraction)
-}
-
 /// Keep the session's token alive until the session is dropped: renew at
 /// 2/3 of its TTL, log in again when renewal cannot extend it, back off on
 /// failure. Holds only a [`Weak`] reference between steps (the provider
@@ -736,7 +717,7 @@ pub(crate) async fn keep_alive(session: Weak<Session>) {
             }
             Err(err) => {
                 failures = failures.saturating_add(1);
-                let wait = backoff(failures);
+                let wait = crate::backoff::after_failures(failures);
                 let what = if started {
                     "keeping the token alive failed"
                 } else {
@@ -840,18 +821,6 @@ mod tests {
         let wait = state(30, 0).due_in(now).unwrap();
         assert!(wait > Duration::from_secs(19) && wait <= Duration::from_secs(20));
         assert_eq!(state(30, 25).due_in(now), Some(Duration::ZERO));
-    }
-
-    #[test]
-    fn backoff_is_bounded_and_jittered() {
-        for failures in [1, 2, 5, 30, u32::MAX] {
-            let wait = backoff(failures);
-            assert!(wait >= BACKOFF_MIN / 2 && wait <= BACKOFF_MAX, "{wait:?}");
-        }
-        assert!(backoff(1) <= BACKOFF_MIN);
-        assert!(backoff(40) >= BACKOFF_MAX / 2);
-        let waits: std::collections::BTreeSet<_> = (0..20).map(|_| backoff(8)).collect();
-        assert!(waits.len() > 1, "jittered: {waits:?}");
     }
 
     #[test]
