@@ -10,6 +10,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::ExposeSecret;
 
+use crate::audit::Audit;
 use crate::config::{Config, Source};
 use crate::protocol::GetSecretRequest;
 use crate::resolve::Resolver;
@@ -73,16 +74,63 @@ pub enum Command {
         #[arg(long = "driver", value_name = "NAME", default_value = "vaultbridge")]
         drivers: Vec<String>,
     },
-    /// Resolve one secret exactly as the plugin would; the value goes to stdout.
+    /// Resolve one secret exactly as the plugin would for the service
+    /// described (access policy and default_path included); the value goes
+    /// to stdout.
     Get {
         #[command(flatten)]
         config: ConfigArg,
         /// A secret label, as given to `docker secret create --label` (repeatable).
         #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
         labels: Vec<(String, String)>,
+        #[command(flatten)]
+        caller: CallerArgs,
         /// The Docker secret's name.
         name: String,
     },
+}
+
+/// The asking service, as the engine would describe it.
+#[derive(Debug, Args)]
+pub struct CallerArgs {
+    /// The service's name.
+    #[arg(long = "service", value_name = "NAME")]
+    pub service: Option<String>,
+    /// A service label (repeatable).
+    #[arg(long = "service-label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub service_labels: Vec<(String, String)>,
+    /// The task's image, as in the service spec (`repo:tag@sha256:...`).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The service's stack; the secret too when its name starts `<stack>_`,
+    /// as `docker stack deploy` creates them.
+    #[arg(long, value_name = "NAME")]
+    pub stack: Option<String>,
+}
+
+impl CallerArgs {
+    /// The GetSecret request the engine would send for secret `name`.
+    fn request(self, name: String, labels: Vec<(String, String)>) -> GetSecretRequest {
+        let mut request = GetSecretRequest {
+            secret_labels: labels.into_iter().collect(),
+            service_name: self.service.unwrap_or_default(),
+            service_labels: self.service_labels.into_iter().collect(),
+            task_image: self.image.unwrap_or_default(),
+            ..GetSecretRequest::default()
+        };
+        if let Some(stack) = self.stack {
+            let namespace = crate::labels::STACK_NAMESPACE.to_string();
+            if name.starts_with(&format!("{stack}_")) {
+                request
+                    .secret_labels
+                    .entry(namespace.clone())
+                    .or_insert_with(|| stack.clone());
+            }
+            request.service_labels.insert(namespace, stack);
+        }
+        request.secret_name = name;
+        request
+    }
 }
 
 #[derive(Debug, Args)]
@@ -195,12 +243,47 @@ fn process_env(name: &str) -> Option<String> {
 }
 
 async fn load(config: &ConfigArg) -> Result<(Resolver, Source), String> {
+    let (resolver, source, _) = load_config(config).await?;
+    Ok((resolver, source))
+}
+
+/// [`load`], and the audit sink opened (only the server writes the trail).
+async fn load_for_serve(config: &ConfigArg) -> Result<(Resolver, Source, Option<Audit>), String> {
+    let (resolver, source, audit) = load_config(config).await?;
+    let audit = audit
+        .as_ref()
+        .map(Audit::open)
+        .transpose()
+        .map_err(|err| format!("configuration error ({source}): {err}"))?;
+    Ok((resolver, source, audit))
+}
+
+async fn load_config(
+    config: &ConfigArg,
+) -> Result<(Resolver, Source, Option<crate::audit::AuditConfig>), String> {
     let (config, source) = Config::load(config.path.as_deref(), &process_env)
         .map_err(|err| format!("configuration error: {err}"))?;
     let resolver = Resolver::from_config(&config)
         .await
         .map_err(|err| format!("configuration error ({source}): {err}"))?;
-    Ok((resolver, source))
+    Ok((resolver, source, config.audit))
+}
+
+/// What the access policy is, in lines for the operator: that there is
+/// none (every service reads every path), or its rules that never decide.
+/// Returns how many of those lines are warnings.
+fn say_policy(resolver: &Resolver, mut warn: impl FnMut(&str)) -> usize {
+    let Some(policy) = resolver.policy() else {
+        warn(
+            "no [access] policy: every service may read every path the providers' credentials allow (see docs/access.md)",
+        );
+        return 1;
+    };
+    let findings = policy.findings();
+    for finding in &findings {
+        warn(finding);
+    }
+    findings.len()
 }
 
 pub async fn run(cli: Cli) -> ExitCode {
@@ -220,13 +303,14 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Get {
             config,
             labels,
+            caller,
             name,
-        } => get(config, labels, name).await,
+        } => get(config, caller.request(name, labels)).await,
     }
 }
 
 async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode {
-    let (resolver, source) = match load(&config).await {
+    let (resolver, source, audit) = match load_for_serve(&config).await {
         Ok(loaded) => loaded,
         Err(message) => {
             tracing::error!("{message}");
@@ -254,8 +338,10 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
     if source == Source::Nothing {
         // Once here; each request answers the same, and logs its own line.
         tracing::warn!("{}", crate::config::NOT_CONFIGURED);
+    } else {
+        say_policy(&resolver, |line| tracing::warn!("{line}"));
     }
-    let app = server::app(Arc::new(resolver));
+    let app = server::app_with_audit(Arc::new(resolver), audit.map(Arc::new));
     // `run` cannot fail once bound: accept errors are logged and retried.
     server::run(listener, app, shutdown_signal(), grace).await;
     let _ = std::fs::remove_file(&socket);
@@ -300,6 +386,14 @@ async fn check(config: ConfigArg) -> ExitCode {
         Err(code) => return code,
     };
     let mut failed = 0;
+    match resolver.policy() {
+        Some(policy) => println!("access: {}", policy.summary()),
+        None => println!("access: no policy"),
+    }
+    // A policy whose rules never decide is a mistake to fix before it matters.
+    if resolver.policy().is_some() {
+        failed += say_policy(&resolver, |line| println!("WARN  {line}"));
+    }
     for (name, provider) in resolver.providers() {
         let result = tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await;
         match result {
@@ -386,18 +480,13 @@ async fn check_stack(
     }
 }
 
-async fn get(config: ConfigArg, labels: Vec<(String, String)>, name: String) -> ExitCode {
+async fn get(config: ConfigArg, request: GetSecretRequest) -> ExitCode {
     let (resolver, _) = match load(&config).await {
         Ok(loaded) => loaded,
         Err(message) => {
             eprintln!("{message}");
             return ExitCode::from(2);
         }
-    };
-    let request = GetSecretRequest {
-        secret_name: name,
-        secret_labels: labels.into_iter().collect(),
-        ..GetSecretRequest::default()
     };
     let result = resolver.answer(&request).await.result;
     match result {

@@ -16,8 +16,12 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
+use vaultbridge_providers::text::shown;
 use vaultbridge_providers::{ConfigError, EnvLookup, ProviderConfig, Variable};
 
+use crate::access::pattern::Pattern;
+use crate::access::{AccessConfig, Policy};
+use crate::audit::AuditConfig;
 use crate::cache::Limits;
 use crate::tuning::Tuning;
 
@@ -36,6 +40,13 @@ pub struct Config {
     pub cache: Limits,
     #[serde(default)]
     pub providers: BTreeMap<String, ProviderEntry>,
+    /// The path of a secret without a `vaultbridge.path` label, from the
+    /// asking service (`apps/{stack}/{secret}`); the secret's name otherwise.
+    pub default_path: Option<String>,
+    /// Which services may read which paths; everything, when absent.
+    pub access: Option<AccessConfig>,
+    /// Where the audit trail goes; nowhere, when absent.
+    pub audit: Option<AuditConfig>,
 }
 
 /// One `[providers.<name>]` table: the backend's keys plus the plugin's
@@ -172,8 +183,8 @@ impl Config {
         }
         let config = Config {
             default_provider: env("VAULTBRIDGE_DEFAULT_PROVIDER").filter(|s| !s.is_empty()),
-            cache: Limits::default(),
             providers,
+            ..Config::empty()
         };
         config.validate_names()?;
         Ok((config, Source::Environment))
@@ -181,11 +192,7 @@ impl Config {
 
     /// A `file` provider on `root` when that folder exists, else no provider.
     fn embedded_default(root: &Path) -> (Config, Source) {
-        let mut config = Config {
-            default_provider: None,
-            cache: Limits::default(),
-            providers: BTreeMap::new(),
-        };
+        let mut config = Config::empty();
         if !root.is_dir() {
             return (config, Source::Nothing);
         }
@@ -196,6 +203,47 @@ impl Config {
         };
         config.providers.insert("file".to_string(), entry);
         (config, Source::EmbeddedDefault)
+    }
+
+    fn empty() -> Config {
+        Config {
+            default_provider: None,
+            cache: Limits::default(),
+            providers: BTreeMap::new(),
+            default_path: None,
+            access: None,
+            audit: None,
+        }
+    }
+
+    /// The access policy, when `[access]` is configured.
+    pub fn policy(&self) -> Result<Option<Policy>, ConfigError> {
+        self.access
+            .as_ref()
+            .map(|access| Policy::compile(access, &self.names()))
+            .transpose()
+    }
+
+    /// `default_path`, parsed.
+    pub fn default_path(&self) -> Result<Option<Pattern>, ConfigError> {
+        self.default_path
+            .as_deref()
+            .map(|text| {
+                let pattern = Pattern::parse(text, true, false).map_err(|why| {
+                    ConfigError::new("default_path", format!("'{}' {why}", shown(text)))
+                })?;
+                if pattern.placeholders().next().is_none() {
+                    return Err(ConfigError::new(
+                        "default_path",
+                        format!(
+                            "'{}' has no placeholder, so every secret would read the same path; use e.g. apps/{{stack}}/{{secret}}",
+                            shown(text)
+                        ),
+                    ));
+                }
+                Ok(pattern)
+            })
+            .transpose()
     }
 
     /// Parse and check the TOML text of a config file. Errors are one line
@@ -234,6 +282,11 @@ impl Config {
                     "provider names use only letters, digits, '-' and '_'",
                 ));
             }
+        }
+        self.policy()?;
+        self.default_path()?;
+        if let Some(audit) = &self.audit {
+            audit.validate()?;
         }
         if let Some(default) = &self.default_provider
             && !self.providers.contains_key(default)

@@ -75,6 +75,10 @@ pub enum LabelError {
     BadVersion { value: String, reason: PathError },
     #[error("the secret has no name and no '{PATH}' label; add --label {PATH}=<path>")]
     NoPath,
+    /// `default_path` could not be filled in for this caller, or gave a
+    /// path that is refused (the reason says which).
+    #[error("the secret has no '{PATH}' label and {reason}; add --label {PATH}=<path>")]
+    DefaultPath { reason: String },
 }
 
 impl Lookup {
@@ -82,6 +86,17 @@ impl Lookup {
     pub fn from_labels(
         secret_name: &str,
         labels: &BTreeMap<String, String>,
+    ) -> Result<Self, LabelError> {
+        Self::from_labels_or(secret_name, labels, None)
+    }
+
+    /// As [`Self::from_labels`]; without a `vaultbridge.path` label the path
+    /// is `default_path` (the configured template, filled in for the
+    /// caller) when given, else the secret's name.
+    pub fn from_labels_or(
+        secret_name: &str,
+        labels: &BTreeMap<String, String>,
+        default_path: Option<&dyn Fn(&str) -> Result<String, String>>,
     ) -> Result<Self, LabelError> {
         if let Some(label) = labels
             .keys()
@@ -105,11 +120,26 @@ impl Lookup {
                 reason,
             })?,
             None => {
-                let name = default_path(secret_name, labels).ok_or(LabelError::NoPath)?;
-                SecretPath::parse(name).map_err(|reason| LabelError::BadName {
-                    value: name.to_string(),
-                    reason,
-                })?
+                let name = secret_key(secret_name, labels);
+                if name.is_empty() {
+                    return Err(LabelError::NoPath);
+                }
+                match default_path {
+                    None => SecretPath::parse(name).map_err(|reason| LabelError::BadName {
+                        value: name.to_string(),
+                        reason,
+                    })?,
+                    Some(render) => {
+                        let path =
+                            render(name).map_err(|reason| LabelError::DefaultPath { reason })?;
+                        SecretPath::parse(&path).map_err(|reason| LabelError::DefaultPath {
+                            reason: format!(
+                                "the default_path gives '{}', which is refused: {reason}",
+                                shown(&path)
+                            ),
+                        })?
+                    }
+                }
             }
         };
         let decode = match get(DECODE)?.as_deref() {
@@ -177,12 +207,11 @@ impl Lookup {
 }
 
 /// The secret's own name, without the `<stack>_` prefix a stack deploy adds.
-fn default_path<'a>(secret_name: &'a str, labels: &BTreeMap<String, String>) -> Option<&'a str> {
-    let name = labels
+pub fn secret_key<'a>(secret_name: &'a str, labels: &BTreeMap<String, String>) -> &'a str {
+    labels
         .get(STACK_NAMESPACE)
         .and_then(|stack| secret_name.strip_prefix(stack.as_str())?.strip_prefix('_'))
-        .unwrap_or(secret_name);
-    (!name.is_empty()).then_some(name)
+        .unwrap_or(secret_name)
 }
 
 #[cfg(test)]

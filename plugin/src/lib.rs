@@ -10,6 +10,8 @@
 //! - [`protocol`]: the JSON Docker sends and expects.
 //! - [`labels`]: `vaultbridge.*` labels -> a [`labels::Lookup`].
 //! - [`resolve`]: route a lookup to a provider, pick a field, decode, check size.
+//! - [`access`]: the access policy (which service may read which paths).
+//! - [`audit`]: one record per decision, to its own sink.
 //! - [`cache`]: TTL cache, request coalescing, stale-on-error.
 //! - [`issued`]: the per-task value each task got, for the engine's re-asks.
 //! - [`tuning`]: per-provider deadline, retries, concurrency limit.
@@ -19,6 +21,8 @@
 //!
 //! Backends live in the `vaultbridge-providers` crate.
 
+pub mod access;
+pub mod audit;
 pub mod cache;
 pub mod cli;
 pub mod config;

@@ -12,10 +12,12 @@ use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretSlice};
 use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef};
 
+use crate::access::pattern::Pattern;
+use crate::access::{Caller, Decision, Policy, Verdict};
 use crate::cache::{self, Cache, Fetched, Key, Lifetimes, Source};
 use crate::config::Config;
 use crate::issued::{Issued, TaskSecret};
-use crate::labels::{Decode, FIELD, Lookup, PROVIDER};
+use crate::labels::{self, Decode, FIELD, Lookup, PROVIDER};
 use crate::protocol::GetSecretRequest;
 use crate::tuning::{Tuning, Upstream};
 
@@ -31,6 +33,10 @@ pub struct Resolver {
     cache: Arc<Cache>,
     /// Per-task values by (task, secret), for the engine's re-asks.
     issued: Issued,
+    /// `[access]`: checked for every request, before the cache.
+    policy: Option<Policy>,
+    /// `default_path`: the path of a secret without a path label.
+    default_path: Option<Pattern>,
 }
 
 /// A value ready for Docker.
@@ -61,6 +67,10 @@ pub struct Answer {
     pub provider: Option<String>,
     /// The validated path, once the labels parsed.
     pub path: Option<String>,
+    pub version: Option<String>,
+    /// The access policy's verdict, when there is a policy and the request
+    /// got as far as a provider and a path.
+    pub verdict: Option<Verdict>,
     pub result: Result<Resolved, Failure>,
 }
 
@@ -148,11 +158,20 @@ impl Resolver {
             let provider = entry.backend.build(&format!("providers.{name}")).await?;
             providers.insert(name.clone(), (provider, entry.tuning));
         }
-        Ok(Self::new(
-            providers,
-            config.default_provider.clone(),
-            config.cache,
-        ))
+        let resolver = Self::new(providers, config.default_provider.clone(), config.cache);
+        Ok(resolver.with_access(config.policy()?, config.default_path()?))
+    }
+
+    /// Check `policy` on every request; fill `default_path` in for secrets
+    /// without a path label.
+    pub fn with_access(mut self, policy: Option<Policy>, default_path: Option<Pattern>) -> Self {
+        self.policy = policy;
+        self.default_path = default_path;
+        self
+    }
+
+    pub fn policy(&self) -> Option<&Policy> {
+        self.policy.as_ref()
     }
 
     pub fn new(
@@ -178,6 +197,8 @@ impl Resolver {
             default,
             cache: Arc::new(Cache::new(limits)),
             issued: Issued::default(),
+            policy: None,
+            default_path: None,
         }
     }
 
@@ -217,39 +238,78 @@ impl Resolver {
     }
 
     /// The whole pipeline for one GetSecret request: its labels, then the
-    /// provider, then the value. Either step may fail, and the answer says
-    /// what was known when it did.
+    /// provider, then the access policy, then the value. Any step may fail,
+    /// and the answer says what was known when it did.
     pub async fn answer(&self, request: &GetSecretRequest) -> Answer {
-        let lookup = match Lookup::from_labels(&request.secret_name, &request.secret_labels) {
+        let mut answer = Answer {
+            provider: None,
+            path: None,
+            version: None,
+            verdict: None,
+            result: Err(Failure::new("internal", "not answered")),
+        };
+        let render = self.default_path.as_ref().map(|template| {
+            move |key: &str| -> Result<String, String> {
+                let caller = Caller {
+                    request,
+                    secret: key,
+                };
+                template.render(&caller).map_err(|why| {
+                    format!(
+                        "the default_path '{template}' cannot be filled in for this service: {why}"
+                    )
+                })
+            }
+        });
+        let default_path = render
+            .as_ref()
+            .map(|render| render as &dyn Fn(&str) -> Result<String, String>);
+        let lookup = match Lookup::from_labels_or(
+            &request.secret_name,
+            &request.secret_labels,
+            default_path,
+        ) {
             Ok(lookup) => lookup,
             Err(err) => {
-                return Answer {
-                    provider: None,
-                    path: None,
-                    result: Err(Failure::new("bad_labels", &err.to_string())),
-                };
+                answer.result = Err(Failure::new("bad_labels", &err.to_string()));
+                return answer;
             }
         };
-        let path = Some(lookup.path.as_str().to_string());
+        answer.path = Some(lookup.path.as_str().to_string());
+        answer.version = lookup.version.clone();
         let upstream = match self.route(&lookup) {
             Ok(upstream) => upstream,
             Err(err) => {
-                return Answer {
-                    provider: None,
-                    path,
-                    result: Err(Failure::new(err.outcome(), &err.to_string())),
-                };
+                answer.result = Err(Failure::new(err.outcome(), &err.to_string()));
+                return answer;
             }
         };
-        let result = self
+        answer.provider = Some(upstream.name.clone());
+        if let Some(policy) = &self.policy {
+            let caller = Caller {
+                request,
+                secret: labels::secret_key(&request.secret_name, &request.secret_labels),
+            };
+            let verdict = policy.decide(&caller, &upstream.name, lookup.path.as_str());
+            let denied = verdict.decision == Decision::Deny;
+            answer.verdict = Some(verdict);
+            if denied {
+                // Not which rule would allow it: that is the operator's map.
+                let message = format!(
+                    "the access policy does not allow {} to read path '{}' from provider '{}'",
+                    caller.describe(),
+                    lookup.path,
+                    upstream.name
+                );
+                answer.result = Err(Failure::new("policy_denied", &message));
+                return answer;
+            }
+        }
+        answer.result = self
             .resolve_for_task(upstream, &lookup, &request.task_id, &request.secret_name)
             .await
             .map_err(|err| Failure::new(err.outcome(), &err.to_string()));
-        Answer {
-            provider: Some(upstream.name.clone()),
-            path,
-            result,
-        }
+        answer
     }
 
     /// Fetch and shape one secret from the provider [`Self::route`] chose,

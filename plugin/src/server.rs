@@ -33,10 +33,11 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::audit::{Audit, Record};
 use crate::protocol::{
     ActivateResponse, CONTENT_TYPE, ErrorResponse, GetSecretRequest, GetSecretResponse,
 };
-use crate::resolve::Resolver;
+use crate::resolve::{Answer, Resolver};
 use vaultbridge_providers::text::shown;
 
 /// Requests are small JSON documents; anything larger is refused unread.
@@ -48,11 +49,18 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct AppState {
     pub resolver: Arc<Resolver>,
+    /// The audit trail, when `[audit]` is configured.
+    pub audit: Option<Arc<Audit>>,
 }
 
 /// The plugin's routes. Docker sends every call as `POST` with a JSON body
 /// and no `Content-Type`, so bodies are parsed by hand, not by `Json`.
 pub fn app(resolver: Arc<Resolver>) -> Router {
+    app_with_audit(resolver, None)
+}
+
+/// [`app`], writing one audit record per GetSecret decision to `audit`.
+pub fn app_with_audit(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
     Router::new()
         .route("/Plugin.Activate", post(activate))
         .route("/SecretProvider.GetSecret", post(get_secret))
@@ -61,7 +69,7 @@ pub fn app(resolver: Arc<Resolver>) -> Router {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; the plugin protocol uses POST")
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(AppState { resolver })
+        .with_state(AppState { resolver, audit })
 }
 
 async fn activate() -> Response {
@@ -96,7 +104,7 @@ async fn get_secret(
     };
     // A bug that panics fails this request with an Err, not the
     // connection; shared state is protected where it lives (the cache).
-    match std::panic::AssertUnwindSafe(serve_secret(&state.resolver, &request))
+    match std::panic::AssertUnwindSafe(serve_secret(&state, &request))
         .catch_unwind()
         .await
     {
@@ -115,10 +123,11 @@ async fn get_secret(
     }
 }
 
-/// Resolve one request and log exactly one line about it.
-async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Response {
+/// Resolve one request, log exactly one line about it, and write its audit
+/// record.
+async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response {
     let started = Instant::now();
-    let answer = resolver.answer(request).await;
+    let answer = state.resolver.answer(request).await;
     // Request-controlled: escaped and bounded so that no field can forge a
     // log line (the path is already validated by the labels).
     let (secret, service, task) = (
@@ -128,7 +137,24 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
     );
     let provider = answer.provider.as_deref().unwrap_or("-");
     let path = answer.path.as_deref().unwrap_or("-");
+    let policy = answer.verdict.as_ref().map(|v| v.to_string());
+    let policy = policy.as_deref().unwrap_or("-");
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    if let Some(audit) = &state.audit
+        && let Err(err) = audit.record(&audit_record(request, &answer, duration_ms))
+    {
+        // Fail closed, as Vault's audit devices do: no record, no secret.
+        tracing::error!(
+            %secret,
+            %service,
+            error = %err,
+            "the audit trail cannot be written; the secret is withheld"
+        );
+        let message = format!(
+            "vaultbridge: secret '{secret}': the audit trail cannot be written, so the secret is withheld; see the plugin log"
+        );
+        return json_response(StatusCode::OK, &GetSecretResponse::error(&message));
+    }
     match answer.result {
         Ok(resolved) => {
             let value = resolved.value.expose_secret();
@@ -138,6 +164,7 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
                 %task,
                 provider,
                 path,
+                policy,
                 outcome = "ok",
                 bytes = value.len(),
                 per_task = resolved.per_task,
@@ -159,6 +186,7 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
                 %task,
                 provider,
                 path,
+                policy,
                 outcome = failure.outcome,
                 duration_ms,
                 error = %failure.message,
@@ -167,6 +195,42 @@ async fn serve_secret(resolver: &Resolver, request: &GetSecretRequest) -> Respon
             let message = format!("vaultbridge: secret '{secret}': {}", failure.message);
             json_response(StatusCode::OK, &GetSecretResponse::error(&message))
         }
+    }
+}
+
+/// The audit record of one answer: who asked, for what, what was decided
+/// and how it ended. Never the value.
+fn audit_record<'a>(
+    request: &GetSecretRequest,
+    answer: &'a Answer,
+    duration_ms: f64,
+) -> Record<'a> {
+    let field = Record::field;
+    let (outcome, cache) = match &answer.result {
+        Ok(resolved) => ("ok", Some(resolved.source.as_str())),
+        Err(failure) => (failure.outcome, None),
+    };
+    Record {
+        log_type: "audit",
+        time: Record::now(),
+        node: field(&request.node_id),
+        service_id: field(&request.service_id),
+        service_name: field(&request.service_name),
+        task_id: field(&request.task_id),
+        task_name: field(&request.task_name),
+        image: field(&request.task_image),
+        secret: field(&request.secret_name),
+        provider: answer.provider.as_deref(),
+        path: answer.path.as_deref(),
+        version: answer.version.as_deref().map(field),
+        decision: answer
+            .verdict
+            .as_ref()
+            .map_or("none", |v| v.decision.as_str()),
+        rule: answer.verdict.as_ref().map(|v| v.by.as_str()),
+        outcome,
+        cache,
+        duration_ms,
     }
 }
 

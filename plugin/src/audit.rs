@@ -1,0 +1,334 @@
+//! The audit trail: one JSON record per GetSecret decision, to a sink of
+//! its own (a size-rotated file, or stdout marked as audit), so that it can
+//! be shipped to a SIEM apart from the debug log. Never a value.
+//!
+//! Like Vault's audit devices, it fails closed: a secret whose record cannot
+//! be written is not served.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+
+use serde::{Deserialize, Serialize};
+use vaultbridge_providers::ConfigError;
+use vaultbridge_providers::text::shown;
+
+/// `[audit]` in the config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    pub sink: SinkKind,
+    /// The file, with `sink = "file"` (in the plugin: under its `audit` mount).
+    pub path: Option<PathBuf>,
+    /// The file is rotated when a record would take it past this size.
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` is the newest).
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SinkKind {
+    Stdout,
+    File,
+}
+
+fn default_max_bytes() -> u64 {
+    10 * 1024 * 1024
+}
+
+fn default_keep() -> u32 {
+    5
+}
+
+const MIN_MAX_BYTES: u64 = 4096;
+const MAX_KEEP: u32 = 100;
+
+impl AuditConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        match (self.sink, &self.path) {
+            (SinkKind::File, None) => {
+                return Err(ConfigError::new(
+                    "audit.path",
+                    "sink = \"file\" needs a path, e.g. /var/log/vaultbridge/audit.log (the plugin's audit mount)",
+                ));
+            }
+            (SinkKind::File, Some(path)) if !path.is_absolute() => {
+                return Err(ConfigError::new(
+                    "audit.path",
+                    format!(
+                        "'{}' is not an absolute path",
+                        shown(&path.display().to_string())
+                    ),
+                ));
+            }
+            (SinkKind::Stdout, Some(_)) => {
+                return Err(ConfigError::new(
+                    "audit.path",
+                    "is only for sink = \"file\"; remove it or set sink = \"file\"",
+                ));
+            }
+            _ => {}
+        }
+        if self.max_bytes < MIN_MAX_BYTES {
+            return Err(ConfigError::new(
+                "audit.max_bytes",
+                format!(
+                    "{} is out of range: at least {MIN_MAX_BYTES}",
+                    self.max_bytes
+                ),
+            ));
+        }
+        if !(1..=MAX_KEEP).contains(&self.keep) {
+            return Err(ConfigError::new(
+                "audit.keep",
+                format!("{} is out of range: 1 to {MAX_KEEP}", self.keep),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One decision. Request-controlled fields are escaped and bounded before
+/// they get here (see [`Record::field`]); JSON encoding does the rest.
+#[derive(Debug, Serialize)]
+pub struct Record<'a> {
+    /// Marks the line as audit on a shared stream (stdout).
+    pub log_type: &'static str,
+    pub time: String,
+    pub node: String,
+    pub service_id: String,
+    pub service_name: String,
+    pub task_id: String,
+    pub task_name: String,
+    pub image: String,
+    pub secret: String,
+    pub provider: Option<&'a str>,
+    pub path: Option<&'a str>,
+    pub version: Option<String>,
+    /// `allow`, `deny`, or `none` (no policy, or refused before it).
+    pub decision: &'static str,
+    /// The rule that decided, or `default`.
+    pub rule: Option<&'a str>,
+    pub outcome: &'a str,
+    /// hit, miss, coalesced, stale, bypass, reissued; absent on failure.
+    pub cache: Option<&'static str>,
+    pub duration_ms: f64,
+}
+
+impl Record<'_> {
+    /// A request-controlled field as it may appear in the trail.
+    pub fn field(text: &str) -> String {
+        shown(text).into_owned()
+    }
+
+    pub fn now() -> String {
+        humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+    }
+}
+
+/// The open sink. Cheap to share: one lock around one write per record.
+pub struct Audit {
+    sink: Mutex<Sink>,
+}
+
+enum Sink {
+    Stdout,
+    File(RotatingFile),
+}
+
+struct RotatingFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    max_bytes: u64,
+    keep: u32,
+}
+
+impl Audit {
+    /// Open the sink (creating the file, 0600) so that a bad path fails at
+    /// start, not at the first secret.
+    pub fn open(config: &AuditConfig) -> Result<Audit, ConfigError> {
+        let sink = match (config.sink, &config.path) {
+            (SinkKind::File, Some(path)) => {
+                let file = open_append(path).map_err(|err| {
+                    ConfigError::new(
+                        "audit.path",
+                        format!("cannot open {}: {err}", shown(&path.display().to_string())),
+                    )
+                })?;
+                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+                Sink::File(RotatingFile {
+                    path: path.clone(),
+                    file,
+                    size,
+                    max_bytes: config.max_bytes,
+                    keep: config.keep,
+                })
+            }
+            _ => Sink::Stdout,
+        };
+        Ok(Audit {
+            sink: Mutex::new(sink),
+        })
+    }
+
+    /// Write one record as one line.
+    pub fn record(&self, record: &Record<'_>) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        // A panic elsewhere while holding the lock left no partial state
+        // that matters: each write is one whole line.
+        let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
+        match &mut *sink {
+            Sink::Stdout => {
+                let mut stdout = std::io::stdout().lock();
+                stdout.write_all(&line)?;
+                stdout.flush()
+            }
+            Sink::File(file) => file.append(&line),
+        }
+    }
+}
+
+impl RotatingFile {
+    fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
+        }
+        self.file.write_all(line)?;
+        self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// `audit.log` -> `audit.log.1` -> ... -> `audit.log.<keep>` (dropped).
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let numbered = |n: u32| {
+            let mut name = self.path.as_os_str().to_owned();
+            name.push(format!(".{n}"));
+            PathBuf::from(name)
+        };
+        for n in (1..self.keep).rev() {
+            match std::fs::rename(numbered(n), numbered(n + 1)) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => return Err(err),
+                _ => {}
+            }
+        }
+        std::fs::rename(&self.path, numbered(1))?;
+        self.file = open_append(&self.path)?;
+        self.size = 0;
+        Ok(())
+    }
+}
+
+/// Append-only, owner-only, and never through a symlink planted at `path`.
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(secret: &str) -> Record<'static> {
+        Record {
+            log_type: "audit",
+            time: Record::now(),
+            node: "n1".into(),
+            service_id: "s1".into(),
+            service_name: Record::field("billing_api"),
+            task_id: "t1".into(),
+            task_name: "billing_api.1.t1".into(),
+            image: "app:1".into(),
+            secret: Record::field(secret),
+            provider: Some("vault"),
+            path: Some("apps/billing/db"),
+            version: None,
+            decision: "allow",
+            rule: Some("rule 0"),
+            outcome: "ok",
+            cache: Some("miss"),
+            duration_ms: 1.5,
+        }
+    }
+
+    #[test]
+    fn rotates_by_size_and_keeps_the_newest_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let config = AuditConfig {
+            sink: SinkKind::File,
+            path: Some(path.clone()),
+            max_bytes: MIN_MAX_BYTES,
+            keep: 2,
+        };
+        config.validate().unwrap();
+        let audit = Audit::open(&config).unwrap();
+        for i in 0..100 {
+            audit.record(&record(&format!("s{i}"))).unwrap();
+        }
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap();
+        let current = read(&path);
+        assert!(current.len() as u64 <= MIN_MAX_BYTES);
+        assert!(current.contains("\"secret\":\"s99\""), "{current}");
+        let one = read(&dir.path().join("audit.log.1"));
+        assert!(!one.is_empty() && one.len() as u64 <= MIN_MAX_BYTES);
+        assert!(dir.path().join("audit.log.2").exists());
+        assert!(!dir.path().join("audit.log.3").exists());
+        // Every line is a whole JSON record.
+        for line in current.lines().chain(one.lines()) {
+            let value: serde_json::Value = serde_json::from_str(line).unwrap();
+            assert_eq!(value["log_type"], "audit");
+            assert_eq!(value["decision"], "allow");
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    #[test]
+    fn request_fields_cannot_forge_a_record() {
+        let forged = "x\"}\n{\"log_type\":\"audit\",\"decision\":\"allow\u{202e}";
+        let line = serde_json::to_string(&record(forged)).unwrap();
+        assert!(!line.contains('\n') && !line.contains('\u{202e}'), "{line}");
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert!(value["secret"].as_str().unwrap().starts_with("x\""));
+    }
+
+    #[test]
+    fn refuses_a_symlink_and_bad_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("elsewhere");
+        std::fs::write(&target, "").unwrap();
+        let link = dir.path().join("audit.log");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let config = AuditConfig {
+            sink: SinkKind::File,
+            path: Some(link),
+            max_bytes: default_max_bytes(),
+            keep: 1,
+        };
+        let err = Audit::open(&config).err().expect("a symlink is refused");
+        assert_eq!(err.key, "audit.path");
+
+        for (config, key) in [
+            ("sink = \"file\"", "audit.path"),
+            ("sink = \"file\"\npath = \"rel/a.log\"", "audit.path"),
+            ("sink = \"stdout\"\npath = \"/a.log\"", "audit.path"),
+            ("sink = \"stdout\"\nmax_bytes = 10", "audit.max_bytes"),
+            ("sink = \"stdout\"\nkeep = 0", "audit.keep"),
+        ] {
+            let config: AuditConfig = toml::from_str(config).unwrap();
+            assert_eq!(config.validate().unwrap_err().key, key);
+        }
+    }
+}
