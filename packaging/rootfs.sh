@@ -43,7 +43,7 @@ done
 
 mkdir -p "$out"
 rm -rf "$out/rootfs"
-mkdir -p "$out"/rootfs/{run/docker/plugins,etc/vaultbridge,etc/ssl/certs,tmp,dev,proc,sys}
+mkdir -p "$out"/rootfs/{run/docker/plugins,etc/vaultbridge,var/log/vaultbridge,etc/ssl/certs,tmp,dev,proc,sys}
 chmod 1777 "$out/rootfs/tmp"
 install -m 0755 "$binary" "$out/rootfs/vaultbridge"
 : >"$out/rootfs/etc/hosts"
