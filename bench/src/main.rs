@@ -78,6 +78,19 @@ pub fn docker_answer() -> Vec<u8> {
     format!("{{\"Value\":\"{value}\",\"DoNotReuse\":false}}").into_bytes()
 }
 
+/// 99 rules that do not match the bench request (service `st_api`, stack
+/// `st`), each as an operator would write it, then the one that allows.
+fn hundred_rule_policy() -> String {
+    let mut text = String::from("\n[access]\ndefault = \"deny\"\n");
+    for i in 0..99 {
+        text.push_str(&format!(
+            "\n[[access.rules]]\nname = \"team {i}\"\nstack = \"team{i}-*\"\nservice_labels = {{ team = \"team{i}\" }}\npaths = [\"apps/{{stack}}/**\", \"teams/team{i}/*\"]\n"
+        ));
+    }
+    text.push_str("\n[[access.rules]]\nname = \"bench\"\nstack = \"st\"\npaths = [\"bench\"]\n");
+    text
+}
+
 pub(crate) fn request_body(name: &str, labels: &[(&str, &str)]) -> Bytes {
     Bytes::from(vaultbridge_tests::engine_request(name, labels).to_string())
 }
@@ -274,6 +287,42 @@ async fn bench() -> anyhow::Result<()> {
             json!(hit_stats[i].per_second / floor_stats[i].per_second),
         );
     }
+
+    // 2b. The same hit path with a 100-rule access policy whose last rule
+    // is the one that allows: every request evaluates all 100.
+    let policy_config = format!("{config}{}", hundred_rule_policy());
+    let (policy_server, _) = Server::spawn(&plugin, &["serve"], Some(&policy_config))?;
+    let answer = vaultbridge_tests::raw_request(
+        &policy_server.socket,
+        "POST",
+        "/SecretProvider.GetSecret",
+        &body,
+    )?;
+    anyhow::ensure!(
+        answer.body == docker_answer(),
+        "with the policy, vaultbridge's answer differs from the floor's"
+    );
+    for (i, c) in CONCURRENCIES.iter().enumerate() {
+        let stats = load::run(
+            &policy_server.socket,
+            "/SecretProvider.GetSecret",
+            body.clone(),
+            *c,
+            RUN,
+            has_value,
+        )
+        .await?;
+        figures.push(row("vaultbridge, cache hit, 100-rule policy", *c, &stats));
+        ratios.insert(
+            format!("policy_hit_p50_over_hit_c{c}"),
+            json!(stats.p50.as_secs_f64() / hit_stats[i].p50.as_secs_f64()),
+        );
+        ratios.insert(
+            format!("policy_hit_throughput_over_hit_c{c}"),
+            json!(stats.per_second / hit_stats[i].per_second),
+        );
+    }
+    drop(policy_server);
 
     // 3 and 4. Against OpenBao (`--hit-only` skips them, for profiling).
     let vault_figures = if std::env::args().any(|a| a == "--hit-only") {

@@ -189,7 +189,77 @@ pub fn labels(secret_name: &str, labels: &BTreeMap<String, String>) {
 pub fn request(body: &[u8]) {
     if let Ok(req) = serde_json::from_slice::<GetSecretRequest>(body) {
         labels(&req.secret_name, &req.secret_labels);
+        policy_confines(&req);
     }
+}
+
+/// A policy that scopes every service to its own stack's subtree and its
+/// team's folder: whatever the request holds (labels, names, stack and
+/// team values with `/`, `..`, wildcards, invisible characters), a path it
+/// allows is under `apps/<the service's stack>/` or is one file in
+/// `teams/<the service's team>/`, where stack and team are single plain
+/// segments. The path is computed as the plugin does, with
+/// `default_path = "apps/{stack}/{secret}"`.
+pub fn policy_confines(req: &GetSecretRequest) {
+    use vaultbridge::access::pattern::Pattern;
+    use vaultbridge::access::{AccessConfig, Caller, Decision, Policy, RuleConfig};
+    let rule = |stack: Option<&str>, labels: &[(&str, &str)], path: &str| RuleConfig {
+        name: None,
+        service: None,
+        service_labels: labels
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        image: None,
+        image_digest: None,
+        stack: stack.map(str::to_string),
+        providers: None,
+        paths: vec![path.to_string()],
+        decision: Decision::Allow,
+    };
+    let config = AccessConfig {
+        default: Decision::Deny,
+        rules: vec![
+            rule(Some("*"), &[], "apps/{stack}/**"),
+            rule(None, &[("team", "*")], "teams/{service.label.team}/*"),
+        ],
+    };
+    let policy = Policy::compile(&config, &["vault"]).expect("a valid policy");
+    let template = Pattern::parse("apps/{stack}/{secret}", true, false).expect("a valid template");
+    let render = |key: &str| {
+        template.render(&Caller {
+            request: req,
+            secret: key,
+        })
+    };
+    let Ok(lookup) = Lookup::from_labels_or(&req.secret_name, &req.secret_labels, Some(&render))
+    else {
+        return;
+    };
+    let path = lookup.path.as_str();
+    let caller = Caller {
+        request: req,
+        secret: vaultbridge::labels::secret_key(&req.secret_name, &req.secret_labels),
+    };
+    if policy.decide(&caller, "vault", path).decision == Decision::Deny {
+        return;
+    }
+    let plain = |segment: &str| SecretPath::parse(segment).is_ok() && !segment.contains('/');
+    let own_stack = caller
+        .stack()
+        .is_some_and(|stack| plain(stack) && path.starts_with(&format!("apps/{stack}/")));
+    let own_team = req.service_labels.get("team").is_some_and(|team| {
+        plain(team)
+            && path
+                .strip_prefix(&format!("teams/{team}/"))
+                .is_some_and(|file| !file.contains('/'))
+    });
+    assert!(
+        own_stack || own_team,
+        "the policy allowed {path:?} to a service of stack {:?}, team {:?}",
+        caller.stack(),
+        req.service_labels.get("team")
+    );
 }
 
 fn field_lookup(field: &str) -> Lookup {

@@ -298,6 +298,168 @@ fn step(n: u32, title: &str, started: Instant) {
     );
 }
 
+/// Step 8, on a plugin of its own: `default_path = apps/{stack}/{secret}`
+/// and a policy that scopes each stack to `apps/<stack>/`. Stack B reads its
+/// secret first (so it is cached), then stack A deploys its own secret and a
+/// service whose secret names B's path: A's own is served, the cross read
+/// fails the task, in the plugin's log and in the audit trail on the host.
+/// Returns the values, which no log may contain.
+fn access_policy_step(s: &mut Session, id: &str) -> Vec<Vec<u8>> {
+    let (stack_a, stack_b) = (format!("vbpa{id}"), format!("vbpb{id}"));
+    let conf = s.path("policy-config");
+    let audit = s.path("policy-audit");
+    std::fs::create_dir_all(&audit).expect("mkdir audit");
+    let mut values = Vec::new();
+    for stack in [&stack_a, &stack_b] {
+        let dir = conf.join(format!("secrets/apps/{stack}"));
+        std::fs::create_dir_all(&dir).expect("mkdir secrets");
+        let value = format!("{stack}-own-db-password-{id}").into_bytes();
+        std::fs::write(dir.join("db"), &value).expect("write secret");
+        values.push(value);
+    }
+    std::fs::write(
+        conf.join("config.toml"),
+        r#"default_path = "apps/{stack}/{secret}"
+
+[providers.local]
+type = "file"
+root = "/etc/vaultbridge/secrets"
+
+[access]
+default = "deny"
+
+[[access.rules]]
+name = "own stack"
+stack = "*"
+paths = ["apps/{stack}/**"]
+
+[audit]
+sink = "file"
+path = "/var/log/vaultbridge/audit.log"
+"#,
+    )
+    .expect("config.toml");
+    let plugin = s.build_plugin(
+        "vaultbridge-policy",
+        &format!("e2e-{id}"),
+        &[
+            &format!("config.source={}", conf.display()),
+            &format!("audit.source={}", audit.display()),
+        ],
+    );
+    let plugin_id = s.plugin_id(&plugin);
+    s.enable_plugin(&plugin);
+    let image = s.workload_image();
+    let command = workload_compose_command();
+    let compose = |own_only: bool, stack_b: &str| {
+        let thief = if own_only {
+            String::new()
+        } else {
+            format!(
+                r#"  thief:
+    image: {image}
+    command: {command}
+    environment:
+      VB_SLOT: "{{{{.Task.Slot}}}}"
+      VB_TARGETS: stolen
+    deploy:
+      restart_policy:
+        condition: none
+    secrets:
+      - stolen
+"#
+            )
+        };
+        let stolen = if own_only {
+            String::new()
+        } else {
+            format!(
+                "  stolen:\n    driver: {plugin}\n    labels:\n      vaultbridge.path: apps/{stack_b}/db\n"
+            )
+        };
+        format!(
+            r#"version: "3.8"
+services:
+  app:
+    image: {image}
+    command: {command}
+    environment:
+      VB_SLOT: "{{{{.Task.Slot}}}}"
+      VB_TARGETS: db
+    stop_grace_period: 2s
+    secrets:
+      - db
+{thief}secrets:
+  db:
+    driver: {plugin}
+{stolen}"#
+        )
+    };
+    s.stack_deploy(&stack_b, &compose(true, &stack_b));
+    let reports = s.wait_reports(&format!("{stack_b}_app"), 1, CONVERGE);
+    assert_reports(&format!("{stack_b}_app"), &reports, "444:0:0", &values[1]);
+    s.stack_deploy(&stack_a, &compose(false, &stack_b));
+    let reports = s.wait_reports(&format!("{stack_a}_app"), 1, CONVERGE);
+    assert_reports(&format!("{stack_a}_app"), &reports, "444:0:0", &values[0]);
+    let thief = format!("{stack_a}_thief");
+    let failed = wait_task_failed(s, &thief, "the cross-stack read to fail its task");
+    eprintln!("  cross-stack read, task: {failed}");
+    assert!(
+        s.reports(&thief).iter().all(|r| r.bytes.is_empty()),
+        "{thief} read stack {stack_b}'s secret"
+    );
+    let denial = s.log.wait_plugin_line(
+        &plugin_id,
+        0,
+        "the denial in the plugin's log",
+        Duration::from_secs(10),
+        |l| l.contains(&format!("secret={stack_a}_stolen ")) && l.contains("policy_denied"),
+    );
+    assert!(
+        denial.contains(&format!("service={thief} "))
+            && denial.contains(&format!("path=\"apps/{stack_b}/db\""))
+            && denial.contains("deny by default"),
+        "{denial}"
+    );
+    eprintln!("  denied: {denial}");
+
+    // The audit trail, written through the audit mount onto the host.
+    let trail = std::fs::read_to_string(audit.join("audit.log")).expect("audit.log on the host");
+    let records: Vec<Value> = trail
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON record per line"))
+        .collect();
+    let find = |secret: &str, decision: &str| {
+        records
+            .iter()
+            .find(|r| r["secret"] == secret && r["decision"] == decision)
+            .unwrap_or_else(|| panic!("no {decision} record for {secret} in:\n{trail}"))
+    };
+    let stolen = find(&format!("{stack_a}_stolen"), "deny");
+    assert_eq!(stolen["service_name"], thief.as_str());
+    assert_eq!(stolen["path"], format!("apps/{stack_b}/db").as_str());
+    assert_eq!(stolen["outcome"], "policy_denied");
+    assert!(
+        stolen["node"].as_str().is_some_and(|n| !n.is_empty()),
+        "{stolen}"
+    );
+    assert!(
+        stolen["task_id"].as_str().is_some_and(|t| !t.is_empty()),
+        "{stolen}"
+    );
+    for stack in [&stack_a, &stack_b] {
+        let own = find(&format!("{stack}_db"), "allow");
+        assert_eq!(own["path"], format!("apps/{stack}/db").as_str());
+        assert_eq!(own["rule"], "rule 0 (own stack)");
+        assert_eq!(own["outcome"], "ok");
+    }
+    assert_log_has_no_values(
+        &trail,
+        &values.iter().map(Vec::as_slice).collect::<Vec<_>>(),
+    );
+    values
+}
+
 #[test]
 fn docker_engine_end_to_end() {
     let started = Instant::now();
@@ -837,6 +999,14 @@ secrets:
     // The step-2 service still runs on the re-enabled first plugin.
     assert_eq!(running(&s, &step2_services[0].0), 1);
 
+    // ---------------------------------------------------------------- 8
+    step(
+        8,
+        "access policy: two stacks, own secrets served, cross reads denied; audit trail",
+        started,
+    );
+    let policy_values = access_policy_step(&mut s, &id);
+
     // ------------------------------------------------- values never logged
     let log = s.all_plugin_lines().join("\n");
     assert!(log.contains("secret served"), "no plugin log collected");
@@ -844,6 +1014,7 @@ secrets:
         .iter()
         .flat_map(|b| b.values.iter().map(Vec::as_slice))
         .chain(issued.iter().map(Vec::as_slice))
+        .chain(policy_values.iter().map(Vec::as_slice))
         .collect();
     assert_log_has_no_values(&log, &values);
 
