@@ -81,6 +81,9 @@ pub enum LabelError {
     DefaultPath { reason: String },
 }
 
+/// Fills `default_path` in for a secret key; `Err`: why it cannot.
+pub type DefaultPath<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
+
 impl Lookup {
     /// Parse the labels of the secret `secret_name`.
     pub fn from_labels(
@@ -96,7 +99,7 @@ impl Lookup {
     pub fn from_labels_or(
         secret_name: &str,
         labels: &BTreeMap<String, String>,
-        default_path: Option<&dyn Fn(&str) -> Result<String, String>>,
+        default_path: Option<&DefaultPath<'_>>,
     ) -> Result<Self, LabelError> {
         if let Some(label) = labels
             .keys()

@@ -263,7 +263,7 @@ impl Resolver {
         });
         let default_path = render
             .as_ref()
-            .map(|render| render as &dyn Fn(&str) -> Result<String, String>);
+            .map(|render| render as &labels::DefaultPath<'_>);
         let lookup = match Lookup::from_labels_or(
             &request.secret_name,
             &request.secret_labels,

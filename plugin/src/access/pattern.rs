@@ -200,11 +200,7 @@ impl Pattern {
             }
             // Placeholder values never hold a '/'.
             _ if self.text == "*" => {
-                !other.text.contains('/')
-                    && !other
-                        .parts
-                        .iter()
-                        .any(|p| *p == Part::Piece(Piece::Globstar))
+                !other.text.contains('/') && !other.parts.contains(&Part::Piece(Piece::Globstar))
             }
             _ => false,
         }
