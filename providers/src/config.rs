@@ -55,6 +55,14 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A setting still read in an old form: one warning at start-up, naming
+/// the key and what to write instead, so the operator can update the file
+/// before the old form goes.
+#[cfg(any(feature = "vault", feature = "aws", feature = "azure"))]
+pub(crate) fn deprecated(key: &str, advice: &str) {
+    tracing::warn!(key = %key, "{}: {}", crate::text::shown(key), advice);
+}
+
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
@@ -133,5 +141,36 @@ impl ProviderConfig {
         }
         let _ = env; // unused when no backend is compiled in
         found
+    }
+}
+
+// Only the backends with deprecated forms log from here.
+#[cfg(all(test, any(feature = "vault", feature = "aws", feature = "azure")))]
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// What `run` logs at `warn` and above, one line per event.
+    pub(crate) fn logged(run: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
 }

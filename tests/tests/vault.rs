@@ -984,7 +984,7 @@ async fn a_stopped_or_hung_server_is_unavailable_within_the_deadline() {
     let mut bao = OpenBao::start();
     kv_put(&bao, "secret/app/db", &["pw=before-stop"]);
     let mut config = root_config(&bao);
-    config["timeout"] = json!(3);
+    config["timeout"] = json!("3s");
     let p = direct(&config).await;
     // The plugin retries "unavailable" until its deadline: keep it short.
     let plugin = start_plugin_with(&config, &[("deadline", "3s")]);
@@ -1005,7 +1005,7 @@ async fn a_stopped_or_hung_server_is_unavailable_within_the_deadline() {
     let hole = BlackHole::start();
     let mut hung = token_config(&bao, &bao.file("root-token", b"root"));
     hung["address"] = json!(format!("http://127.0.0.1:{}", hole.port));
-    hung["timeout"] = json!(2);
+    hung["timeout"] = json!("2s");
     let started = Instant::now();
     let err = fetch_once(&hung, "app/db").await.unwrap_err();
     assert_took_less_than(started, 4);

@@ -3,17 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::duration::Timeout;
 use crate::{ConfigError, EnvLookup, Variable};
-
-/// Every network call is bounded by this unless `timeout` says otherwise.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
-/// The largest `timeout`: far past Docker's own 30 s plugin timeout.
-pub const MAX_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -60,9 +55,9 @@ pub struct VaultConfig {
     /// path becomes the JSON body.
     #[serde(default)]
     pub logical_write_prefixes: Vec<String>,
-    /// Seconds every call to Vault may take (connect + answer).
-    #[serde(default = "default_timeout")]
-    pub timeout: u64,
+    /// How long every call to Vault may take (connect + answer): "10s".
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
     /// How to log in; a token from `VAULT_TOKEN` when absent.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -73,9 +68,6 @@ fn default_kv_mount() -> String {
 }
 fn default_kv_version() -> u8 {
     2
-}
-fn default_timeout() -> u64 {
-    DEFAULT_TIMEOUT_SECS
 }
 fn default_approle_mount() -> String {
     "approle".into()
@@ -227,17 +219,13 @@ impl VaultConfig {
             kv_mounts: BTreeMap::new(),
             logical_prefixes: Vec::new(),
             logical_write_prefixes: Vec::new(),
-            timeout: default_timeout(),
+            timeout: None,
             auth: AuthConfig::Token(TokenAuth {
                 token_file: None,
                 token_env: None,
                 token: get("VAULT_TOKEN").map(SecretString::from),
             }),
         })
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
     }
 }
 
@@ -399,7 +387,7 @@ mod tests {
         );
         assert_eq!(
             (c.kv_mount.as_str(), c.kv_version, c.timeout),
-            ("secret", 2, 10)
+            ("secret", 2, None)
         );
         let c = parse("address = \"http://x\"\nauth = { method = \"jwt\", role = \"r\", jwt_file = \"/j\", mount = \"k8s\" }").unwrap();
         assert!(matches!(&c.auth, AuthConfig::Jwt(j) if j.mount == "k8s" && j.role == "r"));

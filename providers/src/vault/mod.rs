@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 
 pub use config::{AuthConfig, VARIABLES, VaultConfig};
 
+use crate::duration::Timeout;
 use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};
 use auth::{Current, Lookup, Method, Session, quiet};
 use http::{Failure, Http, TlsFiles};
@@ -99,16 +100,7 @@ impl VaultProvider {
         let address = http::parse_address(&config.address, key)?;
         let https = address.scheme() == "https";
         let (kv_mount, kv_mounts) = config::kv_mounts(config, key)?;
-        if !(1..=config::MAX_TIMEOUT_SECS).contains(&config.timeout) {
-            return Err(ConfigError::new(
-                format!("{key}.timeout"),
-                format!(
-                    "{} is out of range: give 1 to {} seconds (the engine waits at most 30 s for an answer)",
-                    config.timeout,
-                    config::MAX_TIMEOUT_SECS
-                ),
-            ));
-        }
+        let timeout = Timeout::resolve(config.timeout.as_ref(), &format!("{key}.timeout"))?;
         let need_https = |field: &str| {
             ConfigError::new(
                 format!("{key}.{field}"),
@@ -162,7 +154,7 @@ impl VaultProvider {
                 config.tls_server_name.as_deref(),
                 config.tls_skip_verify,
                 namespace.clone(),
-                config.timeout(),
+                timeout,
             )
         };
         let http = make_http(own_client.clone())?;
@@ -1114,6 +1106,14 @@ mod tests {
         assert_eq!(e.key, "providers.v.address");
         let e = err("address = \"http://x\"\ntimeout = 0");
         assert_eq!(e.key, "providers.v.timeout");
+        let e = err("address = \"http://x\"\ntimeout = \"ten\"");
+        assert_eq!(e.key, "providers.v.timeout");
+        let ok = |text: &str| VaultProvider::new(&with_token(text), "providers.v").is_ok();
+        assert!(ok("address = \"http://x\"\ntimeout = \"500ms\""));
+        assert!(
+            ok("address = \"http://x\"\ntimeout = 5"),
+            "the deprecated form"
+        );
         let e = err(
             "address = \"http://x\"\nauth = { method = \"token\", token_env = \"VAULTBRIDGE_TEST_SURELY_UNSET\" }",
         );
@@ -1135,7 +1135,7 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "s.x\n").unwrap();
         let p = provider(&format!(
-            "timeout = 2\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            "timeout = \"2s\"\nauth = {{ method = \"token\", token_file = \"{}\" }}",
             token.display()
         ));
         let err = p
@@ -1169,7 +1169,7 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "s.x").unwrap();
         let config: VaultConfig = toml::from_str(&format!(
-            "address = \"http://127.0.0.1:{port}\"\ntimeout = 1\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            "address = \"http://127.0.0.1:{port}\"\ntimeout = \"1s\"\nauth = {{ method = \"token\", token_file = \"{}\" }}",
             token.display()
         ))
         .unwrap();
