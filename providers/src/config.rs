@@ -63,6 +63,30 @@ pub(crate) fn deprecated(key: &str, advice: &str) {
     tracing::warn!(key = %key, "{}: {}", crate::text::shown(key), advice);
 }
 
+/// A key given under its new name or its old one: the value and the key as
+/// written (for later messages). The old name logs [`deprecated`]; both at
+/// once is an error naming both. Only vault has a renamed key today.
+#[cfg(feature = "vault")]
+pub(crate) fn renamed<'a, T: ?Sized>(
+    table: &str,
+    (new, new_value): (&str, Option<&'a T>),
+    (old, old_value): (&str, Option<&'a T>),
+) -> Result<Option<(&'a T, String)>, ConfigError> {
+    match (new_value, old_value) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{table}.{new}"),
+            format!("{table}.{old} is set too: it is the old name of {new}; keep {new} only"),
+        )),
+        (Some(value), None) => Ok(Some((value, format!("{table}.{new}")))),
+        (None, Some(value)) => {
+            let key = format!("{table}.{old}");
+            deprecated(&key, &format!("the name {old} is deprecated; write {new}"));
+            Ok(Some((value, key)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {

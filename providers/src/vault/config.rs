@@ -21,6 +21,10 @@ pub struct VaultConfig {
     /// PEM file of the CA(s) to trust. When set, ONLY these CAs are trusted
     /// (pinning); otherwise the system's roots are used.
     #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The old name of `ca_file` (azure's name, and the `*_file` keys',
+    /// won): still read, with a deprecation warning.
+    #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// PEM client certificate and key presented in every TLS handshake
     /// (mutual TLS, and the default identity of `auth.method = "cert"`).
@@ -207,7 +211,8 @@ impl VaultConfig {
         Some(VaultConfig {
             address,
             namespace: get("VAULT_NAMESPACE"),
-            ca_cert: get("VAULT_CACERT").map(PathBuf::from),
+            ca_file: get("VAULT_CACERT").map(PathBuf::from),
+            ca_cert: None,
             client_cert: get("VAULT_CLIENT_CERT").map(PathBuf::from),
             client_key: get("VAULT_CLIENT_KEY").map(PathBuf::from),
             tls_server_name: get("VAULT_TLS_SERVER_NAME"),
@@ -424,7 +429,7 @@ mod tests {
         let c = VaultConfig::from_env(&vars).unwrap();
         assert_eq!(c.address, "https://v:8200");
         assert_eq!(c.namespace.as_deref(), Some("team"));
-        assert_eq!(c.ca_cert.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(c.ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(c.tls_server_name.as_deref(), Some("vault.internal"));
         assert!(!c.tls_skip_verify);
         assert!(matches!(&c.auth, AuthConfig::Token(t) if t.token.is_some()));

@@ -8,7 +8,7 @@
 //! variables behind our back (any `VAULT_SKIP_VERIFY` value, even "false",
 //! disables verification in some versions), and because `vaultrs` has no
 //! connect timeout, no TLS server-name override and only *adds* CAs to the
-//! system roots where we want `ca_cert` to pin.
+//! system roots where we want `ca_file` to pin.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +29,7 @@ pub(crate) type Keyed<'a> = (&'a Path, String);
 
 /// The TLS files of one HTTP client (the provider's, or a cert login's own).
 pub(crate) struct TlsFiles<'a> {
-    pub ca_cert: Option<Keyed<'a>>,
+    pub ca_file: Option<Keyed<'a>>,
     /// Certificate and key.
     pub client: Option<(Keyed<'a>, Keyed<'a>)>,
 }
@@ -100,7 +100,7 @@ impl Http {
             // reqwest#2988 (what vaultrs works around too): no platform
             // verifier for a plain-HTTP client.
             builder = builder.tls_certs_only(Vec::new());
-        } else if let Some((path, ca_key)) = &tls.ca_cert {
+        } else if let Some((path, ca_key)) = &tls.ca_file {
             let pem = std::fs::read(path)
                 .map_err(|err| ConfigError::new(ca_key, format!("{}: {err}", path.display())))?;
             let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
@@ -596,7 +596,7 @@ mod tests {
 
         let address = parse_address(&format!("http://{vault_addr}"), "providers.v").unwrap();
         let tls = TlsFiles {
-            ca_cert: None,
+            ca_file: None,
             client: None,
         };
         let http = Http::new(

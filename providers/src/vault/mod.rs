@@ -107,9 +107,17 @@ impl VaultProvider {
                 format!("needs an https:// address, not {}", config.address),
             )
         };
+        let ca_file = crate::config::renamed(
+            key,
+            ("ca_file", config.ca_file.as_deref()),
+            ("ca_cert", config.ca_cert.as_deref()),
+        )?;
         if !https {
-            if config.ca_cert.is_some() {
-                return Err(need_https("ca_cert"));
+            if let Some((_, ca_key)) = &ca_file {
+                return Err(ConfigError::new(
+                    ca_key,
+                    format!("needs an https:// address, not {}", config.address),
+                ));
             }
             if config.tls_server_name.is_some() {
                 return Err(need_https("tls_server_name"));
@@ -126,10 +134,6 @@ impl VaultProvider {
                 format!("'{name}' must be a DNS name (the name in the server's certificate)"),
             ));
         }
-        let ca_cert = config
-            .ca_cert
-            .as_deref()
-            .map(|p| (p, format!("{key}.ca_cert")));
         let own_client = pair(&config.client_cert, &config.client_key, key)?;
         if config.tls_skip_verify {
             tracing::warn!(
@@ -148,7 +152,7 @@ impl VaultProvider {
                 key,
                 &address,
                 &TlsFiles {
-                    ca_cert: ca_cert.clone(),
+                    ca_file: ca_file.clone(),
                     client,
                 },
                 config.tls_server_name.as_deref(),
@@ -756,7 +760,7 @@ pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderErr
         Failure::Transport {
             message, tls: true, ..
         } => ProviderError::unavailable(format!(
-            "{doing}: TLS with Vault at {address} failed: {message}; check ca_cert, tls_server_name and the client certificate"
+            "{doing}: TLS with Vault at {address} failed: {message}; check ca_file, tls_server_name and the client certificate"
         )),
         Failure::Transport { message, .. } => ProviderError::unavailable(format!(
             "{doing}: cannot reach Vault at {address}: {message}"
@@ -1083,17 +1087,33 @@ mod tests {
         );
         assert_eq!(e.key, "providers.v.auth.role_id_file");
         assert!(e.message.contains("/nope/r"), "{e}");
-        let e = err("address = \"http://x\"\nca_cert = \"/ca.pem\"");
-        assert_eq!(e.key, "providers.v.ca_cert");
-        let e = err("address = \"https://x\"\nca_cert = \"/nope/ca.pem\"");
-        assert_eq!(e.key, "providers.v.ca_cert");
+        let e = err("address = \"http://x\"\nca_file = \"/ca.pem\"");
+        assert_eq!(e.key, "providers.v.ca_file");
+        let e = err("address = \"https://x\"\nca_file = \"/nope/ca.pem\"");
+        assert_eq!(e.key, "providers.v.ca_file");
+        // The old name: still read (its errors name it as written), with
+        // a warning...
+        let logged = crate::config::tests::logged(|| {
+            let e = err("address = \"https://x\"\nca_cert = \"/nope/ca.pem\"");
+            assert_eq!(e.key, "providers.v.ca_cert");
+        });
+        assert!(
+            logged.contains("providers.v.ca_cert: the name ca_cert is deprecated; write ca_file"),
+            "{logged}"
+        );
+        // ...but not with the new one.
+        let e = err("address = \"https://x\"\nca_file = \"/a.pem\"\nca_cert = \"/b.pem\"");
+        assert_eq!(
+            e.to_string(),
+            "providers.v.ca_file: providers.v.ca_cert is set too: it is the old name of ca_file; keep ca_file only"
+        );
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "not a pem").unwrap();
         let e = err(&format!(
-            "address = \"https://x\"\nca_cert = \"{}\"",
+            "address = \"https://x\"\nca_file = \"{}\"",
             bad.display()
         ));
-        assert_eq!(e.key, "providers.v.ca_cert");
+        assert_eq!(e.key, "providers.v.ca_file");
         let e = err("address = \"https://x\"\nclient_cert = \"/c\"");
         assert_eq!(e.key, "providers.v.client_key");
         let e = err("address = \"https://x\"\nauth = { method = \"cert\" }");
