@@ -10,6 +10,8 @@
 //!   any backend, prefix or mount decision.
 //! - [`backoff`]: the wait after a failed background credential refresh.
 //! - `duration`: every backend's `timeout` (`"10s"`): one syntax, one bound.
+//! - `tls`: reading PEM files (a CA bundle, a client certificate and key)
+//!   for a backend's HTTPS client, with one error format.
 //! - [`text`]: showing foreign text in logs and errors (escaped, bounded).
 //! - [`config`]: the typed `[providers.<name>]` tables ([`ProviderConfig`]),
 //!   validation, and the providers implied by standard environment variables.
@@ -24,6 +26,8 @@ pub mod duration;
 pub mod path;
 pub mod provider;
 pub mod text;
+#[cfg(any(feature = "vault", feature = "azure"))]
+mod tls;
 
 #[cfg(feature = "aws")]
 pub mod aws;

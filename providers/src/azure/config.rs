@@ -264,7 +264,7 @@ impl AzureConfig {
         let timeout = Timeout::resolve(self.timeout.as_ref(), &format!("{key}.timeout"))?;
         let ca_certs = match &self.ca_file {
             None => Vec::new(),
-            Some(path) => read_ca_file(path, &format!("{key}.ca_file"))?,
+            Some(path) => crate::tls::ca_bundle(path, &format!("{key}.ca_file"))?,
         };
         let credential = self
             .credential
@@ -515,22 +515,4 @@ fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError>
     // Trimmed and checked by `one_line_credential`: files written by editors
     // and `echo` end with a newline that is not part of the secret.
     Ok(SecretString::from(text))
-}
-
-fn read_ca_file(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-        ConfigError::new(
-            key,
-            format!("{}: not PEM certificates: {err}", path.display()),
-        )
-    })?;
-    if certs.is_empty() {
-        return Err(ConfigError::new(
-            key,
-            format!("{}: no PEM certificate in the file", path.display()),
-        ));
-    }
-    Ok(certs)
 }

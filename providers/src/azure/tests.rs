@@ -249,7 +249,17 @@ fn validation_errors_name_the_key() {
     assert_eq!(build_err(&config).key, "providers.kv.ca_file");
     std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
     config.ca_file = Some(dir.path().join("junk.pem"));
-    assert_eq!(build_err(&config).key, "providers.kv.ca_file");
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.ca_file");
+    assert!(
+        err.message.ends_with(
+            ": not PEM (no -----BEGIN line; a DER file converts with openssl x509 -inform der)"
+        ),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("ca.pem"), crate::tls::tests::CERT).unwrap();
+    config.ca_file = Some(dir.path().join("ca.pem"));
+    AzureProvider::new(&config, "providers.kv", &no_env).unwrap();
 
     let mut config = good.clone();
     config.credential = CredentialConfig::ClientSecret {

@@ -101,43 +101,14 @@ impl Http {
             // verifier for a plain-HTTP client.
             builder = builder.tls_certs_only(Vec::new());
         } else if let Some((path, ca_key)) = &tls.ca_file {
-            let pem = std::fs::read(path)
-                .map_err(|err| ConfigError::new(ca_key, format!("{}: {err}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-                ConfigError::new(
-                    ca_key,
-                    format!("{}: not a PEM certificate bundle: {err}", path.display()),
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(ConfigError::new(
-                    ca_key,
-                    format!("{}: no PEM certificate in the file", path.display()),
-                ));
-            }
             // Pinning: only these CAs, not the system's.
-            builder = builder.tls_certs_only(certs);
+            builder = builder.tls_certs_only(crate::tls::ca_bundle(path, ca_key)?);
         }
         if let Some(((cert, cert_key), (private, private_key))) = &tls.client {
-            let mut pem = std::fs::read(cert)
-                .map_err(|err| ConfigError::new(cert_key, format!("{}: {err}", cert.display())))?;
-            pem.push(b'\n');
-            let key_pem = std::fs::read(private).map_err(|err| {
-                ConfigError::new(private_key, format!("{}: {err}", private.display()))
-            })?;
-            pem.extend_from_slice(&key_pem);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|err| {
-                ConfigError::new(
-                    cert_key,
-                    format!(
-                        "{} / {}: not a PEM certificate and private key: {}",
-                        cert.display(),
-                        private.display(),
-                        error_chain(&err)
-                    ),
-                )
-            })?;
-            builder = builder.identity(identity);
+            builder = builder.identity(crate::tls::identity(
+                (cert, cert_key),
+                (private, private_key),
+            )?);
         }
         if skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);

@@ -1114,6 +1114,21 @@ mod tests {
             bad.display()
         ));
         assert_eq!(e.key, "providers.v.ca_file");
+        // Good files, under the new and the old name, and a client pair.
+        use crate::tls::tests::{CERT, KEY, files};
+        let (_pems, pems) = files(&[("ca.pem", CERT.as_bytes()), ("key.pem", KEY.as_bytes())]);
+        let (ca, key) = (pems[0].display(), pems[1].display());
+        for name in ["ca_file", "ca_cert"] {
+            let text = format!(
+                "address = \"https://x\"\n{name} = \"{ca}\"\nclient_cert = \"{ca}\"\nclient_key = \"{key}\""
+            );
+            VaultProvider::new(&with_token(&text), "providers.v").unwrap();
+        }
+        let e = err(&format!(
+            "address = \"https://x\"\nclient_cert = \"{ca}\"\nclient_key = \"{ca}\""
+        ));
+        assert_eq!(e.key, "providers.v.client_key");
+        assert!(e.message.contains("no private key in it"), "{e}");
         let e = err("address = \"https://x\"\nclient_cert = \"/c\"");
         assert_eq!(e.key, "providers.v.client_key");
         let e = err("address = \"https://x\"\nauth = { method = \"cert\" }");
