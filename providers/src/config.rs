@@ -97,19 +97,6 @@ impl ConfigError {
 }
 
 impl ProviderConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            #[cfg(feature = "file")]
-            ProviderConfig::File(_) => "file",
-            #[cfg(feature = "vault")]
-            ProviderConfig::Vault(_) => "vault",
-            #[cfg(feature = "aws")]
-            ProviderConfig::Aws(_) => "aws",
-            #[cfg(feature = "azure")]
-            ProviderConfig::Azure(_) => "azure",
-        }
-    }
-
     /// Validate the settings and build the provider. `key` is the table's
     /// path (`providers.<name>`), used to prefix every error.
     pub async fn build(&self, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
