@@ -176,6 +176,7 @@ impl Config {
             .into_iter()
             .map(|(name, backend)| (name, ProviderEntry { tuning, backend }))
             .collect();
+        #[cfg(feature = "file")]
         if providers.is_empty() {
             return Ok(Config::embedded_default(Path::new(
                 vaultbridge_providers::file::DEFAULT_ROOT,
@@ -186,11 +187,17 @@ impl Config {
             providers,
             ..Config::empty()
         };
+        // Without the file backend there is no embedded default.
+        #[cfg(not(feature = "file"))]
+        if config.providers.is_empty() {
+            return Ok((config, Source::Nothing));
+        }
         config.validate_names()?;
         Ok((config, Source::Environment))
     }
 
     /// A `file` provider on `root` when that folder exists, else no provider.
+    #[cfg(feature = "file")]
     fn embedded_default(root: &Path) -> (Config, Source) {
         let mut config = Config::empty();
         if !root.is_dir() {

@@ -55,6 +55,38 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// A setting still read in an old form: one warning at start-up, naming
+/// the key and what to write instead, so the operator can update the file
+/// before the old form goes.
+#[cfg(any(feature = "vault", feature = "aws", feature = "azure"))]
+pub(crate) fn deprecated(key: &str, advice: &str) {
+    tracing::warn!(key = %key, "{}: {}", crate::text::shown(key), advice);
+}
+
+/// A key given under its new name or its old one: the value and the key as
+/// written (for later messages). The old name logs [`deprecated`]; both at
+/// once is an error naming both. Only vault has a renamed key today.
+#[cfg(feature = "vault")]
+pub(crate) fn renamed<'a, T: ?Sized>(
+    table: &str,
+    (new, new_value): (&str, Option<&'a T>),
+    (old, old_value): (&str, Option<&'a T>),
+) -> Result<Option<(&'a T, String)>, ConfigError> {
+    match (new_value, old_value) {
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            format!("{table}.{new}"),
+            format!("{table}.{old} is set too: it is the old name of {new}; keep {new} only"),
+        )),
+        (Some(value), None) => Ok(Some((value, format!("{table}.{new}")))),
+        (None, Some(value)) => {
+            let key = format!("{table}.{old}");
+            deprecated(&key, &format!("the name {old} is deprecated; write {new}"));
+            Ok(Some((value, key)))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 impl ConfigError {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
@@ -65,19 +97,6 @@ impl ConfigError {
 }
 
 impl ProviderConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            #[cfg(feature = "file")]
-            ProviderConfig::File(_) => "file",
-            #[cfg(feature = "vault")]
-            ProviderConfig::Vault(_) => "vault",
-            #[cfg(feature = "aws")]
-            ProviderConfig::Aws(_) => "aws",
-            #[cfg(feature = "azure")]
-            ProviderConfig::Azure(_) => "azure",
-        }
-    }
-
     /// Validate the settings and build the provider. `key` is the table's
     /// path (`providers.<name>`), used to prefix every error.
     pub async fn build(&self, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
@@ -133,5 +152,36 @@ impl ProviderConfig {
         }
         let _ = env; // unused when no backend is compiled in
         found
+    }
+}
+
+// Only the backends with deprecated forms log from here.
+#[cfg(all(test, any(feature = "vault", feature = "aws", feature = "azure")))]
+pub(crate) mod tests {
+    use std::sync::{Arc, Mutex};
+
+    /// What `run` logs at `warn` and above, one line per event.
+    pub(crate) fn logged(run: impl FnOnce()) -> String {
+        #[derive(Clone, Default)]
+        struct Buffer(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buffer {
+            fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(bytes);
+                Ok(bytes.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_ansi(false)
+            .without_time()
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, run);
+        String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap()
     }
 }

@@ -9,6 +9,9 @@
 //! - [`path`]: [`SecretPath`], the one validation every path passes before
 //!   any backend, prefix or mount decision.
 //! - [`backoff`]: the wait after a failed background credential refresh.
+//! - `duration`: every backend's `timeout` (`"10s"`): one syntax, one bound.
+//! - `tls`: reading PEM files (a CA bundle, a client certificate and key)
+//!   for a backend's HTTPS client, with one error format.
 //! - [`text`]: showing foreign text in logs and errors (escaped, bounded).
 //! - [`config`]: the typed `[providers.<name>]` tables ([`ProviderConfig`]),
 //!   validation, and the providers implied by standard environment variables.
@@ -18,9 +21,13 @@
 
 pub mod backoff;
 pub mod config;
+#[cfg(any(feature = "vault", feature = "aws", feature = "azure"))]
+pub mod duration;
 pub mod path;
 pub mod provider;
 pub mod text;
+#[cfg(any(feature = "vault", feature = "azure"))]
+mod tls;
 
 #[cfg(feature = "aws")]
 pub mod aws;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use secrecy::SecretString;
 use serde_json::json;
 use vaultbridge_providers::aws::{AwsConfig, AwsProvider};
+use vaultbridge_providers::duration::Timeout;
 use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::moto::{ACCOUNT, Moto, xml_field};
 use vaultbridge_tests::{
@@ -35,7 +36,7 @@ fn aws_config(region: &str, endpoint: &str, timeout: Option<f64>) -> AwsConfig {
         role_arn: None,
         external_id: None,
         session_name: None,
-        timeout,
+        timeout: timeout.map(|seconds| Timeout::Text(format!("{seconds}s"))),
     }
 }
 
@@ -600,7 +601,7 @@ async fn backend_down_is_unavailable_within_the_deadline() {
     assert_eq!(fetch(&p, "up-then-down", None).await.unwrap(), b"was-up");
     // The plugin retries an unavailable backend within its own per-provider
     // `deadline`; the provider's `timeout` bounds each of its calls.
-    let socket_keys = "timeout = 2\ndeadline = \"4s\"";
+    let socket_keys = "timeout = \"2s\"\ndeadline = \"4s\"";
     let socket_bound = Duration::from_secs(8); // 2 × the deadline
     let config = config_toml(&moto.endpoint, &[("aws", EAST)], socket_keys);
     let plugin = Plugin::start(Some(&config), TEST_KEYS);

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use vaultbridge::tuning::{Tuning, Upstream};
 use vaultbridge_providers::azure::{AzureConfig, CredentialConfig, build};
+use vaultbridge_providers::duration::Timeout;
 use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::azure_double::AzureDouble;
 use vaultbridge_tests::{Plugin, assert_log_has_no_values, engine_request};
@@ -52,7 +53,7 @@ fn config(double: &AzureDouble, app: &App, vault: &str, timeout: f64) -> AzureCo
         },
         authority_host: Some(double.authority_host()),
         ca_file: Some(double.ca_file().to_path_buf()),
-        timeout: Some(timeout),
+        timeout: Some(Timeout::Text(format!("{timeout}s"))),
     }
 }
 
@@ -103,7 +104,7 @@ type = "azure"
 vault_url = "{vault_url}"
 authority_host = "{authority}"
 ca_file = "{ca}"
-timeout = 5
+timeout = "5s"
 cache_ttl = "0s"
 {extra}
 [providers.{name}.credential]
@@ -465,7 +466,7 @@ async fn provider_workload_identity_exchanges_the_federated_token() {
         },
         authority_host: Some(double.authority_host()),
         ca_file: Some(double.ca_file().to_path_buf()),
-        timeout: Some(5.0),
+        timeout: Some(Timeout::from("5s")),
     };
     let p = provider(&cfg).await;
     assert_eq!(

@@ -123,7 +123,7 @@ fn a_hung_backend_is_cut_off_at_the_deadline() {
     std::fs::write(&token, "root").unwrap();
     // The client's own timeout is longer than the deadline: the deadline rules.
     let config = format!(
-        "[providers.hung]\ntype = \"vault\"\naddress = \"http://127.0.0.1:{}\"\ntimeout = 30\ndeadline = \"1s\"\nauth = {{ method = \"token\", token_file = \"{}\" }}\n",
+        "[providers.hung]\ntype = \"vault\"\naddress = \"http://127.0.0.1:{}\"\ntimeout = \"30s\"\ndeadline = \"1s\"\nauth = {{ method = \"token\", token_file = \"{}\" }}\n",
         hole.port,
         token.display()
     );

@@ -825,7 +825,7 @@ async fn cert_auth_and_ca_pinning_over_tls() {
     let ca = bao.ca_cert.clone().unwrap();
     let config = json!({
         "address": bao.addr,
-        "ca_cert": ca,
+        "ca_file": ca,
         "client_cert": dir.join("client.pem"),
         "client_key": dir.join("client-key.pem"),
         "auth": {"method": "cert", "name": "web"},
@@ -843,7 +843,7 @@ async fn cert_auth_and_ca_pinning_over_tls() {
     );
     // The login certificate may also be given under auth only.
     let own = json!({
-        "address": bao.addr, "ca_cert": ca,
+        "address": bao.addr, "ca_file": ca,
         "auth": {"method": "cert", "name": "web", "client_cert": dir.join("client.pem"),
                  "client_key": dir.join("client-key.pem")},
     });
@@ -858,16 +858,16 @@ async fn cert_auth_and_ca_pinning_over_tls() {
         c
     };
     // Pinning: the server's CA only; another CA or the system roots fail.
-    let wrong_ca = with(json!({"ca_cert": dir.join("client-ca.pem")}));
+    let wrong_ca = with(json!({"ca_file": dir.join("client-ca.pem")}));
     let err = fetch_once(&wrong_ca, "app/tls").await.unwrap_err();
     assert_error(&err, ProviderError::unavailable, &["TLS"]);
     let system_roots = with(json!({}));
     let err = fetch_once(&system_roots, "app/tls").await.unwrap_err();
     assert_error(&err, ProviderError::unavailable, &["TLS"]);
     // tls_server_name: the certificate names localhost, not vault.wrong.test.
-    let named = with(json!({"ca_cert": ca, "tls_server_name": "localhost"}));
+    let named = with(json!({"ca_file": ca, "tls_server_name": "localhost"}));
     assert!(fetch_once(&named, "app/tls").await.is_ok());
-    let misnamed = with(json!({"ca_cert": ca, "tls_server_name": "vault.wrong.test"}));
+    let misnamed = with(json!({"ca_file": ca, "tls_server_name": "vault.wrong.test"}));
     let err = fetch_once(&misnamed, "app/tls").await.unwrap_err();
     assert_error(&err, ProviderError::unavailable, &["TLS"]);
     // Skipping verification only when asked.
@@ -878,7 +878,7 @@ async fn cert_auth_and_ca_pinning_over_tls() {
     assert_eq!(ask_field(&plugin, "app/tls", "k"), b"over-tls-value");
     let pinned_wrong = start_plugin_with(&wrong_ca, &[("deadline", "2s")]);
     let answer = ask(&pinned_wrong, &[("vaultbridge.path", "app/tls")]);
-    assert_refused(&answer, &["backend unavailable", "ca_cert"]);
+    assert_refused(&answer, &["backend unavailable", "ca_file"]);
     let skipping = start_plugin(&skip);
     assert_eq!(ask_field(&skipping, "app/tls", "k"), b"over-tls-value");
     assert!(
@@ -984,7 +984,7 @@ async fn a_stopped_or_hung_server_is_unavailable_within_the_deadline() {
     let mut bao = OpenBao::start();
     kv_put(&bao, "secret/app/db", &["pw=before-stop"]);
     let mut config = root_config(&bao);
-    config["timeout"] = json!(3);
+    config["timeout"] = json!("3s");
     let p = direct(&config).await;
     // The plugin retries "unavailable" until its deadline: keep it short.
     let plugin = start_plugin_with(&config, &[("deadline", "3s")]);
@@ -1005,7 +1005,7 @@ async fn a_stopped_or_hung_server_is_unavailable_within_the_deadline() {
     let hole = BlackHole::start();
     let mut hung = token_config(&bao, &bao.file("root-token", b"root"));
     hung["address"] = json!(format!("http://127.0.0.1:{}", hole.port));
-    hung["timeout"] = json!(2);
+    hung["timeout"] = json!("2s");
     let started = Instant::now();
     let err = fetch_once(&hung, "app/db").await.unwrap_err();
     assert_took_less_than(started, 4);

@@ -33,14 +33,9 @@ use aws_sdk_secretsmanager::config::{Region, SharedCredentialsProvider};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Deserializer};
 
+use crate::duration::Timeout;
 use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue, Variable};
 
-/// The default bound on one lookup, the SDK's retries included.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The largest `timeout` accepted: Docker's own plugin timeout is 30 s.
-const MAX_TIMEOUT: Duration = Duration::from_secs(120);
-/// The shortest `timeout`: less cannot complete a TLS handshake.
-const MIN_TIMEOUT_SECS: f64 = 0.1;
 /// The session name of an assumed role when `session_name` is not set; it
 /// shows in CloudTrail as the caller.
 pub const DEFAULT_SESSION_NAME: &str = "vaultbridge";
@@ -69,9 +64,9 @@ pub struct AwsConfig {
     /// The assumed role's session name (default [`DEFAULT_SESSION_NAME`]).
     #[serde(default)]
     pub session_name: Option<String>,
-    /// Seconds one lookup may take, the SDK's retries included (default 10).
+    /// How long one attempt may take (the SDK's own retries are off): "10s".
     #[serde(default)]
-    pub timeout: Option<f64>,
+    pub timeout: Option<Timeout>,
 }
 
 fn optional_secret<'de, D: Deserializer<'de>>(de: D) -> Result<Option<SecretString>, D::Error> {
@@ -309,21 +304,6 @@ async fn validate_profile(profile: &str, key: &str) -> Result<(), ConfigError> {
         .map_err(|m| ConfigError::new(key, m))
 }
 
-fn timeout_of(config: &AwsConfig, key: &str) -> Result<Duration, ConfigError> {
-    let Some(seconds) = config.timeout else {
-        return Ok(DEFAULT_TIMEOUT);
-    };
-    let max = MAX_TIMEOUT.as_secs_f64();
-    // Below 0.1 s (1e-10 rounds to 0 ns) every request would time out.
-    if !(seconds.is_finite() && (MIN_TIMEOUT_SECS..=max).contains(&seconds)) {
-        return Err(ConfigError::new(
-            format!("{key}.timeout"),
-            format!("{seconds} must be a number of seconds from {MIN_TIMEOUT_SECS} to {max}"),
-        ));
-    }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
 /// Where requests go, for messages only (the SDK resolves the same order).
 /// `endpoint_url` is the checked, trimmed one; the variables were checked by
 /// [`validate::env_settings`] (never a URL with credentials in a message).
@@ -459,7 +439,7 @@ impl AwsProvider {
             Some(credentials) => Some(credentials),
             None => validate::env_credentials(env)?.map(SharedCredentialsProvider::new),
         };
-        let timeout = timeout_of(config, key)?;
+        let timeout = Timeout::resolve(config.timeout.as_ref(), &format!("{key}.timeout"))?;
 
         // One attempt, within `timeout`: the plugin owns retries (and knows
         // the deadline). The STS calls of an assumed role inherit the same
@@ -754,10 +734,11 @@ mod tests {
         )
         .await;
         assert_eq!(err.key, "providers.prod.session_name");
-        for bad in ["0", "1e-10", "0.099", "120.5", "nan", "inf"] {
+        for bad in [
+            "0", "1e-10", "0.099", "300.5", "nan", "inf", "\"0s\"", "\"10\"",
+        ] {
             let err = build_err(&format!("region = \"eu-west-1\"\ntimeout = {bad}")).await;
             assert_eq!(err.key, "providers.prod.timeout", "{bad}");
-            assert!(err.message.contains("from 0.1 to 120"), "{err}");
         }
         let err =
             build_err("region = \"eu-west-1\"\nprofile = \"surely-not-a-profile-7f3a\"").await;
@@ -810,7 +791,7 @@ mod tests {
                    endpoint_url = "http://127.0.0.1:9"
                    role_arn = "arn:aws:iam::123456789012:role/reader"
                    session_name = "ci"
-                   timeout = 2.5"#,
+                   timeout = "2.5s""#,
             ),
             "providers.prod",
         )

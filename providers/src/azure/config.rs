@@ -8,15 +8,11 @@ use azure_core::http::Url;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
+use crate::duration::Timeout;
 use crate::{ConfigError, EnvLookup, Variable};
 
 /// The public cloud's Microsoft Entra authority.
 pub const PUBLIC_AUTHORITY_HOST: &str = "https://login.microsoftonline.com";
-/// Bound on every call to the vault and the token endpoint, unless `timeout` says otherwise.
-pub const DEFAULT_TIMEOUT_SECS: f64 = 10.0;
-const MAX_TIMEOUT_SECS: f64 = 300.0;
-/// The shortest `timeout`: less cannot complete a TLS handshake.
-const MIN_TIMEOUT_SECS: f64 = 0.1;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -33,9 +29,9 @@ pub struct AzureConfig {
     /// private endpoints behind TLS-inspecting proxies.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Seconds one lookup may take, token acquisition and retries included.
+    /// How long one attempt may take, token acquisition included: "10s".
     #[serde(default)]
-    pub timeout: Option<f64>,
+    pub timeout: Option<Timeout>,
 }
 
 /// `[providers.<name>.credential]`, selected by its `type`.
@@ -265,24 +261,10 @@ impl AzureConfig {
                 ),
             ));
         }
-        let timeout = match self.timeout {
-            None => Duration::from_secs_f64(DEFAULT_TIMEOUT_SECS),
-            // Below 0.1 s (1e-10 rounds to 0 ns) every request would time out.
-            Some(secs) if (MIN_TIMEOUT_SECS..=MAX_TIMEOUT_SECS).contains(&secs) => {
-                Duration::from_secs_f64(secs)
-            }
-            Some(secs) => {
-                return Err(ConfigError::new(
-                    format!("{key}.timeout"),
-                    format!(
-                        "{secs}: must be a number of seconds from {MIN_TIMEOUT_SECS} to {MAX_TIMEOUT_SECS}"
-                    ),
-                ));
-            }
-        };
+        let timeout = Timeout::resolve(self.timeout.as_ref(), &format!("{key}.timeout"))?;
         let ca_certs = match &self.ca_file {
             None => Vec::new(),
-            Some(path) => read_ca_file(path, &format!("{key}.ca_file"))?,
+            Some(path) => crate::tls::ca_bundle(path, &format!("{key}.ca_file"))?,
         };
         let credential = self
             .credential
@@ -533,22 +515,4 @@ fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError>
     // Trimmed and checked by `one_line_credential`: files written by editors
     // and `echo` end with a newline that is not part of the secret.
     Ok(SecretString::from(text))
-}
-
-fn read_ca_file(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
-    let pem = std::fs::read(path)
-        .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-        ConfigError::new(
-            key,
-            format!("{}: not PEM certificates: {err}", path.display()),
-        )
-    })?;
-    if certs.is_empty() {
-        return Err(ConfigError::new(
-            key,
-            format!("{}: no PEM certificate in the file", path.display()),
-        ));
-    }
-    Ok(certs)
 }

@@ -41,9 +41,7 @@ use azure_security_keyvault_secrets::{
 };
 use secrecy::ExposeSecret;
 
-pub use config::{
-    AzureConfig, CredentialConfig, DEFAULT_TIMEOUT_SECS, PUBLIC_AUTHORITY_HOST, VARIABLES,
-};
+pub use config::{AzureConfig, CredentialConfig, PUBLIC_AUTHORITY_HOST, VARIABLES};
 use config::{ManagedId, ValidCredential};
 use errors::Context;
 

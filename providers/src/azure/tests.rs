@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::ProviderConfig;
+use crate::duration::Timeout;
 
 fn parse(toml_text: &str) -> Result<AzureConfig, String> {
     #[derive(serde::Deserialize)]
@@ -43,7 +44,7 @@ fn parses_each_credential_and_refuses_unknown_keys() {
         type = "azure"
         vault_url = "https://myvault.vault.azure.net"
         authority_host = "https://login.microsoftonline.us"
-        timeout = 2.5
+        timeout = "2.5s"
         [providers.kv.credential]
         type = "client_secret"
         tenant_id = "t"
@@ -52,11 +53,23 @@ fn parses_each_credential_and_refuses_unknown_keys() {
         "#,
     )
     .unwrap();
-    assert_eq!(config.timeout, Some(2.5));
+    assert_eq!(config.timeout, Some(Timeout::from("2.5s")));
     assert!(matches!(
         config.credential,
         CredentialConfig::ClientSecret { ref client_secret_file, .. } if client_secret_file.is_some()
     ));
+    // The deprecated bare number, through the tagged enum's buffering.
+    let config = parse(
+        r#"
+        [providers.kv]
+        type = "azure"
+        vault_url = "https://myvault.vault.azure.net"
+        timeout = 3
+        credential = { type = "managed_identity" }
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.timeout, Some(Timeout::Seconds(3.0)));
 
     let config = parse(
         r#"
@@ -213,12 +226,22 @@ fn validation_errors_name_the_key() {
     config.authority_host = Some("http://login.example".into());
     assert_eq!(build_err(&config).key, "providers.kv.authority_host");
 
-    for bad in [0.0, 1e-10, 0.099, 300.5, f64::NAN, f64::INFINITY] {
+    for bad in [
+        Timeout::Seconds(0.0),
+        Timeout::Seconds(f64::NAN),
+        Timeout::from("99ms"),
+        Timeout::from("301s"),
+        Timeout::from("ten"),
+    ] {
         let mut config = good.clone();
-        config.timeout = Some(bad);
+        config.timeout = Some(bad.clone());
         let err = build_err(&config);
-        assert_eq!(err.key, "providers.kv.timeout", "{bad}");
-        assert!(err.message.contains("from 0.1 to 300"), "{err}");
+        assert_eq!(err.key, "providers.kv.timeout", "{bad:?}");
+    }
+    for fine in [Timeout::Seconds(2.5), Timeout::from("300s")] {
+        let mut config = good.clone();
+        config.timeout = Some(fine);
+        AzureProvider::new(&config, "providers.kv", &no_env).unwrap();
     }
 
     let mut config = good.clone();
@@ -226,7 +249,17 @@ fn validation_errors_name_the_key() {
     assert_eq!(build_err(&config).key, "providers.kv.ca_file");
     std::fs::write(dir.path().join("junk.pem"), "not a certificate").unwrap();
     config.ca_file = Some(dir.path().join("junk.pem"));
-    assert_eq!(build_err(&config).key, "providers.kv.ca_file");
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.ca_file");
+    assert!(
+        err.message.ends_with(
+            ": not PEM (no -----BEGIN line; a DER file converts with openssl x509 -inform der)"
+        ),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("ca.pem"), crate::tls::tests::CERT).unwrap();
+    config.ca_file = Some(dir.path().join("ca.pem"));
+    AzureProvider::new(&config, "providers.kv", &no_env).unwrap();
 
     let mut config = good.clone();
     config.credential = CredentialConfig::ClientSecret {

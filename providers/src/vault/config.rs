@@ -3,17 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::duration::Timeout;
 use crate::{ConfigError, EnvLookup, Variable};
-
-/// Every network call is bounded by this unless `timeout` says otherwise.
-pub const DEFAULT_TIMEOUT_SECS: u64 = 10;
-/// The largest `timeout`: far past Docker's own 30 s plugin timeout.
-pub const MAX_TIMEOUT_SECS: u64 = 120;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +20,10 @@ pub struct VaultConfig {
     pub namespace: Option<String>,
     /// PEM file of the CA(s) to trust. When set, ONLY these CAs are trusted
     /// (pinning); otherwise the system's roots are used.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// The old name of `ca_file` (azure's name, and the `*_file` keys',
+    /// won): still read, with a deprecation warning.
     #[serde(default)]
     pub ca_cert: Option<PathBuf>,
     /// PEM client certificate and key presented in every TLS handshake
@@ -60,9 +59,9 @@ pub struct VaultConfig {
     /// path becomes the JSON body.
     #[serde(default)]
     pub logical_write_prefixes: Vec<String>,
-    /// Seconds every call to Vault may take (connect + answer).
-    #[serde(default = "default_timeout")]
-    pub timeout: u64,
+    /// How long every call to Vault may take (connect + answer): "10s".
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
     /// How to log in; a token from `VAULT_TOKEN` when absent.
     #[serde(default)]
     pub auth: AuthConfig,
@@ -73,9 +72,6 @@ fn default_kv_mount() -> String {
 }
 fn default_kv_version() -> u8 {
     2
-}
-fn default_timeout() -> u64 {
-    DEFAULT_TIMEOUT_SECS
 }
 fn default_approle_mount() -> String {
     "approle".into()
@@ -215,7 +211,8 @@ impl VaultConfig {
         Some(VaultConfig {
             address,
             namespace: get("VAULT_NAMESPACE"),
-            ca_cert: get("VAULT_CACERT").map(PathBuf::from),
+            ca_file: get("VAULT_CACERT").map(PathBuf::from),
+            ca_cert: None,
             client_cert: get("VAULT_CLIENT_CERT").map(PathBuf::from),
             client_key: get("VAULT_CLIENT_KEY").map(PathBuf::from),
             tls_server_name: get("VAULT_TLS_SERVER_NAME"),
@@ -227,17 +224,13 @@ impl VaultConfig {
             kv_mounts: BTreeMap::new(),
             logical_prefixes: Vec::new(),
             logical_write_prefixes: Vec::new(),
-            timeout: default_timeout(),
+            timeout: None,
             auth: AuthConfig::Token(TokenAuth {
                 token_file: None,
                 token_env: None,
                 token: get("VAULT_TOKEN").map(SecretString::from),
             }),
         })
-    }
-
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout)
     }
 }
 
@@ -399,7 +392,7 @@ mod tests {
         );
         assert_eq!(
             (c.kv_mount.as_str(), c.kv_version, c.timeout),
-            ("secret", 2, 10)
+            ("secret", 2, None)
         );
         let c = parse("address = \"http://x\"\nauth = { method = \"jwt\", role = \"r\", jwt_file = \"/j\", mount = \"k8s\" }").unwrap();
         assert!(matches!(&c.auth, AuthConfig::Jwt(j) if j.mount == "k8s" && j.role == "r"));
@@ -436,7 +429,7 @@ mod tests {
         let c = VaultConfig::from_env(&vars).unwrap();
         assert_eq!(c.address, "https://v:8200");
         assert_eq!(c.namespace.as_deref(), Some("team"));
-        assert_eq!(c.ca_cert.as_deref(), Some(Path::new("/ca.pem")));
+        assert_eq!(c.ca_file.as_deref(), Some(Path::new("/ca.pem")));
         assert_eq!(c.tls_server_name.as_deref(), Some("vault.internal"));
         assert!(!c.tls_skip_verify);
         assert!(matches!(&c.auth, AuthConfig::Token(t) if t.token.is_some()));

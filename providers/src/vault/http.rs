@@ -8,7 +8,7 @@
 //! variables behind our back (any `VAULT_SKIP_VERIFY` value, even "false",
 //! disables verification in some versions), and because `vaultrs` has no
 //! connect timeout, no TLS server-name override and only *adds* CAs to the
-//! system roots where we want `ca_cert` to pin.
+//! system roots where we want `ca_file` to pin.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -29,7 +29,7 @@ pub(crate) type Keyed<'a> = (&'a Path, String);
 
 /// The TLS files of one HTTP client (the provider's, or a cert login's own).
 pub(crate) struct TlsFiles<'a> {
-    pub ca_cert: Option<Keyed<'a>>,
+    pub ca_file: Option<Keyed<'a>>,
     /// Certificate and key.
     pub client: Option<(Keyed<'a>, Keyed<'a>)>,
 }
@@ -100,44 +100,15 @@ impl Http {
             // reqwest#2988 (what vaultrs works around too): no platform
             // verifier for a plain-HTTP client.
             builder = builder.tls_certs_only(Vec::new());
-        } else if let Some((path, ca_key)) = &tls.ca_cert {
-            let pem = std::fs::read(path)
-                .map_err(|err| ConfigError::new(ca_key, format!("{}: {err}", path.display())))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|err| {
-                ConfigError::new(
-                    ca_key,
-                    format!("{}: not a PEM certificate bundle: {err}", path.display()),
-                )
-            })?;
-            if certs.is_empty() {
-                return Err(ConfigError::new(
-                    ca_key,
-                    format!("{}: no PEM certificate in the file", path.display()),
-                ));
-            }
+        } else if let Some((path, ca_key)) = &tls.ca_file {
             // Pinning: only these CAs, not the system's.
-            builder = builder.tls_certs_only(certs);
+            builder = builder.tls_certs_only(crate::tls::ca_bundle(path, ca_key)?);
         }
         if let Some(((cert, cert_key), (private, private_key))) = &tls.client {
-            let mut pem = std::fs::read(cert)
-                .map_err(|err| ConfigError::new(cert_key, format!("{}: {err}", cert.display())))?;
-            pem.push(b'\n');
-            let key_pem = std::fs::read(private).map_err(|err| {
-                ConfigError::new(private_key, format!("{}: {err}", private.display()))
-            })?;
-            pem.extend_from_slice(&key_pem);
-            let identity = reqwest::Identity::from_pem(&pem).map_err(|err| {
-                ConfigError::new(
-                    cert_key,
-                    format!(
-                        "{} / {}: not a PEM certificate and private key: {}",
-                        cert.display(),
-                        private.display(),
-                        error_chain(&err)
-                    ),
-                )
-            })?;
-            builder = builder.identity(identity);
+            builder = builder.identity(crate::tls::identity(
+                (cert, cert_key),
+                (private, private_key),
+            )?);
         }
         if skip_verify {
             builder = builder.tls_danger_accept_invalid_certs(true);
@@ -596,7 +567,7 @@ mod tests {
 
         let address = parse_address(&format!("http://{vault_addr}"), "providers.v").unwrap();
         let tls = TlsFiles {
-            ca_cert: None,
+            ca_file: None,
             client: None,
         };
         let http = Http::new(

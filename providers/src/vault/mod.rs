@@ -33,6 +33,7 @@ use serde_json::value::RawValue;
 
 pub use config::{AuthConfig, VARIABLES, VaultConfig};
 
+use crate::duration::Timeout;
 use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};
 use auth::{Current, Lookup, Method, Session, quiet};
 use http::{Failure, Http, TlsFiles};
@@ -99,25 +100,24 @@ impl VaultProvider {
         let address = http::parse_address(&config.address, key)?;
         let https = address.scheme() == "https";
         let (kv_mount, kv_mounts) = config::kv_mounts(config, key)?;
-        if !(1..=config::MAX_TIMEOUT_SECS).contains(&config.timeout) {
-            return Err(ConfigError::new(
-                format!("{key}.timeout"),
-                format!(
-                    "{} is out of range: give 1 to {} seconds (the engine waits at most 30 s for an answer)",
-                    config.timeout,
-                    config::MAX_TIMEOUT_SECS
-                ),
-            ));
-        }
+        let timeout = Timeout::resolve(config.timeout.as_ref(), &format!("{key}.timeout"))?;
         let need_https = |field: &str| {
             ConfigError::new(
                 format!("{key}.{field}"),
                 format!("needs an https:// address, not {}", config.address),
             )
         };
+        let ca_file = crate::config::renamed(
+            key,
+            ("ca_file", config.ca_file.as_deref()),
+            ("ca_cert", config.ca_cert.as_deref()),
+        )?;
         if !https {
-            if config.ca_cert.is_some() {
-                return Err(need_https("ca_cert"));
+            if let Some((_, ca_key)) = &ca_file {
+                return Err(ConfigError::new(
+                    ca_key,
+                    format!("needs an https:// address, not {}", config.address),
+                ));
             }
             if config.tls_server_name.is_some() {
                 return Err(need_https("tls_server_name"));
@@ -134,10 +134,6 @@ impl VaultProvider {
                 format!("'{name}' must be a DNS name (the name in the server's certificate)"),
             ));
         }
-        let ca_cert = config
-            .ca_cert
-            .as_deref()
-            .map(|p| (p, format!("{key}.ca_cert")));
         let own_client = pair(&config.client_cert, &config.client_key, key)?;
         if config.tls_skip_verify {
             tracing::warn!(
@@ -156,13 +152,13 @@ impl VaultProvider {
                 key,
                 &address,
                 &TlsFiles {
-                    ca_cert: ca_cert.clone(),
+                    ca_file: ca_file.clone(),
                     client,
                 },
                 config.tls_server_name.as_deref(),
                 config.tls_skip_verify,
                 namespace.clone(),
-                config.timeout(),
+                timeout,
             )
         };
         let http = make_http(own_client.clone())?;
@@ -764,7 +760,7 @@ pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderErr
         Failure::Transport {
             message, tls: true, ..
         } => ProviderError::unavailable(format!(
-            "{doing}: TLS with Vault at {address} failed: {message}; check ca_cert, tls_server_name and the client certificate"
+            "{doing}: TLS with Vault at {address} failed: {message}; check ca_file, tls_server_name and the client certificate"
         )),
         Failure::Transport { message, .. } => ProviderError::unavailable(format!(
             "{doing}: cannot reach Vault at {address}: {message}"
@@ -1091,17 +1087,48 @@ mod tests {
         );
         assert_eq!(e.key, "providers.v.auth.role_id_file");
         assert!(e.message.contains("/nope/r"), "{e}");
-        let e = err("address = \"http://x\"\nca_cert = \"/ca.pem\"");
-        assert_eq!(e.key, "providers.v.ca_cert");
-        let e = err("address = \"https://x\"\nca_cert = \"/nope/ca.pem\"");
-        assert_eq!(e.key, "providers.v.ca_cert");
+        let e = err("address = \"http://x\"\nca_file = \"/ca.pem\"");
+        assert_eq!(e.key, "providers.v.ca_file");
+        let e = err("address = \"https://x\"\nca_file = \"/nope/ca.pem\"");
+        assert_eq!(e.key, "providers.v.ca_file");
+        // The old name: still read (its errors name it as written), with
+        // a warning...
+        let logged = crate::config::tests::logged(|| {
+            let e = err("address = \"https://x\"\nca_cert = \"/nope/ca.pem\"");
+            assert_eq!(e.key, "providers.v.ca_cert");
+        });
+        assert!(
+            logged.contains("providers.v.ca_cert: the name ca_cert is deprecated; write ca_file"),
+            "{logged}"
+        );
+        // ...but not with the new one.
+        let e = err("address = \"https://x\"\nca_file = \"/a.pem\"\nca_cert = \"/b.pem\"");
+        assert_eq!(
+            e.to_string(),
+            "providers.v.ca_file: providers.v.ca_cert is set too: it is the old name of ca_file; keep ca_file only"
+        );
         let bad = dir.path().join("bad.pem");
         std::fs::write(&bad, "not a pem").unwrap();
         let e = err(&format!(
-            "address = \"https://x\"\nca_cert = \"{}\"",
+            "address = \"https://x\"\nca_file = \"{}\"",
             bad.display()
         ));
-        assert_eq!(e.key, "providers.v.ca_cert");
+        assert_eq!(e.key, "providers.v.ca_file");
+        // Good files, under the new and the old name, and a client pair.
+        use crate::tls::tests::{CERT, KEY, files};
+        let (_pems, pems) = files(&[("ca.pem", CERT.as_bytes()), ("key.pem", KEY.as_bytes())]);
+        let (ca, key) = (pems[0].display(), pems[1].display());
+        for name in ["ca_file", "ca_cert"] {
+            let text = format!(
+                "address = \"https://x\"\n{name} = \"{ca}\"\nclient_cert = \"{ca}\"\nclient_key = \"{key}\""
+            );
+            VaultProvider::new(&with_token(&text), "providers.v").unwrap();
+        }
+        let e = err(&format!(
+            "address = \"https://x\"\nclient_cert = \"{ca}\"\nclient_key = \"{ca}\""
+        ));
+        assert_eq!(e.key, "providers.v.client_key");
+        assert!(e.message.contains("no private key in it"), "{e}");
         let e = err("address = \"https://x\"\nclient_cert = \"/c\"");
         assert_eq!(e.key, "providers.v.client_key");
         let e = err("address = \"https://x\"\nauth = { method = \"cert\" }");
@@ -1114,6 +1141,14 @@ mod tests {
         assert_eq!(e.key, "providers.v.address");
         let e = err("address = \"http://x\"\ntimeout = 0");
         assert_eq!(e.key, "providers.v.timeout");
+        let e = err("address = \"http://x\"\ntimeout = \"ten\"");
+        assert_eq!(e.key, "providers.v.timeout");
+        let ok = |text: &str| VaultProvider::new(&with_token(text), "providers.v").is_ok();
+        assert!(ok("address = \"http://x\"\ntimeout = \"500ms\""));
+        assert!(
+            ok("address = \"http://x\"\ntimeout = 5"),
+            "the deprecated form"
+        );
         let e = err(
             "address = \"http://x\"\nauth = { method = \"token\", token_env = \"VAULTBRIDGE_TEST_SURELY_UNSET\" }",
         );
@@ -1135,7 +1170,7 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "s.x\n").unwrap();
         let p = provider(&format!(
-            "timeout = 2\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            "timeout = \"2s\"\nauth = {{ method = \"token\", token_file = \"{}\" }}",
             token.display()
         ));
         let err = p
@@ -1169,7 +1204,7 @@ mod tests {
         let token = dir.path().join("token");
         std::fs::write(&token, "s.x").unwrap();
         let config: VaultConfig = toml::from_str(&format!(
-            "address = \"http://127.0.0.1:{port}\"\ntimeout = 1\nauth = {{ method = \"token\", token_file = \"{}\" }}",
+            "address = \"http://127.0.0.1:{port}\"\ntimeout = \"1s\"\nauth = {{ method = \"token\", token_file = \"{}\" }}",
             token.display()
         ))
         .unwrap();
