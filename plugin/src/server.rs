@@ -227,7 +227,7 @@ fn audit_record<'a>(
             .verdict
             .as_ref()
             .map_or("none", |v| v.decision.as_str()),
-        rule: answer.verdict.as_ref().map(|v| v.by.as_str()),
+        rule: answer.verdict.as_ref().map(|v| &*v.by),
         outcome,
         cache,
         duration_ms,

@@ -12,6 +12,7 @@ pub mod pattern;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use serde::Deserialize;
 use vaultbridge_providers::ConfigError;
@@ -135,13 +136,14 @@ pub fn split_image(image: &str) -> (&str, Option<&str>) {
 #[derive(Debug, Clone)]
 pub struct Policy {
     default: Decision,
+    default_label: Arc<str>,
     rules: Vec<Rule>,
 }
 
 #[derive(Debug, Clone)]
 struct Rule {
     /// `rule 3` or `rule 3 (billing)`: how logs and `check` name it.
-    label: String,
+    label: Arc<str>,
     service: Option<Pattern>,
     service_labels: Vec<(String, Pattern)>,
     image: Option<Pattern>,
@@ -157,7 +159,7 @@ struct Rule {
 pub struct Verdict {
     pub decision: Decision,
     /// `rule 3 (billing)` or `default`.
-    pub by: String,
+    pub by: Arc<str>,
 }
 
 impl fmt::Display for Verdict {
@@ -178,14 +180,16 @@ impl Policy {
             .collect::<Result<_, _>>()?;
         Ok(Policy {
             default: config.default,
+            default_label: "default".into(),
             rules,
         })
     }
 
     /// The verdict on `caller` reading `path` from `provider`.
     pub fn decide(&self, caller: &Caller<'_>, provider: &str, path: &str) -> Verdict {
+        let image = split_image(&caller.request.task_image);
         for rule in &self.rules {
-            if rule.applies(caller, provider, path) {
+            if rule.applies(caller, image, provider, path) {
                 return Verdict {
                     decision: rule.decision,
                     by: rule.label.clone(),
@@ -194,7 +198,7 @@ impl Policy {
         }
         Verdict {
             decision: self.default,
-            by: "default".to_string(),
+            by: self.default_label.clone(),
         }
     }
 
@@ -233,9 +237,9 @@ impl Rule {
         let label = match &config.name {
             Some(name) => {
                 let name = name_glob("name", name)?;
-                format!("rule {index} ({name})")
+                format!("rule {index} ({name})").into()
             }
-            None => format!("rule {index}"),
+            None => format!("rule {index}").into(),
         };
         let service = config
             .service
@@ -337,11 +341,17 @@ impl Rule {
         })
     }
 
-    fn applies(&self, caller: &Caller<'_>, provider: &str, path: &str) -> bool {
+    /// `image`: the caller's image as [`split_image`] splits it.
+    fn applies(
+        &self,
+        caller: &Caller<'_>,
+        (repository, digest): (&str, Option<&str>),
+        provider: &str,
+        path: &str,
+    ) -> bool {
         let request = caller.request;
         // A name glob has no placeholder: it never fails to evaluate.
         let name = |glob: &Pattern, text: &str| glob.matches(text, &NoValues).unwrap_or(false);
-        let (repository, digest) = split_image(&request.task_image);
         let caller_matches = self
             .service
             .as_ref()

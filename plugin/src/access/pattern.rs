@@ -62,6 +62,8 @@ pub struct Pattern {
     parts: Vec<Part>,
     /// Set when the pattern has neither wildcard nor placeholder.
     literal: Option<String>,
+    /// Set when it has no placeholder: the pieces, ready to match.
+    pieces: Option<Vec<Piece>>,
 }
 
 /// Where a placeholder's value comes from.
@@ -112,10 +114,18 @@ impl Pattern {
             .iter()
             .all(|p| matches!(p, Part::Piece(Piece::Char(_))))
             .then(|| text.to_string());
+        let pieces = parts
+            .iter()
+            .map(|p| match p {
+                Part::Piece(piece) => Some(*piece),
+                Part::Placeholder(_) => None,
+            })
+            .collect();
         Ok(Pattern {
             text: text.to_string(),
             parts,
             literal,
+            pieces,
         })
     }
 
@@ -145,6 +155,9 @@ impl Pattern {
     pub fn matches(&self, text: &str, values: &dyn Values) -> Result<bool, String> {
         if let Some(literal) = &self.literal {
             return Ok(literal == text);
+        }
+        if let Some(pieces) = &self.pieces {
+            return Ok(nfa_matches(pieces, text));
         }
         let mut pieces = [Piece::One; MAX_PIECES];
         let mut n = 0;

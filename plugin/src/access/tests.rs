@@ -83,15 +83,15 @@ fn first_matching_rule_decides_then_the_default() {
     assert!(!billing.may(&p, "aws", "apps/billing/db"));
     assert!(!billing.may(&p, "vault", "shared/a/b"));
     let verdict = billing.decide(&p, "vault", "apps/payments/db");
-    assert_eq!(verdict.by, "default");
+    assert_eq!(&*verdict.by, "default");
     let verdict = billing.decide(&p, "vault", "apps/billing/db");
-    assert_eq!(verdict.by, "rule 2 (each stack its own subtree)");
+    assert_eq!(&*verdict.by, "rule 2 (each stack its own subtree)");
 
     // A deny rule before the allow: staging never reads prod, even its own.
     let staging = service("web", &stack("prod-staging"), "");
     assert!(!staging.may(&p, "vault", "prod/db"));
     assert_eq!(
-        staging.decide(&p, "vault", "prod/db").by,
+        &*staging.decide(&p, "vault", "prod/db").by,
         "rule 1 (no prod from staging)"
     );
     assert!(staging.may(&p, "vault", "apps/prod-staging/db"));
