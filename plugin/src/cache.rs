@@ -22,8 +22,8 @@ use secrecy::{ExposeSecret, SecretSlice};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::error::ResolveError;
 use crate::labels::Decode;
-use crate::resolve::ResolveError;
 
 /// A shaped secret value, shared between the cache and in-flight answers.
 pub type Value = Arc<SecretSlice<u8>>;

@@ -341,7 +341,7 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
     } else {
         say_policy(&resolver, |line| tracing::warn!("{line}"));
     }
-    let app = server::app_with_audit(Arc::new(resolver), audit.map(Arc::new));
+    let app = server::app(Arc::new(resolver), audit.map(Arc::new));
     // `run` cannot fail once bound: accept errors are logged and retried.
     server::run(listener, app, shutdown_signal(), grace).await;
     let _ = std::fs::remove_file(&socket);

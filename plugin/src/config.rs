@@ -117,15 +117,7 @@ pub fn variables() -> Vec<Variable> {
     all
 }
 
-/// What a plugin with no configuration answers, logs at start and `check`
-/// prints: what to set, one line (the engine logs each line separately).
-pub const NOT_CONFIGURED: &str = "vaultbridge is not configured: there is no config file \
-(/etc/vaultbridge/config.toml, --config or VAULTBRIDGE_CONFIG), no backend variable \
-(VAULT_ADDR, AWS_REGION, AZURE_KEYVAULT_URL or VAULTBRIDGE_FILE_DIR) and no \
-/etc/vaultbridge/secrets folder for the file provider. As a managed plugin: put a \
-config.toml (or a secrets/ folder) in a host directory, then `docker plugin disable \
-<plugin>`, `docker plugin set <plugin> config.source=<that directory>` (or set the \
-variables with `docker plugin set`), `docker plugin enable <plugin>`; see docs/configuration.md";
+pub use crate::error::NOT_CONFIGURED;
 
 /// Where the configuration was read from, for the start-up log.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,6 +12,7 @@
 //! - [`resolve`]: route a lookup to a provider, pick a field, decode, check size.
 //! - [`access`]: the access policy (which service may read which paths).
 //! - [`audit`]: one record per decision, to its own sink.
+//! - [`error`]: how a request fails: outcome word, message, Docker's `Err`.
 //! - [`cache`]: TTL cache, request coalescing, stale-on-error.
 //! - [`issued`]: the per-task value each task got, for the engine's re-asks.
 //! - [`tuning`]: per-provider deadline, retries, concurrency limit.
@@ -22,14 +23,15 @@
 //! Backends live in the `vaultbridge-providers` crate.
 
 pub mod access;
-pub mod audit;
-pub mod cache;
+mod audit;
+mod cache;
 pub mod cli;
 pub mod config;
-pub mod issued;
+pub mod error;
+mod issued;
 pub mod labels;
 pub mod protocol;
 pub mod resolve;
-pub mod server;
-pub mod stack;
+mod server;
+mod stack;
 pub mod tuning;

@@ -10,14 +10,15 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretSlice};
-use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef};
+use vaultbridge_providers::{ConfigError, Provider, SecretRef};
 
 use crate::access::pattern::Pattern;
 use crate::access::{Caller, Decision, Policy, Verdict};
 use crate::cache::{self, Cache, Fetched, Key, Lifetimes, Source};
 use crate::config::Config;
+pub use crate::error::{Failure, MAX_ERROR_CHARS, ResolveError};
 use crate::issued::{Issued, TaskSecret};
-use crate::labels::{self, Decode, FIELD, Lookup, PROVIDER};
+use crate::labels::{self, Decode, FIELD, Lookup};
 use crate::protocol::GetSecretRequest;
 use crate::tuning::{Tuning, Upstream};
 
@@ -72,81 +73,6 @@ pub struct Answer {
     /// got as far as a provider and a path.
     pub verdict: Option<Verdict>,
     pub result: Result<Resolved, Failure>,
-}
-
-/// A failed request: a stable word for logs and metrics, and the message
-/// for the operator.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Failure {
-    pub outcome: &'static str,
-    /// Escaped and bounded (it quotes labels and backend answers): ready for
-    /// a log line, Docker's `Err` or a terminal.
-    pub message: String,
-}
-
-/// The longest failure message sent to the engine, logged or printed.
-pub const MAX_ERROR_CHARS: usize = 2000;
-
-impl Failure {
-    fn new(outcome: &'static str, message: &str) -> Self {
-        Self {
-            outcome,
-            message: vaultbridge_providers::text::shown_max(message, MAX_ERROR_CHARS).into_owned(),
-        }
-    }
-}
-
-/// Why a lookup failed, phrased for the operator who reads the plugin log.
-#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
-pub enum ResolveError {
-    #[error("provider '{name}' is not configured (label {PROVIDER}); configured: {known}")]
-    UnknownProvider { name: String, known: String },
-    #[error(
-        "several providers are configured ({known}) and none is the default; add --label {PROVIDER}=<name> or set default_provider"
-    )]
-    NoDefault { known: String },
-    #[error("provider '{provider}' ({kind}), path '{path}': {error}")]
-    Provider {
-        provider: String,
-        kind: &'static str,
-        path: String,
-        error: ProviderError,
-    },
-    #[error("provider '{provider}', path '{path}': {message}")]
-    Shape {
-        provider: String,
-        path: String,
-        message: String,
-    },
-    #[error("{}", crate::config::NOT_CONFIGURED)]
-    NotConfigured,
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl ResolveError {
-    /// A short, stable word per failure kind, for logs and (later) metrics.
-    pub fn outcome(&self) -> &'static str {
-        use vaultbridge_providers::ProviderError as P;
-        match self {
-            ResolveError::UnknownProvider { .. } | ResolveError::NoDefault { .. } => "bad_labels",
-            ResolveError::Shape { .. } => "bad_value",
-            ResolveError::NotConfigured => "not_configured",
-            ResolveError::Internal(_) => "internal",
-            ResolveError::Provider { error, .. } => match error {
-                P::NotFound(_) => "not_found",
-                P::Denied(_) => "denied",
-                P::Unauthenticated(_) => "unauthenticated",
-                P::Unavailable(_) => "unavailable",
-                P::Invalid(_) => "bad_labels",
-            },
-        }
-    }
-
-    /// Worth serving a stale value for: the backend could not be reached.
-    pub fn is_transient(&self) -> bool {
-        matches!(self, ResolveError::Provider { error, .. } if error.is_transient())
-    }
 }
 
 impl Resolver {
@@ -280,7 +206,7 @@ impl Resolver {
         let upstream = match self.route(&lookup) {
             Ok(upstream) => upstream,
             Err(err) => {
-                answer.result = Err(Failure::new(err.outcome(), &err.to_string()));
+                answer.result = Err(Failure::from(&err));
                 return answer;
             }
         };
@@ -308,7 +234,7 @@ impl Resolver {
         answer.result = self
             .resolve_for_task(upstream, &lookup, &request.task_id, &request.secret_name)
             .await
-            .map_err(|err| Failure::new(err.outcome(), &err.to_string()));
+            .map_err(|err| Failure::from(&err));
         answer
     }
 

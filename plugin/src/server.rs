@@ -53,14 +53,10 @@ pub struct AppState {
     pub audit: Option<Arc<Audit>>,
 }
 
-/// The plugin's routes. Docker sends every call as `POST` with a JSON body
-/// and no `Content-Type`, so bodies are parsed by hand, not by `Json`.
-pub fn app(resolver: Arc<Resolver>) -> Router {
-    app_with_audit(resolver, None)
-}
-
-/// [`app`], writing one audit record per GetSecret decision to `audit`.
-pub fn app_with_audit(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
+/// The plugin's routes, writing one audit record per GetSecret decision to
+/// `audit` when there is one. Docker sends every call as `POST` with a JSON
+/// body and no `Content-Type`, so bodies are parsed by hand, not by `Json`.
+pub fn app(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
     Router::new()
         .route("/Plugin.Activate", post(activate))
         .route("/SecretProvider.GetSecret", post(get_secret))
@@ -192,8 +188,10 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
                 error = %failure.message,
                 "secret lookup failed"
             );
-            let message = format!("vaultbridge: secret '{secret}': {}", failure.message);
-            json_response(StatusCode::OK, &GetSecretResponse::error(&message))
+            json_response(
+                StatusCode::OK,
+                &GetSecretResponse::error(&failure.docker_err(&secret)),
+            )
         }
     }
 }
@@ -614,7 +612,10 @@ mod tests {
         let mut providers: BTreeMap<String, (Arc<dyn vaultbridge_providers::Provider>, _)> =
             BTreeMap::new();
         providers.insert("local".into(), (Arc::new(file), Default::default()));
-        app(Arc::new(Resolver::new(providers, None, Default::default())))
+        app(
+            Arc::new(Resolver::new(providers, None, Default::default())),
+            None,
+        )
     }
 
     async fn call(
