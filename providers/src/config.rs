@@ -23,21 +23,65 @@ pub struct Variable {
     pub meaning: &'static str,
 }
 
-/// One `[providers.<name>]` table, selected by its `type` key.
-// Variants differ in size (the vault table has many keys); a config is
-// parsed once at start-up, so boxing would only add noise.
-#[allow(clippy::large_enum_variant)]
-#[derive(Debug, Clone, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ProviderConfig {
-    #[cfg(feature = "file")]
-    File(crate::file::FileConfig),
-    #[cfg(feature = "vault")]
-    Vault(crate::vault::VaultConfig),
-    #[cfg(feature = "aws")]
-    Aws(crate::aws::AwsConfig),
-    #[cfg(feature = "azure")]
-    Azure(crate::azure::AzureConfig),
+/// The one list of backends. A backend is a module (a folder) behind the
+/// Cargo feature of the same name that provides `VARIABLES`,
+/// `<Config>::from_env` and `build`; registering it is one line in
+/// [`backends!`]'s call below (and its `mod` line in lib.rs).
+macro_rules! backends {
+    ($($feature:literal => $variant:ident($module:ident::$config:ident)),* $(,)?) => {
+        /// One `[providers.<name>]` table, selected by its `type` key.
+        // Variants differ in size (the vault table has many keys); a config
+        // is parsed once at start-up, so boxing would only add noise.
+        #[allow(clippy::large_enum_variant)]
+        #[derive(Debug, Clone, Deserialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        pub enum ProviderConfig {
+            $(#[cfg(feature = $feature)] $variant(crate::$module::$config),)*
+        }
+
+        impl ProviderConfig {
+            /// Validate the settings and build the provider. `key` is the
+            /// table's path (`providers.<name>`), used to prefix every error.
+            pub async fn build(&self, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
+                // `*self`, so that with no backend compiled in the match is empty.
+                let _ = key;
+                match *self {
+                    $(#[cfg(feature = $feature)]
+                    ProviderConfig::$variant(ref config) => crate::$module::build(config, key).await,)*
+                }
+            }
+
+            /// Every variable the compiled-in backends read (themselves, or
+            /// through their SDK as documented for it).
+            pub fn variables() -> Vec<Variable> {
+                #[allow(unused_mut)] // with no backend compiled in
+                let mut all: Vec<Variable> = Vec::new();
+                $(#[cfg(feature = $feature)] all.extend(crate::$module::VARIABLES);)*
+                all
+            }
+
+            /// The providers implied by the ecosystem's standard environment
+            /// variables, used when there is no config file, each named after
+            /// its backend (`file`, `vault`, `aws`, `azure`).
+            pub fn from_env(env: EnvLookup<'_>) -> Vec<(String, ProviderConfig)> {
+                #[allow(unused_mut)]
+                let mut found = Vec::new();
+                $(#[cfg(feature = $feature)]
+                if let Some(config) = crate::$module::$config::from_env(env) {
+                    found.push(($feature.to_string(), ProviderConfig::$variant(config)));
+                })*
+                let _ = env; // unused when no backend is compiled in
+                found
+            }
+        }
+    };
+}
+
+backends! {
+    "file" => File(file::FileConfig),
+    "vault" => Vault(vault::VaultConfig),
+    "aws" => Aws(aws::AwsConfig),
+    "azure" => Azure(azure::AzureConfig),
 }
 
 /// A configuration problem, with the key path it concerns. Both may quote
@@ -93,65 +137,6 @@ impl ConfigError {
             key: key.into(),
             message: message.into(),
         }
-    }
-}
-
-impl ProviderConfig {
-    /// Validate the settings and build the provider. `key` is the table's
-    /// path (`providers.<name>`), used to prefix every error.
-    pub async fn build(&self, key: &str) -> Result<Arc<dyn Provider>, ConfigError> {
-        match self {
-            #[cfg(feature = "file")]
-            ProviderConfig::File(config) => {
-                Ok(Arc::new(crate::file::FileProvider::new(config, key)?))
-            }
-            #[cfg(feature = "vault")]
-            ProviderConfig::Vault(config) => crate::vault::build(config, key).await,
-            #[cfg(feature = "aws")]
-            ProviderConfig::Aws(config) => crate::aws::build(config, key).await,
-            #[cfg(feature = "azure")]
-            ProviderConfig::Azure(config) => crate::azure::build(config, key).await,
-        }
-    }
-
-    /// Every variable the compiled-in backends read (themselves, or through
-    /// their SDK as documented for it).
-    pub fn variables() -> Vec<Variable> {
-        let mut all: Vec<Variable> = Vec::new();
-        #[cfg(feature = "file")]
-        all.extend(crate::file::VARIABLES);
-        #[cfg(feature = "vault")]
-        all.extend(crate::vault::VARIABLES);
-        #[cfg(feature = "aws")]
-        all.extend(crate::aws::VARIABLES);
-        #[cfg(feature = "azure")]
-        all.extend(crate::azure::VARIABLES);
-        all
-    }
-
-    /// The providers implied by the ecosystem's standard environment
-    /// variables, used when there is no config file. Names are the backend
-    /// kinds (`file`, `vault`, `aws`, `azure`).
-    pub fn from_env(env: EnvLookup<'_>) -> Vec<(String, ProviderConfig)> {
-        let mut found = Vec::new();
-        #[cfg(feature = "file")]
-        if let Some(config) = crate::file::FileConfig::from_env(env) {
-            found.push(("file".to_string(), ProviderConfig::File(config)));
-        }
-        #[cfg(feature = "vault")]
-        if let Some(config) = crate::vault::VaultConfig::from_env(env) {
-            found.push(("vault".to_string(), ProviderConfig::Vault(config)));
-        }
-        #[cfg(feature = "aws")]
-        if let Some(config) = crate::aws::AwsConfig::from_env(env) {
-            found.push(("aws".to_string(), ProviderConfig::Aws(config)));
-        }
-        #[cfg(feature = "azure")]
-        if let Some(config) = crate::azure::AzureConfig::from_env(env) {
-            found.push(("azure".to_string(), ProviderConfig::Azure(config)));
-        }
-        let _ = env; // unused when no backend is compiled in
-        found
     }
 }
 

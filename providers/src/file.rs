@@ -19,6 +19,14 @@ pub const DEFAULT_ROOT: &str = "/etc/vaultbridge/secrets";
 const MAX_FILE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// The variables [`FileConfig::from_env`] reads.
+/// Registered in [`crate::config`]: the provider for one `type = "file"` table.
+pub async fn build(
+    config: &FileConfig,
+    key: &str,
+) -> Result<std::sync::Arc<dyn crate::Provider>, ConfigError> {
+    Ok(std::sync::Arc::new(FileProvider::new(config, key)?))
+}
+
 pub const VARIABLES: &[Variable] = &[Variable {
     name: "VAULTBRIDGE_FILE_DIR",
     meaning: "directory of the file provider made from the environment (e.g. /etc/vaultbridge/secrets)",
