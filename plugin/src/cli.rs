@@ -447,28 +447,38 @@ async fn check_stack(
         } else {
             ""
         };
-        let request = match &secret.check {
-            Check::Resolve(request) => request,
+        let requests = match &secret.check {
+            Check::Resolve(requests) => requests,
             Check::Skip(reason) => {
                 skipped += 1;
                 println!("skip  {name}{unused}: {reason}");
                 continue;
             }
         };
-        // Each provider call has its configured deadline.
-        let answer = resolver.answer(request).await;
-        match answer.result {
-            Ok(resolved) => {
-                ok += 1;
-                let provider = answer.provider.as_deref().unwrap_or("-");
-                let path = answer.path.as_deref().unwrap_or("-");
-                let bytes = resolved.value.expose_secret().len();
-                let per_task = if resolved.per_task { ", per task" } else { "" };
-                println!("ok    {name} ({provider}, {path}): {bytes} bytes{per_task}{unused}");
-            }
-            Err(failure) => {
-                failed += 1;
-                println!("FAIL  {name}{unused}: {}", failure.message);
+        for request in requests {
+            // Which service asks, when several do (the policy may differ).
+            let asking = if requests.len() > 1 {
+                format!(" for {}", shown(&request.service_name))
+            } else {
+                String::new()
+            };
+            // Each provider call has its configured deadline.
+            let answer = resolver.answer(request).await;
+            match answer.result {
+                Ok(resolved) => {
+                    ok += 1;
+                    let provider = answer.provider.as_deref().unwrap_or("-");
+                    let path = answer.path.as_deref().unwrap_or("-");
+                    let bytes = resolved.value.expose_secret().len();
+                    let per_task = if resolved.per_task { ", per task" } else { "" };
+                    println!(
+                        "ok    {name}{asking} ({provider}, {path}): {bytes} bytes{per_task}{unused}"
+                    );
+                }
+                Err(failure) => {
+                    failed += 1;
+                    println!("FAIL  {name}{asking}{unused}: {}", failure.message);
+                }
             }
         }
     }

@@ -37,8 +37,9 @@ pub struct StackSecret {
 
 #[derive(Debug)]
 pub enum Check {
-    /// Ours: the request the leader will send for the first service using it.
-    Resolve(Box<GetSecretRequest>),
+    /// Ours: the requests the leader will send, one per service using it
+    /// (one without a service when none does).
+    Resolve(Vec<GetSecretRequest>),
     /// Not asked of this driver; why.
     Skip(String),
 }
@@ -228,25 +229,37 @@ fn plan(
             (Some(driver), _) if ours.contains(&plugin_ref(driver)) => {
                 let mut labels = spec.labels.0.clone();
                 labels.insert(STACK_NAMESPACE.into(), stack.into());
-                // The engine sends the labels of the service it schedules.
-                let service = services.first().cloned().unwrap_or_default();
-                let mut service_labels = service
-                    .strip_prefix(stack)
-                    .and_then(|s| s.strip_prefix('_'))
-                    .and_then(|svc| compose.services.get(svc))
-                    .and_then(|spec| spec.as_ref())
-                    .map(|spec| spec.deploy.labels.0.clone())
-                    .unwrap_or_default();
-                if !service.is_empty() {
-                    service_labels.insert(STACK_NAMESPACE.into(), stack.into());
-                }
-                Check::Resolve(Box::new(GetSecretRequest {
-                    secret_name: name.clone(),
-                    secret_labels: labels,
-                    service_name: service,
-                    service_labels,
-                    ..GetSecretRequest::default()
-                }))
+                // The engine asks once per service it schedules, with that
+                // service's name, labels and image (the access policy and
+                // default_path depend on them); an unused secret, once bare.
+                let users: Vec<Option<&String>> = if services.is_empty() {
+                    vec![None]
+                } else {
+                    services.iter().map(Some).collect()
+                };
+                let requests = users
+                    .into_iter()
+                    .map(|service| {
+                        let spec = service
+                            .and_then(|s| s.strip_prefix(stack)?.strip_prefix('_'))
+                            .and_then(|svc| compose.services.get(svc)?.as_ref());
+                        let mut service_labels = spec
+                            .map(|spec| spec.deploy.labels.0.clone())
+                            .unwrap_or_default();
+                        if service.is_some() {
+                            service_labels.insert(STACK_NAMESPACE.into(), stack.into());
+                        }
+                        GetSecretRequest {
+                            secret_name: name.clone(),
+                            secret_labels: labels.clone(),
+                            service_name: service.cloned().unwrap_or_default(),
+                            service_labels,
+                            task_image: spec.and_then(|s| s.image.clone()).unwrap_or_default(),
+                            ..GetSecretRequest::default()
+                        }
+                    })
+                    .collect();
+                Check::Resolve(requests)
             }
             (Some(driver), _) => {
                 Check::Skip(format!("driver '{}' (another plugin)", shown(driver)))
@@ -420,6 +433,8 @@ struct ComposeFile {
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 struct Service {
+    /// What the engine sends as `TaskImage` (for the access policy).
+    image: Option<String>,
     #[serde(deserialize_with = "null_as_default")]
     secrets: Vec<ServiceSecret>,
     #[serde(deserialize_with = "null_as_default")]
@@ -545,7 +560,7 @@ mod tests {
 
     fn request(secret: &StackSecret) -> &GetSecretRequest {
         match &secret.check {
-            Check::Resolve(request) => request,
+            Check::Resolve(requests) => &requests[0],
             Check::Skip(reason) => panic!("{} skipped: {reason}", secret.name),
         }
     }

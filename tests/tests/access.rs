@@ -344,3 +344,62 @@ fn get_resolves_as_the_plugin_would_for_a_caller_and_check_lints_the_policy() {
         "{err}"
     );
 }
+
+#[test]
+fn check_stack_asks_once_per_service_with_its_own_identity() {
+    let (dir, config) = setup_with(
+        r#"
+[access]
+default = "deny"
+
+[[access.rules]]
+service = "billing_api"
+image = "registry.example.com/billing/**"
+paths = ["apps/{stack}/**"]
+"#,
+        "",
+    );
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, &config).unwrap();
+    let stack = dir.path().join("stack.yml");
+    std::fs::write(
+        &stack,
+        r#"
+services:
+  api:
+    image: registry.example.com/billing/api:1.4
+    secrets: [db]
+  intruder:
+    image: busybox
+    secrets: [db]
+secrets:
+  db:
+    driver: vaultbridge
+"#,
+    )
+    .unwrap();
+    let (code, out, err) = vaultbridge(&[
+        "check",
+        "--config",
+        &file.display().to_string(),
+        "--stack",
+        &stack.display().to_string(),
+        "--stack-name",
+        "billing",
+    ]);
+    assert_eq!(code, 1, "{out}{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(
+        lines.contains(&"ok    billing_db for billing_api (local, apps/billing/db): 24 bytes"),
+        "{out}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("FAIL  billing_db for billing_intruder: ")
+                && l.contains("does not allow service 'billing_intruder'")),
+        "{out}"
+    );
+    assert!(lines.contains(&"1 ok, 1 failed, 0 skipped"), "{out}");
+    assert_log_has_no_values(&out, &[BILLING_DB]);
+}
