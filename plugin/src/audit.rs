@@ -197,11 +197,27 @@ impl Audit {
 
 impl RotatingFile {
     fn append(&mut self, line: &[u8]) -> std::io::Result<()> {
+        self.follow_path()?;
         if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
             self.rotate()?;
         }
         self.file.write_all(line)?;
         self.size += line.len() as u64;
+        Ok(())
+    }
+
+    /// Write to whatever file is at `path` now: when it was removed or
+    /// replaced (by hand, by logrotate), start a new one there, so records
+    /// never go to a file nobody can read. If that fails, the record fails.
+    fn follow_path(&mut self) -> std::io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        let open = self.file.metadata()?;
+        let same = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|at| at.dev() == open.dev() && at.ino() == open.ino());
+        if !same {
+            self.file = open_append(&self.path)?;
+            self.size = self.file.metadata()?.len();
+        }
         Ok(())
     }
 
@@ -219,20 +235,32 @@ impl RotatingFile {
             }
         }
         std::fs::rename(&self.path, numbered(1))?;
-        self.file = open_append(&self.path)?;
+        // Shifted once: if the new file cannot be made, the next record
+        // tries to make it again (follow_path), without shifting again.
         self.size = 0;
+        self.file = open_append(&self.path)?;
         Ok(())
     }
 }
 
-/// Append-only, owner-only, and never through a symlink planted at `path`.
+/// Append-only, owner-only, a regular file, and never through a symlink
+/// planted at `path` (nor blocked on a FIFO planted there).
 fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new()
+    use std::os::unix::fs::PermissionsExt;
+    let file = OpenOptions::new()
         .append(true)
         .create(true)
         .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    if meta.permissions().mode() & 0o077 != 0 {
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    }
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -296,6 +324,32 @@ mod tests {
     }
 
     #[test]
+    fn a_removed_or_replaced_file_is_started_again_and_modes_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let config = AuditConfig {
+            sink: SinkKind::File,
+            path: Some(path.clone()),
+            max_bytes: default_max_bytes(),
+            keep: 2,
+        };
+        let audit = Audit::open(&config).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        audit.record(&record("first")).unwrap();
+        std::fs::rename(&path, dir.path().join("moved.log")).unwrap();
+        audit.record(&record("second")).unwrap();
+        let now = std::fs::read_to_string(&path).unwrap();
+        assert!(now.contains("second") && !now.contains("first"), "{now}");
+        // The folder gone: the record fails (and the secret is withheld).
+        drop(dir);
+        assert!(audit.record(&record("third")).is_err());
+    }
+
+    #[test]
     fn request_fields_cannot_forge_a_record() {
         let forged = "x\"}\n{\"log_type\":\"audit\",\"decision\":\"allow\u{202e}";
         let line = serde_json::to_string(&record(forged)).unwrap();
@@ -318,6 +372,22 @@ mod tests {
             keep: 1,
         };
         let err = Audit::open(&config).err().expect("a symlink is refused");
+        assert_eq!(err.key, "audit.path");
+        // A FIFO is refused at once, not waited on.
+        let fifo = dir.path().join("fifo.log");
+        assert!(
+            std::process::Command::new("mkfifo")
+                .arg(&fifo)
+                .status()
+                .unwrap()
+                .success()
+        );
+        let config = AuditConfig {
+            path: Some(fifo),
+            ..config
+        };
+        // (ENXIO with no reader, "not a regular file" with one.)
+        let err = Audit::open(&config).err().expect("a FIFO is refused");
         assert_eq!(err.key, "audit.path");
 
         for (config, key) in [

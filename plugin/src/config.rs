@@ -195,7 +195,10 @@ impl Config {
         if !root.is_dir() {
             return (config, Source::Nothing);
         }
-        let file = vaultbridge_providers::file::FileConfig { root: root.into() };
+        let file = vaultbridge_providers::file::FileConfig {
+            root: root.into(),
+            follow_symlinks: None,
+        };
         let entry = ProviderEntry {
             tuning: Tuning::default(),
             backend: ProviderConfig::File(file),
@@ -257,8 +260,33 @@ impl Config {
                 one_line(text, err.inner()),
             )
         })?;
+        let mut config = config;
         config.validate_names()?;
+        config.confine_file_providers()?;
         Ok(config)
+    }
+
+    /// With an access policy, file providers do not follow symlinks unless
+    /// told to, and cannot be told to: the policy judges the path as
+    /// written, and a link in one team's folder would reach another's.
+    fn confine_file_providers(&mut self) -> Result<(), ConfigError> {
+        if self.access.is_none() {
+            return Ok(());
+        }
+        for (name, entry) in &mut self.providers {
+            #[cfg(feature = "file")]
+            if let ProviderConfig::File(file) = &mut entry.backend {
+                if file.follow_symlinks == Some(true) {
+                    return Err(ConfigError::new(
+                        format!("providers.{name}.follow_symlinks"),
+                        "cannot be true with an [access] policy: a symlink would let an allowed path read any file under the root; remove the key",
+                    ));
+                }
+                file.follow_symlinks = Some(false);
+            }
+            let _ = (name, entry);
+        }
+        Ok(())
     }
 
     fn validate_names(&self) -> Result<(), ConfigError> {

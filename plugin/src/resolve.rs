@@ -21,6 +21,7 @@ use crate::issued::{Issued, TaskSecret};
 use crate::labels::{self, Decode, FIELD, Lookup};
 use crate::protocol::GetSecretRequest;
 use crate::tuning::{Tuning, Upstream};
+use vaultbridge_providers::text::shown;
 
 /// Docker refuses secret values outside 1..=511999 bytes (swarmkit's
 /// `MaxSecretSize` is 500 KiB, exclusive).
@@ -201,7 +202,8 @@ impl Resolver {
                 return answer;
             }
         };
-        answer.path = Some(lookup.path.as_str().to_string());
+        // Without the query: a logical call's body may carry a credential.
+        answer.path = Some(lookup.path.path().to_string());
         answer.version = lookup.version.clone();
         let upstream = match self.route(&lookup) {
             Ok(upstream) => upstream,
@@ -216,7 +218,22 @@ impl Resolver {
                 request,
                 secret: labels::secret_key(&request.secret_name, &request.secret_labels),
             };
-            let verdict = policy.decide(&caller, &upstream.name, lookup.path.as_str());
+            // The backend's one spelling of the path, so that no other
+            // spelling of the same secret passes a glob this one is held to.
+            let name = match upstream.provider.policy_name(&lookup.path) {
+                Ok(name) => name,
+                Err(error) => {
+                    let err = ResolveError::Provider {
+                        provider: upstream.name.clone(),
+                        kind: upstream.provider.kind(),
+                        path: lookup.path.path().to_string(),
+                        error,
+                    };
+                    answer.result = Err(Failure::from(&err));
+                    return answer;
+                }
+            };
+            let verdict = policy.decide(&caller, &upstream.name, &name);
             let denied = verdict.decision == Decision::Deny;
             answer.verdict = Some(verdict);
             if denied {
@@ -224,7 +241,7 @@ impl Resolver {
                 let message = format!(
                     "the access policy does not allow {} to read path '{}' from provider '{}'",
                     caller.describe(),
-                    lookup.path,
+                    shown(&name),
                     upstream.name
                 );
                 answer.result = Err(Failure::new("policy_denied", &message));

@@ -216,7 +216,8 @@ fn audit_record<'a>(
         service_name: field(&request.service_name),
         task_id: field(&request.task_id),
         task_name: field(&request.task_name),
-        image: field(&request.task_image),
+        // Long enough for a registry, a repository, a tag and the digest.
+        image: vaultbridge_providers::text::shown_max(&request.task_image, 512).into_owned(),
         secret: field(&request.secret_name),
         provider: answer.provider.as_deref(),
         path: answer.path.as_deref(),
@@ -605,6 +606,7 @@ mod tests {
         let file = FileProvider::new(
             &FileConfig {
                 root: dir.to_path_buf(),
+                follow_symlinks: None,
             },
             "providers.local",
         )

@@ -37,6 +37,11 @@ pub const VARIABLES: &[Variable] = &[Variable {
 pub struct FileConfig {
     /// The directory secrets are read from.
     pub root: PathBuf,
+    /// Whether a path may go through symlinks inside the root. Unset: yes,
+    /// but no when the plugin has an access policy (which judges the path
+    /// as written, so a link in one team's folder must not reach another's).
+    #[serde(default)]
+    pub follow_symlinks: Option<bool>,
 }
 
 impl FileConfig {
@@ -44,7 +49,10 @@ impl FileConfig {
     pub fn from_env(env: EnvLookup<'_>) -> Option<Self> {
         env("VAULTBRIDGE_FILE_DIR")
             .filter(|dir| !dir.is_empty())
-            .map(|dir| FileConfig { root: dir.into() })
+            .map(|dir| FileConfig {
+                root: dir.into(),
+                follow_symlinks: None,
+            })
     }
 }
 
@@ -52,6 +60,7 @@ impl FileConfig {
 pub struct FileProvider {
     /// Canonical, so that containment checks compare like with like.
     root: PathBuf,
+    follow_symlinks: bool,
 }
 
 impl FileProvider {
@@ -66,7 +75,16 @@ impl FileProvider {
                 format!("{}: not a directory", config.root.display()),
             ));
         }
-        Ok(Self { root })
+        Ok(Self {
+            root,
+            follow_symlinks: config.follow_symlinks.unwrap_or(true),
+        })
+    }
+
+    /// Where `relative` must be opened when symlinks are not followed: the
+    /// path as written, or `None` when they are.
+    fn exact(&self, relative: &str) -> Option<PathBuf> {
+        (!self.follow_symlinks).then(|| self.root.join(relative))
     }
 
     /// Resolve `path` under the root, refusing anything that escapes it.
@@ -91,6 +109,11 @@ impl FileProvider {
             return Err(ProviderError::Denied(format!(
                 "path '{path}' is a symlink that leads outside the root {}",
                 self.root.display()
+            )));
+        }
+        if self.exact(path).is_some_and(|exact| exact != resolved) {
+            return Err(ProviderError::Denied(format!(
+                "path '{path}' goes through a symlink, and this provider does not follow                  symlinks (follow_symlinks = false, the default with an access policy)"
             )));
         }
         Ok(resolved)
@@ -248,11 +271,20 @@ fn read_capped(reader: impl std::io::Read, limit: u64) -> Result<Vec<u8>, ReadEr
 /// kernel's own name for the open descriptor must have `root` as a
 /// whole-component prefix. (openat2's RESOLVE_BENEATH would refuse during
 /// the open instead, but needs a raw syscall, and `unsafe` is not used.)
-fn check_opened_inside(file: &std::fs::File, root: &Path) -> Result<(), ReadError> {
+/// With `exact`, the file must be that very path (no symlink swapped in).
+fn check_opened_inside(
+    file: &std::fs::File,
+    root: &Path,
+    exact: Option<&Path>,
+) -> Result<(), ReadError> {
     use std::os::fd::AsRawFd;
     let real = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
         .map_err(ReadError::Unverified)?;
-    if real.starts_with(root) && real != root {
+    let inside = match exact {
+        Some(exact) => real == exact,
+        None => real.starts_with(root) && real != root,
+    };
+    if inside {
         Ok(())
     } else {
         Err(ReadError::Outside(real))
@@ -261,9 +293,13 @@ fn check_opened_inside(file: &std::fs::File, root: &Path) -> Result<(), ReadErro
 
 /// One secret file: open it once, check where it is and what it is, read
 /// it within the limit.
-fn read_secret_file(canonical: &Path, root: &Path) -> Result<Vec<u8>, ReadError> {
+fn read_secret_file(
+    canonical: &Path,
+    root: &Path,
+    exact: Option<&Path>,
+) -> Result<Vec<u8>, ReadError> {
     let file = open_regular(canonical)?;
-    check_opened_inside(&file, root)?;
+    check_opened_inside(&file, root, exact)?;
     let size = file.metadata()?.len();
     if size > MAX_FILE_BYTES {
         return Err(ReadError::TooLarge(Some(size)));
@@ -288,12 +324,14 @@ impl Provider for FileProvider {
         // nothing in it can block for long now that special files are
         // refused before the first read.
         let root = self.root.clone();
-        let bytes = tokio::task::spawn_blocking(move || read_secret_file(&full, &root))
-            .await
-            .map_err(|err| {
-                ProviderError::unavailable(format!("reading '{}' failed: {err}", secret.path))
-            })?
-            .map_err(|err| err.into_provider_error(secret.path, &self.root))?;
+        let exact = self.exact(secret.path.as_str());
+        let bytes =
+            tokio::task::spawn_blocking(move || read_secret_file(&full, &root, exact.as_deref()))
+                .await
+                .map_err(|err| {
+                    ProviderError::unavailable(format!("reading '{}' failed: {err}", secret.path))
+                })?
+                .map_err(|err| err.into_provider_error(secret.path, &self.root))?;
         Ok(SecretValue::new(bytes))
     }
 
@@ -324,6 +362,7 @@ mod tests {
         FileProvider::new(
             &FileConfig {
                 root: dir.to_path_buf(),
+                follow_symlinks: None,
             },
             "providers.file",
         )
@@ -340,6 +379,35 @@ mod tests {
         })
         .await
         .map(|v| v.expose().to_vec())
+    }
+
+    #[tokio::test]
+    async fn without_follow_symlinks_no_link_inside_the_root_is_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("apps/a")).unwrap();
+        std::fs::create_dir_all(dir.path().join("apps/b")).unwrap();
+        std::fs::write(dir.path().join("apps/a/own"), b"a-own").unwrap();
+        std::fs::write(dir.path().join("apps/b/db"), b"b-db").unwrap();
+        std::os::unix::fs::symlink("../b/db", dir.path().join("apps/a/steal")).unwrap();
+        std::os::unix::fs::symlink("../b", dir.path().join("apps/a/dir")).unwrap();
+        let following = provider(dir.path());
+        assert_eq!(fetch(&following, "apps/a/steal").await.unwrap(), b"b-db");
+        let strict = FileProvider::new(
+            &FileConfig {
+                root: dir.path().to_path_buf(),
+                follow_symlinks: Some(false),
+            },
+            "providers.file",
+        )
+        .unwrap();
+        assert_eq!(fetch(&strict, "apps/a/own").await.unwrap(), b"a-own");
+        for path in ["apps/a/steal", "apps/a/dir/db"] {
+            let err = fetch(&strict, path).await.unwrap_err();
+            assert!(
+                matches!(&err, ProviderError::Denied(m) if m.contains("goes through a symlink")),
+                "{path}: {err}"
+            );
+        }
     }
 
     #[tokio::test]
@@ -451,7 +519,7 @@ mod tests {
         std::fs::write(elsewhere.join("db"), b"outside").unwrap();
         // As `locate` returned it: canonical, inside the root.
         let resolved = root.join("app/db");
-        assert_eq!(read_secret_file(&resolved, &root).unwrap(), b"inside");
+        assert_eq!(read_secret_file(&resolved, &root, None).unwrap(), b"inside");
 
         // Between canonicalize and open, `app` becomes a symlink out of the
         // root. O_NOFOLLOW guards only the last component: the open succeeds.
@@ -459,23 +527,23 @@ mod tests {
         std::os::unix::fs::symlink(&elsewhere, root.join("app")).unwrap();
         let opened = open_regular(&resolved).unwrap();
         // The check on the opened descriptor is what refuses it.
-        let err = check_opened_inside(&opened, &root)
+        let err = check_opened_inside(&opened, &root, None)
             .unwrap_err()
             .into_provider_error("app/db", &root);
         assert!(
             matches!(&err, ProviderError::Denied(m) if m.contains("outside the root") && m.contains("'app/db'")),
             "{err}"
         );
-        let err = read_secret_file(&resolved, &root)
+        let err = read_secret_file(&resolved, &root, None)
             .unwrap_err()
             .into_provider_error("app/db", &root);
         assert!(matches!(err, ProviderError::Denied(_)), "{err}");
 
         // Whole components: `<elsewhere>/db` is not under `<elsewhere>/d`.
         let file = std::fs::File::open(elsewhere.join("db")).unwrap();
-        assert!(check_opened_inside(&file, &elsewhere).is_ok());
+        assert!(check_opened_inside(&file, &elsewhere, None).is_ok());
         assert!(matches!(
-            check_opened_inside(&file, &elsewhere.join("d")),
+            check_opened_inside(&file, &elsewhere.join("d"), None),
             Err(ReadError::Outside(_))
         ));
     }
@@ -487,13 +555,13 @@ mod tests {
         std::fs::write(root.join("real"), b"inside").unwrap();
         let resolved = root.join("secret");
         std::fs::write(&resolved, b"v1").unwrap();
-        assert_eq!(read_secret_file(&resolved, &root).unwrap(), b"v1");
+        assert_eq!(read_secret_file(&resolved, &root, None).unwrap(), b"v1");
         // Between canonicalize and open, `secret` becomes a symlink — even
         // one to a regular file inside the root is refused, since the path
         // was checked as a real file.
         std::fs::remove_file(&resolved).unwrap();
         std::os::unix::fs::symlink(root.join("real"), &resolved).unwrap();
-        let err = read_secret_file(&resolved, &root)
+        let err = read_secret_file(&resolved, &root, None)
             .unwrap_err()
             .into_provider_error("secret", &root);
         assert!(
@@ -607,6 +675,7 @@ mod tests {
         let err = FileProvider::new(
             &FileConfig {
                 root: dir.path().join("nope"),
+                follow_symlinks: None,
             },
             "providers.local",
         )

@@ -240,6 +240,15 @@ pub trait Provider: Send + Sync {
     /// Prove the backend is reachable and our credentials work, without
     /// reading a secret. Returns a one-line description for `vaultbridge check`.
     async fn check(&self) -> Result<String, ProviderError>;
+
+    /// The one spelling of `path` that the plugin's access policy judges:
+    /// every way of naming the same backend secret (a mount prefix, another
+    /// case, an ARN) gives the same name, so no spelling passes a glob that
+    /// another is held to. Never the query (a logical call's body). A
+    /// spelling that cannot be reduced so is refused (`Invalid`).
+    fn policy_name(&self, path: &SecretPath) -> Result<String, ProviderError> {
+        Ok(path.path().to_string())
+    }
 }
 
 #[cfg(test)]

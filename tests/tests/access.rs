@@ -204,9 +204,15 @@ fn audit_records_cannot_be_forged_and_a_lost_record_withholds_the_secret() {
             .starts_with("x\"")
     );
 
-    // A trail that cannot be written (a full disk): no secret is served.
-    let (_dir, config) = setup("[audit]\nsink = \"file\"\npath = \"/dev/full\"\n");
+    // A trail that can no longer be written (its folder gone): no secret
+    // is served.
+    let gone = tempfile::tempdir().unwrap();
+    let (_dir, config) = setup(&format!(
+        "[audit]\nsink = \"file\"\npath = \"{}\"\n",
+        gone.path().join("audit.log").display()
+    ));
     let plugin = Plugin::start(Some(&config), &[]);
+    drop(gone);
     let answer = plugin.get_secret(&from_stack(
         "billing",
         "billing_db",
@@ -402,4 +408,31 @@ secrets:
     );
     assert!(lines.contains(&"1 ok, 1 failed, 0 skipped"), "{out}");
     assert_log_has_no_values(&out, &[BILLING_DB]);
+}
+
+#[test]
+fn with_a_policy_a_symlink_in_ones_own_folder_reaches_nothing_else() {
+    let (dir, config) = setup("");
+    let root = dir.path().join("root");
+    std::os::unix::fs::symlink("../payments/db", root.join("apps/billing/steal")).unwrap();
+    std::os::unix::fs::symlink("../payments", root.join("apps/billing/sub")).unwrap();
+    let plugin = Plugin::start(Some(&config), &[]);
+    for path in ["apps/billing/steal", "apps/billing/sub/db"] {
+        let answer = plugin.get_secret(&from_stack("billing", "x", &[("vaultbridge.path", path)]));
+        assert!(answer.json()["Value"].is_null(), "{path} was served");
+        assert!(
+            answer.err().contains("goes through a symlink"),
+            "{path}: {}",
+            answer.err()
+        );
+    }
+    assert_log_has_no_values(&plugin.log(), &[PAYMENTS_DB]);
+
+    // Following symlinks cannot be asked for alongside a policy.
+    let file = dir.path().join("config.toml");
+    let following = config.replace("type = \"file\"", "type = \"file\"\nfollow_symlinks = true");
+    std::fs::write(&file, following).unwrap();
+    let (code, _, err) = vaultbridge(&["check", "--config", &file.display().to_string()]);
+    assert_eq!(code, 2);
+    assert!(err.contains("providers.local.follow_symlinks"), "{err}");
 }

@@ -22,6 +22,11 @@ use crate::labels::STACK_NAMESPACE;
 use crate::protocol::GetSecretRequest;
 use pattern::{Pattern, Placeholder, Values};
 
+/// The longest service name, label value, stack or image that rules are
+/// matched against (Docker's names are far shorter; image references are at
+/// most a few hundred bytes).
+pub const MAX_CALLER_TEXT: usize = 1024;
+
 /// `[access]` in the config file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -350,8 +355,16 @@ impl Rule {
         path: &str,
     ) -> bool {
         let request = caller.request;
-        // A name glob has no placeholder: it never fails to evaluate.
-        let name = |glob: &Pattern, text: &str| glob.matches(text, &NoValues).unwrap_or(false);
+        // A name glob has no placeholder: it never fails to evaluate. A
+        // caller's text beyond any real name's length is not matched (which
+        // would cost time linear in a hostile megabyte): an allow rule does
+        // not apply, a deny rule does (fail closed).
+        let name = |glob: &Pattern, text: &str| {
+            if text.len() > MAX_CALLER_TEXT {
+                return self.decision == Decision::Deny;
+            }
+            glob.matches(text, &NoValues).unwrap_or(false)
+        };
         let caller_matches = self
             .service
             .as_ref()

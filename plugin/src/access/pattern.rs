@@ -107,6 +107,20 @@ impl Pattern {
             parts.push(part);
             rest = &rest[len..];
         }
+        // A placeholder is a whole path segment: `apps/{stack}/x`, never
+        // `{stack}-x`, which would let stack `a` reach stack `a-prod`'s.
+        for (i, part) in parts.iter().enumerate() {
+            if let Part::Placeholder(p) = part {
+                let slash = |part: Option<&Part>| {
+                    part.is_none_or(|part| *part == Part::Piece(Piece::Char('/')))
+                };
+                if !slash(i.checked_sub(1).and_then(|j| parts.get(j))) || !slash(parts.get(i + 1)) {
+                    return Err(format!(
+                        "uses {p} inside a path segment; a placeholder must be a whole segment (between '/')"
+                    ));
+                }
+            }
+        }
         if parts.len() > MAX_PIECES / 2 {
             return Err(format!("is longer than {} characters", MAX_PIECES / 2));
         }
@@ -242,18 +256,20 @@ fn placeholder(name: &str) -> Result<Placeholder, String> {
     })
 }
 
-/// A placeholder's value, if it is one plain path segment: no '/', no
-/// `.`/`..`, no edge space, nothing invisible, not empty, not huge.
+/// A placeholder's value, if it is a plain name: letters, digits, `.`,
+/// `_`, `-` (what Docker allows in service, stack and secret names), not
+/// `.`/`..`, not empty, not huge. Anything else cannot be used.
 fn usable<'v>(placeholder: &Placeholder, values: &'v dyn Values) -> Result<&'v str, String> {
     let value = values.value(placeholder)?;
+    let plain = value
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
     let bad = if value.is_empty() {
         Some("is empty")
     } else if value.len() > MAX_VALUE_BYTES {
         Some("is too long")
-    } else if value.contains('/') || value == "." || value == ".." {
-        Some("is not a single path segment")
-    } else if value.trim() != value || value.chars().any(is_unsafe_char) {
-        Some("has spaces at an end or invisible characters")
+    } else if !plain || value == "." || value == ".." {
+        Some("is not a plain name (letters, digits, '.', '_', '-')")
     } else {
         None
     };
@@ -363,12 +379,13 @@ mod tests {
         assert!(m("apps/{stack}/**", "apps/billing/db"));
         assert!(!m("apps/{stack}/**", "apps/payments/db"));
         assert!(m("{service.name}", "billing_api"));
-        // `{secret}` is "a*b": its star is a character, not a wildcard.
-        assert!(m("s/{secret}", "s/a*b"));
-        assert!(!m("s/{secret}", "s/aXb"));
+        // `{secret}` is "a*b": not a plain name, so never usable (and
+        // never a wildcard).
+        let p = Pattern::parse("s/{secret}", true, true).unwrap();
+        assert!(p.matches("s/a*b", &Caller).is_err());
         let p = Pattern::parse("t/{service.label.team}/*", true, true).unwrap();
         let err = p.matches("t/../x/y", &Caller).unwrap_err();
-        assert!(err.contains("single path segment"), "{err}");
+        assert!(err.contains("not a plain name"), "{err}");
         let p = Pattern::parse("t/{service.label.owner}", true, true).unwrap();
         assert!(p.matches("t/x", &Caller).is_err());
     }
@@ -383,6 +400,9 @@ mod tests {
             ("a*", true, false, "wildcards"),
             ("a\nb", true, true, "control"),
             ("{service.label.}", true, true, "unknown placeholder"),
+            ("apps/{stack}-*", true, true, "whole segment"),
+            ("apps/x{stack}/*", true, true, "whole segment"),
+            ("{stack}{secret}", true, true, "whole segment"),
         ] {
             let err = Pattern::parse(text, placeholders, wildcards).unwrap_err();
             assert!(err.contains(wanted), "{text:?}: {err}");

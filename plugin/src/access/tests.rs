@@ -264,3 +264,18 @@ paths = ["other/*"]
         policy(TEAMS).findings()
     );
 }
+
+#[test]
+fn huge_caller_text_never_grants_and_always_denies() {
+    let huge = "t".repeat(MAX_CALLER_TEXT + 1);
+    let p = policy(
+        "default = \"deny\"\n[[rules]]\nservice_labels = { team = \"t*\" }\npaths = [\"**\"]\n",
+    );
+    assert!(service("s", &[("team", "tt")], "").may(&p, "vault", "x"));
+    assert!(!service("s", &[("team", &huge)], "").may(&p, "vault", "x"));
+    let p = policy(
+        "default = \"allow\"\n[[rules]]\nimage = \"evil/*\"\npaths = [\"**\"]\ndecision = \"deny\"\n",
+    );
+    assert!(service("s", &[], "good/app").may(&p, "vault", "x"));
+    assert!(!service("s", &[], &huge).may(&p, "vault", "x"));
+}

@@ -519,6 +519,17 @@ impl AwsProvider {
 
 #[async_trait]
 impl Provider for AwsProvider {
+    /// A name as written; an ARN (which may name another account, and
+    /// whose suffix cannot be told from a name's) is refused under a policy.
+    fn policy_name(&self, path: &crate::SecretPath) -> Result<String, ProviderError> {
+        if parse_arn(path.as_str()).is_some() {
+            return Err(ProviderError::Invalid(
+                "an access policy is configured, and it judges secret names: address this secret by its name, not its ARN".into(),
+            ));
+        }
+        Ok(path.path().to_string())
+    }
+
     fn kind(&self) -> &'static str {
         "aws"
     }

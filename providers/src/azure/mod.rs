@@ -428,6 +428,11 @@ fn check_version(version: &str) -> Result<(), ProviderError> {
 
 #[async_trait]
 impl Provider for AzureProvider {
+    /// Key Vault names are case-insensitive: `PROD-db` is `prod-db`.
+    fn policy_name(&self, path: &crate::SecretPath) -> Result<String, ProviderError> {
+        Ok(path.path().to_ascii_lowercase())
+    }
+
     fn kind(&self) -> &'static str {
         "azure"
     }

@@ -339,6 +339,17 @@ impl VaultProvider {
         self.keeper = Some(task.abort_handle());
     }
 
+    /// The policy's name for `secret`: a KV path on the default mount
+    /// without the mount (`secret/app/db` and `app/db` are one secret), any
+    /// other KV mount as `<mount>/<path>`, a logical path without its query.
+    fn canonical(&self, secret: &SecretPath) -> Result<String, ProviderError> {
+        Ok(match self.target(secret)? {
+            Target::Kv { mount, path, .. } if mount == self.kv_mount => path.to_string(),
+            Target::Kv { mount, path, .. } => format!("{mount}/{path}"),
+            Target::Logical { path, .. } => path.to_string(),
+        })
+    }
+
     /// Apply the path rule (module docs) to a path [`SecretPath`] already
     /// validated: no empty, `.` or `..` segment, no escape, so a prefix or
     /// mount decided here is the path Vault receives.
@@ -789,6 +800,10 @@ impl Provider for VaultProvider {
         "vault"
     }
 
+    fn policy_name(&self, path: &SecretPath) -> Result<String, ProviderError> {
+        self.canonical(path)
+    }
+
     async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
         match self.target(secret.path)? {
             Target::Kv {
@@ -937,6 +952,23 @@ mod tests {
                 "{escape}"
             );
         }
+    }
+
+    #[test]
+    fn every_spelling_of_a_secret_has_one_policy_name() {
+        let p = provider("");
+        let name = |raw: &str| p.policy_name(&SecretPath::parse(raw).unwrap()).unwrap();
+        // The default mount's prefix is dropped; other mounts keep theirs.
+        assert_eq!(name("secret/prod/db"), "prod/db");
+        assert_eq!(name("prod/db"), "prod/db");
+        assert_eq!(name("kv1/app"), "kv1/app");
+        assert_eq!(name("team/x/y"), "team/x/y");
+        // A logical call's query (its body) is never part of the name.
+        assert_eq!(
+            name("pki/issue/web?common_name=a.example.com"),
+            "pki/issue/web"
+        );
+        assert_eq!(name("database/creds/ro"), "database/creds/ro");
     }
 
     #[test]
