@@ -3,12 +3,14 @@
 //!
 //! Backends used by the suites (OpenBao, moto, the Azure double, Docker)
 //! have their own modules; each starts its server, polls until it is ready
-//! and stops it by PID on drop.
+//! and stops it by PID on drop. [`proxy`] puts a hung, lossy or throttling
+//! peer in front of any of them.
 
 pub mod azure_double;
 pub mod docker;
 pub mod moto;
 pub mod openbao;
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
