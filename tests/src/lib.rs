@@ -4,9 +4,11 @@
 //! Backends used by the suites (OpenBao, moto, the Azure double, Docker)
 //! have their own modules; each starts its server, polls until it is ready
 //! and stops it by PID on drop. [`proxy`] puts a hung, lossy or throttling
-//! peer in front of any of them.
+//! peer in front of any of them; [`conformance`] is the one suite every
+//! provider runs, each backend supplying a fixture.
 
 pub mod azure_double;
+pub mod conformance;
 pub mod docker;
 pub mod moto;
 pub mod openbao;
