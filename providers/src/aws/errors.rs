@@ -153,7 +153,18 @@ where
             let status = service.raw().status().as_u16();
             let code = code_of(err);
             let message = message_of(err).map(|m| scrub(&m));
-            classify(code.as_deref(), message.as_deref(), Some(status), context)
+            let error = classify(code.as_deref(), message.as_deref(), Some(status), context);
+            // A throttling answer's `Retry-After` (seconds), when it has one:
+            // the plugin waits it out or reports at once, as for every backend.
+            match service
+                .raw()
+                .headers()
+                .get("retry-after")
+                .and_then(crate::provider::retry_after_secs)
+            {
+                Some(wait) if error.retry_safe() => error.with_retry_after(wait),
+                _ => error,
+            }
         }
         SdkError::TimeoutError(_) => no_answer(context),
         SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {

@@ -245,10 +245,6 @@ impl Fixture for AwsFixture {
         self.throttle.seen()
     }
 
-    fn retry_after_honoured(&self) -> Supported<()> {
-        Err(RETRY_AFTER)
-    }
-
     fn non_idempotent(&self) -> Supported<Labels> {
         Err(NO_WRITES)
     }
@@ -274,5 +270,3 @@ impl Fixture for AwsFixture {
 
 const NO_WRITES: &str = "the aws provider makes one call, GetSecretValue, a read: it has no \
                          non-idempotent call";
-const RETRY_AFTER: &str = "the aws provider does not read Retry-After (Secrets Manager sends \
-                           none): a 429 is retried with backoff until the deadline";
