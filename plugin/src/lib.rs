@@ -20,7 +20,8 @@
 //! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
 //! - [`cli`]: `serve`, `check` (also `check --stack`), `get`.
 //!
-//! Backends live in the `vaultbridge-providers` crate.
+//! Backends live in the `vaultbridge-providers` crate; unit tests use an
+//! in-memory one (`memory`, compiled for tests only).
 
 pub mod access;
 mod audit;
@@ -30,6 +31,8 @@ pub mod config;
 pub mod error;
 mod issued;
 pub mod labels;
+#[cfg(test)]
+mod memory;
 pub mod protocol;
 pub mod resolve;
 mod server;
