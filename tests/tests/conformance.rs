@@ -1,7 +1,8 @@
 //! The conformance suite (`vaultbridge_tests::conformance`): every provider
 //! runs the same cases — found, JSON field, version, binary, not found,
 //! denied, unauthenticated, hung, throttled with Retry-After, a
-//! non-idempotent call, `check`, the environment form, backend down — both
+//! non-idempotent call, `check` (good and refused credentials), the
+//! environment form, backend down and `check` then — both
 //! in this process through the plugin's `Resolver` and through the real
 //! binary's socket. One test per backend (the cases share its server); a
 //! failure names each failed `backend/case/way`, and the table of results
