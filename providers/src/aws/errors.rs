@@ -499,6 +499,7 @@ fn redact_word(word: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 
     #[test]
     fn scrub_removes_request_ids() {
@@ -568,6 +569,54 @@ mod tests {
             timeout: Duration::from_secs(2),
             role: None,
         }
+    }
+
+    /// A Secrets Manager error answer: `status`, AWS's error `code`, headers.
+    fn answer(
+        status: u16,
+        code: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> SdkError<GetSecretValueError, HttpResponse> {
+        let mut raw = HttpResponse::new(
+            status.try_into().expect("a status code"),
+            format!(r#"{{"__type":"{code}","message":"m"}}"#).into(),
+        );
+        for (name, value) in headers {
+            raw.headers_mut().insert(*name, *value);
+        }
+        let metadata = metadata(code);
+        SdkError::service_error(GetSecretValueError::generic(metadata), raw)
+    }
+
+    fn metadata(code: &str) -> aws_sdk_secretsmanager::error::ErrorMetadata {
+        aws_sdk_secretsmanager::error::ErrorMetadata::builder()
+            .code(code)
+            .message("m")
+            .build()
+    }
+
+    #[test]
+    fn a_throttling_answers_retry_after_is_handed_on_and_never_makes_an_error_retryable() {
+        let c = context(None);
+        let throttled = map(
+            &answer(429, "ThrottlingException", &[("Retry-After", "2")]),
+            &c,
+        );
+        assert!(throttled.retry_safe(), "{throttled}");
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(2)));
+        // Without the header: backoff, as before.
+        let plain = map(&answer(429, "ThrottlingException", &[]), &c);
+        assert!(
+            plain.retry_safe() && plain.retry_after().is_none(),
+            "{plain}"
+        );
+        // On an answer that asking again cannot fix, the header changes nothing.
+        let denied = map(
+            &answer(400, "AccessDeniedException", &[("Retry-After", "2")]),
+            &c,
+        );
+        assert!(matches!(denied, ProviderError::Denied(_)), "{denied}");
+        assert_eq!(denied.retry_after(), None);
     }
 
     #[test]
