@@ -16,6 +16,7 @@
 //! - [`cache`]: TTL cache, request coalescing, stale-on-error.
 //! - [`issued`]: the per-task value each task got, for the engine's re-asks.
 //! - [`tuning`]: per-provider deadline, retries, concurrency limit.
+//! - [`metrics`]: Prometheus metrics, `/healthz` and `/readyz`, their listener.
 //! - [`config`]: the TOML file / environment / embedded default.
 //! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
 //! - [`cli`]: `serve`, `check` (also `check --stack`), `get`.
@@ -30,6 +31,7 @@ pub mod config;
 pub mod error;
 mod issued;
 pub mod labels;
+pub mod metrics;
 pub mod protocol;
 pub mod resolve;
 mod server;

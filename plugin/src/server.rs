@@ -21,7 +21,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::BytesMut;
 use futures::FutureExt as _;
 use http_body_util::BodyExt;
@@ -60,12 +60,18 @@ pub fn app(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
     Router::new()
         .route("/Plugin.Activate", post(activate))
         .route("/SecretProvider.GetSecret", post(get_secret))
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "unknown endpoint; this plugin serves /Plugin.Activate and /SecretProvider.GetSecret") })
+        // For root on the host (the socket is 0600): the listener's text.
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "unknown endpoint; this plugin serves /Plugin.Activate, /SecretProvider.GetSecret and GET /metrics") })
         .method_not_allowed_fallback(|| async {
             error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; the plugin protocol uses POST")
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(AppState { resolver, audit })
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics::listener::metrics(State(state.resolver)).await
 }
 
 async fn activate() -> Response {
@@ -86,6 +92,7 @@ async fn get_secret(
                 format!("cannot read request body: {}", rejection.body_text())
             };
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
+            state.resolver.metrics().refused();
             return error_response(status, &message);
         }
     };
@@ -95,6 +102,7 @@ async fn get_secret(
             // serde's message can quote the input: keep it bounded and escaped.
             let message = format!("malformed GetSecret request: {}", shown(&err.to_string()));
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
+            state.resolver.metrics().refused();
             return error_response(StatusCode::BAD_REQUEST, &message);
         }
     };
@@ -123,6 +131,8 @@ async fn get_secret(
 /// record.
 async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response {
     let started = Instant::now();
+    let metrics = state.resolver.metrics();
+    let _in_flight = metrics.in_flight();
     let answer = state.resolver.answer(request).await;
     // Request-controlled: escaped and bounded so that no field can forge a
     // log line (the path is already validated by the labels).
@@ -135,7 +145,8 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     let path = answer.path.as_deref().unwrap_or("-");
     let policy = answer.verdict.as_ref().map(|v| v.to_string());
     let policy = policy.as_deref().unwrap_or("-");
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     if let Some(audit) = &state.audit
         && let Err(err) = audit.record(&audit_record(request, &answer, duration_ms))
     {
@@ -146,6 +157,7 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
             error = %err,
             "the audit trail cannot be written; the secret is withheld"
         );
+        metrics.answered(answer.provider.as_deref(), "audit_failed", None, elapsed);
         let message = format!(
             "vaultbridge: secret '{secret}': the audit trail cannot be written, so the secret is withheld; see the plugin log"
         );
@@ -154,6 +166,12 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     match answer.result {
         Ok(resolved) => {
             let value = resolved.value.expose_secret();
+            metrics.answered(
+                answer.provider.as_deref(),
+                "ok",
+                Some(resolved.source),
+                elapsed,
+            );
             tracing::info!(
                 %secret,
                 %service,
@@ -174,6 +192,7 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
             )
         }
         Err(failure) => {
+            metrics.answered(answer.provider.as_deref(), failure.outcome, None, elapsed);
             // The failure's message is already escaped and bounded: it
             // quotes backend answers and labels.
             tracing::warn!(
