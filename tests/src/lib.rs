@@ -1,14 +1,15 @@
 //! Harness for the end-to-end suites: start the real `vaultbridge` binary on
 //! a temporary Unix socket and speak raw HTTP/1.1 to it, as dockerd does.
 //!
-//! Backends used by the suites (OpenBao, moto, the Azure double, Docker)
-//! have their own modules; each starts its server, polls until it is ready
+//! Backends used by the suites (OpenBao, moto, the Azure double, Docker,
+//! Prometheus) have their own modules; each starts its server, polls until it is ready
 //! and stops it by PID on drop.
 
 pub mod azure_double;
 pub mod docker;
 pub mod moto;
 pub mod openbao;
+pub mod prometheus;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
