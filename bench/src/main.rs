@@ -324,6 +324,79 @@ async fn bench() -> anyhow::Result<()> {
     }
     drop(policy_server);
 
+    // 2c. The hit path with the metrics listener on and scraped every
+    // second, as Prometheus would (the counters are updated either way).
+    let listen = format!("127.0.0.1:{}", vaultbridge_tests::openbao::free_port());
+    let metrics_config = format!("metrics_listen = \"{listen}\"\n{config}");
+    let (metrics_server, _) = Server::spawn(&plugin, &["serve"], Some(&metrics_config))?;
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scraper = std::thread::spawn({
+        let scraping = scraping.clone();
+        let listen = listen.clone();
+        move || {
+            let mut scrapes = 0u32;
+            while scraping.load(std::sync::atomic::Ordering::Relaxed) {
+                if vaultbridge_tests::prometheus::http_get(&listen, "/metrics")
+                    .is_some_and(|(status, _)| status == 200)
+                {
+                    scrapes += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            scrapes
+        }
+    });
+    for (i, c) in CONCURRENCIES.iter().enumerate() {
+        let stats = load::run(
+            &metrics_server.socket,
+            "/SecretProvider.GetSecret",
+            body.clone(),
+            *c,
+            RUN,
+            has_value,
+        )
+        .await?;
+        figures.push(row(
+            "vaultbridge, cache hit, metrics scraped 1/s",
+            *c,
+            &stats,
+        ));
+        ratios.insert(
+            format!("scraped_hit_throughput_over_hit_c{c}"),
+            json!(stats.per_second / hit_stats[i].per_second),
+        );
+    }
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().unwrap_or(0);
+    anyhow::ensure!(scrapes > 0, "the metrics listener never answered");
+    drop(metrics_server);
+
+    // 2d. `VAULTBRIDGE_BASELINE_BIN`: the plain hit row with another binary
+    // (one built before a change), in the same run.
+    if let Some(baseline) = std::env::var_os("VAULTBRIDGE_BASELINE_BIN") {
+        let (baseline_server, _) = Server::spawn(Path::new(&baseline), &["serve"], Some(&config))?;
+        for (i, c) in CONCURRENCIES.iter().enumerate() {
+            let stats = load::run(
+                &baseline_server.socket,
+                "/SecretProvider.GetSecret",
+                body.clone(),
+                *c,
+                RUN,
+                has_value,
+            )
+            .await?;
+            figures.push(row("baseline binary, cache hit", *c, &stats));
+            ratios.insert(
+                format!("hit_throughput_over_baseline_c{c}"),
+                json!(hit_stats[i].per_second / stats.per_second),
+            );
+            ratios.insert(
+                format!("hit_p50_over_baseline_c{c}"),
+                json!(hit_stats[i].p50.as_secs_f64() / stats.p50.as_secs_f64()),
+            );
+        }
+    }
+
     // 3 and 4. Against OpenBao (`--hit-only` skips them, for profiling).
     let vault_figures = if std::env::args().any(|a| a == "--hit-only") {
         serde_json::Value::Null

@@ -92,7 +92,7 @@ async fn get_secret(
                 format!("cannot read request body: {}", rejection.body_text())
             };
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
-            state.resolver.metrics().refused();
+            state.resolver.metrics().unanswered("bad_request");
             return error_response(status, &message);
         }
     };
@@ -102,7 +102,7 @@ async fn get_secret(
             // serde's message can quote the input: keep it bounded and escaped.
             let message = format!("malformed GetSecret request: {}", shown(&err.to_string()));
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
-            state.resolver.metrics().refused();
+            state.resolver.metrics().unanswered("bad_request");
             return error_response(StatusCode::BAD_REQUEST, &message);
         }
     };
@@ -114,6 +114,7 @@ async fn get_secret(
     {
         Ok(response) => response,
         Err(_) => {
+            state.resolver.metrics().unanswered("internal");
             tracing::error!(
                 secret = %shown(&request.secret_name),
                 outcome = "internal",
@@ -728,6 +729,44 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(json["Err"].as_str().unwrap().contains("larger than"));
+    }
+
+    #[tokio::test]
+    async fn get_metrics_counts_what_was_served_without_names_or_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), b"metrics-unit-value").unwrap();
+        let app = router(dir.path());
+        let _ = call(
+            app.clone(),
+            "POST",
+            "/SecretProvider.GetSecret",
+            r#"{"SecretName":"db"}"#,
+        )
+        .await;
+        let _ = call(app.clone(), "POST", "/SecretProvider.GetSecret", "{nope").await;
+        let request = Request::builder()
+            .method("GET")
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        for line in [
+            "vaultbridge_requests_total{provider=\"local\",outcome=\"ok\"} 1",
+            "vaultbridge_cache_answers_total{provider=\"local\",source=\"miss\"} 1",
+            "vaultbridge_requests_total{provider=\"(none)\",outcome=\"bad_request\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("metrics-unit-value") && !text.contains("\"db\""));
     }
 
     #[test]

@@ -49,6 +49,9 @@ pub const OUTCOMES: &[&str] = &[
     "audit_failed",
 ];
 
+/// `OUTCOMES[INTERNAL]` is `internal` (a unit test checks it).
+const INTERNAL: usize = 9;
+
 /// Where a served value came from ([`Source::as_str`]).
 const SOURCES: [Source; 6] = [
     Source::Hit,
@@ -92,7 +95,10 @@ pub struct Requests {
 impl Requests {
     fn record(&self, outcome: &str, source: Option<Source>, elapsed: Option<Duration>) {
         // Unknown words count as `internal`: a unit test keeps the list whole.
-        let index = OUTCOMES.iter().position(|o| *o == outcome).unwrap_or(9);
+        let index = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(INTERNAL);
         self.outcomes[index].inc();
         if let Some(source) = source
             && let Some(index) = SOURCES.iter().position(|s| *s == source)
@@ -390,9 +396,10 @@ impl Metrics {
         requests.record(outcome, source, Some(elapsed));
     }
 
-    /// Count a request refused before it could be read.
-    pub fn refused(&self) {
-        self.unrouted.record("bad_request", None, None);
+    /// Count a request that ended before it could be routed or timed:
+    /// `bad_request` (unreadable), `internal` (a bug panicked).
+    pub fn unanswered(&self, outcome: &str) {
+        self.unrouted.record(outcome, None, None);
     }
 
     /// Counts a request in flight until dropped.
@@ -526,7 +533,10 @@ mod tests {
         for word in ["policy_denied", "bad_request", "audit_failed", "ok"] {
             assert!(OUTCOMES.contains(&word), "{word}");
         }
-        assert_eq!(OUTCOMES[9], "internal", "Requests::record falls back to it");
+        assert_eq!(
+            OUTCOMES[INTERNAL], "internal",
+            "Requests::record falls back to it"
+        );
     }
 
     #[test]
@@ -538,7 +548,7 @@ mod tests {
         metrics.answered(Some("vault-prod"), "policy_denied", None, ms);
         metrics.answered(None, "bad_labels", None, ms);
         metrics.answered(Some("unknown"), "bad_labels", None, ms);
-        metrics.refused();
+        metrics.unanswered("bad_request");
         let backend = &metrics.provider("vault-prod").unwrap().backend;
         backend.attempt(ms, Some(&ProviderError::unavailable("down")));
         backend.retried();
