@@ -194,7 +194,46 @@ pub(crate) fn row(name: &str, concurrency: usize, stats: &Stats) -> serde_json::
            "requests": stats.requests, "errors": stats.errors})
 }
 
+/// What counting one cache hit costs (in flight, outcome, source,
+/// latency histogram), in process: one thread, then both cores at once on
+/// the same series (the worst case: every request of one provider).
+fn counting_cost() -> serde_json::Value {
+    use vaultbridge::metrics::Metrics;
+    const N: u32 = 2_000_000;
+    let metrics = std::sync::Arc::new(Metrics::new(["local"]));
+    let count = |metrics: &Metrics| {
+        let started = Instant::now();
+        for _ in 0..N {
+            let _in_flight = metrics.in_flight();
+            metrics.answered(
+                Some("local"),
+                "ok",
+                Some(vaultbridge::metrics::Source::Hit),
+                Duration::from_micros(20),
+            );
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(N)
+    };
+    let alone = count(&metrics);
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let metrics = metrics.clone();
+            std::thread::spawn(move || count(&metrics))
+        })
+        .collect();
+    let contended: Vec<f64> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(f64::NAN))
+        .collect();
+    println!(
+        "metrics counting per request: {alone:.0} ns alone, {:.0} ns with 2 threads on the same series",
+        contended.iter().sum::<f64>() / 2.0
+    );
+    json!({"ns_alone": alone, "ns_two_threads": contended})
+}
+
 async fn bench() -> anyhow::Result<()> {
+    let counting = counting_cost();
     let plugin = plugin_binary()?;
     let me = std::env::current_exe()?;
     let mut figures = Vec::new();
@@ -436,6 +475,7 @@ async fn bench() -> anyhow::Result<()> {
     let out = json!({
         "rows": figures,
         "ratios": ratios,
+        "metrics_counting": counting,
         "rss_idle_kib": rss_idle,
         "rss_c256_kib": rss_256,
         "startup_ms_median": startup_p50.as_secs_f64() * 1e3,

@@ -24,7 +24,7 @@ use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 use vaultbridge_providers::{Credential, ProviderError};
 
-use crate::cache::Source;
+pub use crate::cache::Source;
 pub use health::Health;
 
 type Labels = Vec<(&'static str, String)>;
