@@ -14,6 +14,7 @@ use secrecy::ExposeSecret;
 use crate::audit::Audit;
 use crate::config::{Config, Source};
 use crate::metrics;
+use crate::metrics_listener;
 use crate::protocol::GetSecretRequest;
 use crate::resolve::Resolver;
 use crate::server;
@@ -338,7 +339,7 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
     // Before the socket: a plugin that cannot serve what it was told to
     // fails to enable, with the reason in its log.
     let metrics_listener = match metrics_listen {
-        Some(addr) => match metrics::listener::bind(addr).await {
+        Some(addr) => match metrics_listener::bind(addr).await {
             Ok(listener) => Some(listener),
             Err(err) => {
                 tracing::error!("configuration error ({source}): {err}");
@@ -378,18 +379,21 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
     }
     let resolver = Arc::new(resolver);
     let shutdown = shutdown_signal().shared();
-    if let Some(metrics_listener) = metrics_listener {
-        if let Ok(addr) = metrics_listener.local_addr() {
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
             tracing::info!(address = %addr, "metrics listener: /metrics, /healthz, /readyz");
         }
         // Readiness means something only if someone can ask: checks only then.
-        tokio::spawn(metrics::health::keep_checking(resolver.clone()));
-        let app = metrics::listener::app(resolver.clone());
-        tokio::spawn(metrics::listener::run(
-            metrics_listener,
-            app,
-            shutdown.clone(),
-        ));
+        let checked = resolver
+            .providers()
+            .filter_map(|(name, provider)| {
+                let counted = resolver.metrics().provider(name)?;
+                Some((provider.clone(), counted.clone()))
+            })
+            .collect();
+        tokio::spawn(metrics::health::keep_checking(checked));
+        let app = metrics_listener::app(resolver.clone());
+        tokio::spawn(metrics_listener::run(listener, app, shutdown.clone()));
     }
     let app = server::app(resolver, audit.map(Arc::new));
     // `run` cannot fail once bound: accept errors are logged and retried.

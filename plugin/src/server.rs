@@ -71,7 +71,7 @@ pub fn app(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    crate::metrics::listener::metrics(State(state.resolver)).await
+    crate::metrics_listener::metrics(State(state.resolver)).await
 }
 
 async fn activate() -> Response {

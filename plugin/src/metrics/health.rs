@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde::Serialize;
-use vaultbridge_providers::ProviderError;
+use vaultbridge_providers::{Provider, ProviderError};
 
-use crate::resolve::Resolver;
+use super::{Metrics, ProviderMetrics};
 
 /// A provider is ready when its backend answered within this interval.
 pub const READY_WITHIN: Duration = Duration::from_secs(60);
@@ -123,10 +123,9 @@ pub struct Readiness {
 }
 
 /// Every provider's status; ready when all are (and there is one).
-pub fn readiness(resolver: &Resolver) -> Readiness {
+pub fn readiness(metrics: &Metrics) -> Readiness {
     let now = Instant::now();
-    let providers: BTreeMap<String, Status> = resolver
-        .metrics()
+    let providers: BTreeMap<String, Status> = metrics
         .providers()
         .iter()
         .map(|p| (p.name.clone(), p.health.status(now)))
@@ -141,33 +140,26 @@ pub fn readiness(resolver: &Resolver) -> Readiness {
 
 /// Check, in the background, every provider not heard from for
 /// [`CHECK_AFTER`] (all of them at start), each bounded by a timeout.
-pub async fn keep_checking(resolver: Arc<Resolver>) {
+pub async fn keep_checking(providers: Vec<(Arc<dyn Provider>, Arc<ProviderMetrics>)>) {
     loop {
         let now = Instant::now();
-        let quiet = resolver.providers().filter(|(name, _)| {
-            resolver.metrics().provider(name).is_some_and(|p| {
-                p.health
-                    .last_heard()
-                    .is_none_or(|at| now - at >= CHECK_AFTER)
-            })
+        let quiet = providers.iter().filter(|(_, metrics)| {
+            metrics
+                .health
+                .last_heard()
+                .is_none_or(|at| now - at >= CHECK_AFTER)
         });
-        let checks = quiet.map(|(name, provider)| {
-            let resolver = resolver.clone();
-            async move {
-                let result = tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await;
-                let Some(metrics) = resolver.metrics().provider(name) else {
-                    return;
-                };
-                match result {
-                    Ok(Ok(_)) => metrics.health.answered(Ok(())),
-                    Ok(Err(error)) => {
-                        tracing::warn!(provider = name, error = %error, "readiness check failed");
-                        metrics.health.answered(Err(&error));
-                    }
-                    Err(_) => {
-                        tracing::warn!(provider = name, "readiness check got no answer in time");
-                        metrics.health.timed_out(CHECK_TIMEOUT);
-                    }
+        let checks = quiet.map(|(provider, metrics)| async move {
+            let name = metrics.name.as_str();
+            match tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await {
+                Ok(Ok(_)) => metrics.health.answered(Ok(())),
+                Ok(Err(error)) => {
+                    tracing::warn!(provider = name, error = %error, "readiness check failed");
+                    metrics.health.answered(Err(&error));
+                }
+                Err(_) => {
+                    tracing::warn!(provider = name, "readiness check got no answer in time");
+                    metrics.health.timed_out(CHECK_TIMEOUT);
                 }
             }
         });

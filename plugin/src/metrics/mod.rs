@@ -1,6 +1,5 @@
 //! Prometheus metrics (the text the `/metrics` routes serve) and each
-//! provider's readiness ([`health`]), with the optional TCP listener that
-//! serves them ([`listener`]).
+//! provider's readiness ([`health`]); `metrics_listener` serves them.
 //!
 //! Every label value comes from a bounded set: provider names from the
 //! configuration, outcome words ([`crate::error::Failure`]), cache sources
@@ -10,7 +9,6 @@
 //! short lock per histogram: no lookup by label, no allocation.
 
 pub mod health;
-pub mod listener;
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;

@@ -21,7 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
-use super::health;
+use crate::metrics::health;
 use crate::resolve::Resolver;
 
 /// A scraper and a health checker or two: more connections wait.
@@ -33,7 +33,7 @@ const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 /// `GET /metrics`, for the plugin's socket and the listener.
 pub async fn metrics(State(resolver): State<Arc<Resolver>>) -> Response {
     (
-        [(header::CONTENT_TYPE, super::CONTENT_TYPE)],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         resolver.render_metrics(),
     )
         .into_response()
@@ -46,7 +46,7 @@ async fn healthz() -> Response {
 /// 200 when every provider is ready, else 503; the body says which is not
 /// and why.
 async fn readyz(State(resolver): State<Arc<Resolver>>) -> Response {
-    let readiness = health::readiness(&resolver);
+    let readiness = health::readiness(resolver.metrics());
     let status = if readiness.ready {
         StatusCode::OK
     } else {
