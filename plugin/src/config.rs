@@ -732,6 +732,46 @@ mod tests {
     }
 
     #[test]
+    fn the_metrics_listener_address_from_a_file_or_the_environment() {
+        let config = Config::parse(
+            "metrics_listen = \"127.0.0.1:9469\"\n[providers.l]\ntype = \"file\"\nroot = \"/\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9469".parse().unwrap())
+        );
+        let err = Config::parse(
+            "metrics_listen = \"localhost\"\n[providers.l]\ntype = \"file\"\nroot = \"/\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "metrics_listen", "{err}");
+
+        let env = |name: &str| match name {
+            "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),
+            "VAULTBRIDGE_METRICS_LISTEN" => Some("[::1]:9469".to_string()),
+            _ => None,
+        };
+        let (config, _) = Config::load(None, &env).unwrap();
+        assert_eq!(config.metrics_listen, Some("[::1]:9469".parse().unwrap()));
+        let bad = |name: &str| match name {
+            "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),
+            "VAULTBRIDGE_METRICS_LISTEN" => Some("9469\n".to_string()),
+            _ => None,
+        };
+        let err = Config::load(None, &bad).unwrap_err();
+        assert_eq!(err.key, "VAULTBRIDGE_METRICS_LISTEN");
+        assert!(err.message.contains("127.0.0.1:9469"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+        // Off unless asked for.
+        let (config, _) = Config::load(None, &|name: &str| {
+            (name == "VAULTBRIDGE_FILE_DIR").then(|| "/srv".to_string())
+        })
+        .unwrap();
+        assert_eq!(config.metrics_listen, None);
+    }
+
+    #[test]
     fn an_explicit_file_must_exist() {
         let err = Config::load(Some(Path::new("/nonexistent/vb.toml")), &no_env).unwrap_err();
         assert!(err.key.contains("/nonexistent/vb.toml"), "{err}");

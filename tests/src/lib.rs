@@ -217,6 +217,15 @@ impl Plugin {
         )
     }
 
+    /// The value of one series in `GET /metrics` on the socket, written as
+    /// in the text (`vaultbridge_cache_entries`, `name{provider="x"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = String::from_utf8(self.request("GET", "/metrics", b"").body).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
+    }
+
     /// Send SIGTERM and wait up to `timeout` for the process to exit.
     pub fn terminate(&mut self, timeout: Duration) -> Option<ExitStatus> {
         self.signal_term();

@@ -227,3 +227,26 @@ fn the_example_alert_rules_pass_promtool() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("3 rules found"));
 }
+
+#[test]
+fn an_address_that_cannot_be_bound_stops_the_plugin_with_the_reason() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = taken.local_addr().unwrap();
+    let files = tempfile::tempdir().unwrap();
+    let mut plugin = Plugin::spawn(
+        None,
+        &[
+            ("VAULTBRIDGE_FILE_DIR", &files.path().display().to_string()),
+            ("VAULTBRIDGE_METRICS_LISTEN", &address.to_string()),
+        ],
+        &[],
+    );
+    let status = plugin.wait_exit(Duration::from_secs(10)).expect("exited");
+    assert!(!status.success());
+    let log = plugin.log();
+    assert!(
+        log.contains(&format!("metrics_listen {address}: cannot listen")),
+        "{log}"
+    );
+    assert!(!plugin.socket.exists(), "the socket was opened");
+}
