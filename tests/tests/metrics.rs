@@ -1,7 +1,8 @@
 //! Metrics and health, scraped by a real Prometheus: the plugin serves a
 //! `vault` provider (a real OpenBao) and a `file` provider with its
 //! metrics listener on; the suite drives hits, misses, a not-found, labels
-//! naming no provider and a backend outage (OpenBao killed), then asks
+//! naming no provider, a policy denial and a backend outage (OpenBao
+//! killed), then asks
 //! Prometheus's HTTP API for the series, the values and the example alerts.
 //! Prometheus scraping at all (`up == 1`) proves the exposition parses.
 
@@ -38,7 +39,9 @@ fn prometheus_scrapes_the_plugin_through_traffic_and_an_outage() {
         "default_provider = \"vault\"\nmetrics_listen = \"{listen}\"\n\
          [providers.vault]\ntype = \"vault\"\naddress = \"{addr}\"\ndeadline = \"1s\"\n\
          [providers.vault.auth]\nmethod = \"token\"\ntoken_file = \"{token_file}\"\n\
-         [providers.files]\ntype = \"file\"\nroot = \"{root}\"\n",
+         [providers.files]\ntype = \"file\"\nroot = \"{root}\"\n\
+         [access]\ndefault = \"allow\"\n\
+         [[access.rules]]\nname = \"nobody\"\npaths = [\"forbidden/**\"]\ndecision = \"deny\"\n",
         addr = bao.addr,
         token_file = bao.file("token", token.trim().as_bytes()).display(),
         root = files.path().display(),
@@ -78,6 +81,11 @@ fn prometheus_scrapes_the_plugin_through_traffic_and_an_outage() {
         "{}",
         unknown.err()
     );
+    let denied = plugin.get_secret(&engine_request(
+        SECRET_NAME,
+        &[("vaultbridge.path", "forbidden/x")],
+    ));
+    assert!(denied.err().contains("access policy"), "{}", denied.err());
 
     let readyz = http_get(&listen, "/readyz").expect("readyz");
     assert_eq!(readyz.0, 200, "{}", readyz.1);
@@ -114,10 +122,16 @@ fn prometheus_scrapes_the_plugin_through_traffic_and_an_outage() {
             "vaultbridge_backend_errors_total{provider=\"vault\",kind=\"not_found\"}",
             1.0,
         ),
+        // Three ok, the not-found, the policy denial.
         (
             "vaultbridge_request_duration_seconds_count{provider=\"vault\"}",
-            4.0,
+            5.0,
         ),
+        (
+            "vaultbridge_requests_total{provider=\"vault\",outcome=\"policy_denied\"}",
+            1.0,
+        ),
+        ("vaultbridge_policy_denials_total{provider=\"vault\"}", 1.0),
         ("vaultbridge_cache_entries", 2.0),
         ("vaultbridge_provider_ready{provider=\"vault\"}", 1.0),
         ("vaultbridge_requests_in_flight", 0.0),
