@@ -264,3 +264,55 @@ fn an_address_that_cannot_be_bound_stops_the_plugin_with_the_reason() {
     );
     assert!(!plugin.socket.exists(), "the socket was opened");
 }
+
+/// With no traffic at all, readiness comes from the background checks: a
+/// file provider never asked is ready, a Vault nobody listens for is not,
+/// and says why.
+#[test]
+fn readiness_of_providers_never_asked_comes_from_background_checks() {
+    let files = tempfile::tempdir().unwrap();
+    let token_file = files.path().join("token");
+    std::fs::write(&token_file, "metrics-suite-token-never-shown").unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let config = format!(
+        "metrics_listen = \"{listen}\"\ndefault_provider = \"files\"\n\
+         [providers.vault]\ntype = \"vault\"\naddress = \"http://127.0.0.1:{dead}\"\ntimeout = \"1s\"\n\
+         [providers.vault.auth]\nmethod = \"token\"\ntoken_file = \"{token}\"\n\
+         [providers.files]\ntype = \"file\"\nroot = \"{root}/secrets\"\n",
+        dead = free_port(),
+        token = token_file.display(),
+        root = files.path().display(),
+    );
+    std::fs::create_dir(files.path().join("secrets")).unwrap();
+    let plugin = Plugin::start(Some(&config), &[]);
+    let mut last = Value::Null;
+    let settled = wait_until(Duration::from_secs(15), || {
+        let Some((_, body)) = http_get(&listen, "/readyz") else {
+            return false;
+        };
+        last = serde_json::from_str(&body).unwrap_or_default();
+        last["providers"]["files"]["ready"] == true
+            && last["providers"]["vault"]["reason"]
+                .as_str()
+                .is_some_and(|reason| reason != "not checked yet")
+    });
+    assert!(settled, "{last}; log:\n{}", plugin.log());
+    assert_eq!(last["ready"], false, "{last}");
+    assert_eq!(last["providers"]["vault"]["ready"], false, "{last}");
+    let reason = last["providers"]["vault"]["reason"].as_str().unwrap();
+    assert!(reason.contains("127.0.0.1"), "{reason}");
+    assert!(!last.to_string().contains("metrics-suite-token"), "{last}");
+    assert_eq!(
+        plugin.metric("vaultbridge_provider_ready{provider=\"files\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        plugin.metric("vaultbridge_provider_ready{provider=\"vault\"}"),
+        Some(0.0)
+    );
+    // Checks are not backend calls of requests.
+    assert_eq!(
+        plugin.metric("vaultbridge_backend_calls_total{provider=\"vault\"}"),
+        Some(0.0)
+    );
+}
