@@ -64,7 +64,7 @@ pub fn app(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
         .route("/metrics", get(metrics))
         .fallback(|| async { error_response(StatusCode::NOT_FOUND, "unknown endpoint; this plugin serves /Plugin.Activate, /SecretProvider.GetSecret and GET /metrics") })
         .method_not_allowed_fallback(|| async {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; the plugin protocol uses POST")
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; the plugin protocol uses POST (and GET for /metrics)")
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(AppState { resolver, audit })
