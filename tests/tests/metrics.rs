@@ -316,3 +316,27 @@ fn readiness_of_providers_never_asked_comes_from_background_checks() {
         Some(0.0)
     );
 }
+
+/// A config file is never merged with the environment: its own
+/// `metrics_listen` (absent here) counts, and the variable is said to be
+/// ignored.
+#[test]
+fn with_a_config_file_the_variable_is_ignored_and_said_so() {
+    let files = tempfile::tempdir().unwrap();
+    let config = format!(
+        "[providers.files]\ntype = \"file\"\nroot = \"{}\"\n",
+        files.path().display()
+    );
+    let listen = format!("127.0.0.1:{}", free_port());
+    let plugin = Plugin::start(Some(&config), &[("VAULTBRIDGE_METRICS_LISTEN", &listen)]);
+    assert!(
+        plugin
+            .log()
+            .contains("VAULTBRIDGE_METRICS_LISTEN is ignored"),
+        "{}",
+        plugin.log()
+    );
+    assert!(http_get(&listen, "/healthz").is_none(), "something listens");
+    // The socket still serves the metrics.
+    assert_eq!(plugin.metric("vaultbridge_requests_in_flight"), Some(0.0));
+}
