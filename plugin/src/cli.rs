@@ -283,17 +283,13 @@ async fn load_config(config: &ConfigArg) -> Result<(Resolver, Source, Config), S
     Ok((resolver, source, config))
 }
 
-/// What the access policy is, in lines for the operator: that there is
-/// none (every service reads every path), or its rules that never decide.
-/// Returns how many of those lines are warnings.
-fn say_policy(resolver: &Resolver, mut warn: impl FnMut(&str)) -> usize {
-    let Some(policy) = resolver.policy() else {
-        warn(
-            "no [access] policy: every service may read every path the providers' credentials allow (see docs/access.md)",
-        );
-        return 1;
-    };
-    let findings = policy.findings();
+/// Without a policy: that every service reads every path its labels name
+/// (said once, at start: it is the default, not a mistake).
+pub const NO_POLICY: &str = "no [access] policy: every service may read every path the providers' credentials allow (see docs/access.md)";
+
+/// The policy's rules that never decide, one warning each; how many.
+fn warn_findings(resolver: &Resolver, mut warn: impl FnMut(&str)) -> usize {
+    let findings = resolver.policy().map(|p| p.findings()).unwrap_or_default();
     for finding in &findings {
         warn(finding);
     }
@@ -375,7 +371,10 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
         // Once here; each request answers the same, and logs its own line.
         tracing::warn!("{}", crate::config::NOT_CONFIGURED);
     } else {
-        say_policy(&resolver, |line| tracing::warn!("{line}"));
+        if resolver.policy().is_none() {
+            tracing::info!("{NO_POLICY}");
+        }
+        warn_findings(&resolver, |line| tracing::warn!("{line}"));
     }
     let resolver = Arc::new(resolver);
     let shutdown = shutdown_signal().shared();
@@ -445,9 +444,7 @@ async fn check(config: ConfigArg) -> ExitCode {
         None => println!("access: no policy"),
     }
     // A policy whose rules never decide is a mistake to fix before it matters.
-    if resolver.policy().is_some() {
-        failed += say_policy(&resolver, |line| println!("WARN  {line}"));
-    }
+    failed += warn_findings(&resolver, |line| println!("WARN  {line}"));
     for (name, provider) in resolver.providers() {
         let result = tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await;
         match result {

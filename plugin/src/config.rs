@@ -285,7 +285,9 @@ impl Config {
             return Ok(());
         }
         for (name, entry) in &mut self.providers {
+            // (Irrefutable when `file` is the only backend built in.)
             #[cfg(feature = "file")]
+            #[allow(irrefutable_let_patterns)]
             if let ProviderConfig::File(file) = &mut entry.backend {
                 if file.follow_symlinks == Some(true) {
                     return Err(ConfigError::new(

@@ -23,7 +23,8 @@
 //! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
 //! - [`cli`]: `serve`, `check` (also `check --stack`), `get`.
 //!
-//! Backends live in the `vaultbridge-providers` crate.
+//! Backends live in the `vaultbridge-providers` crate; unit tests use an
+//! in-memory one (`memory`, compiled for tests only).
 
 pub mod access;
 mod audit;
@@ -33,6 +34,8 @@ pub mod config;
 pub mod error;
 mod issued;
 pub mod labels;
+#[cfg(test)]
+mod memory;
 pub mod metrics;
 mod metrics_listener;
 pub mod protocol;

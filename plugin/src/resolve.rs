@@ -567,6 +567,157 @@ mod tests {
         );
     }
 
+    // ------------------------------------------ the pipeline, in memory
+
+    use std::time::Duration;
+
+    use vaultbridge_providers::ProviderError;
+
+    use crate::memory::Memory;
+
+    /// A resolver with one in-memory provider, `mem`, caching for `ttl`.
+    fn resolver(memory: &Arc<Memory>, ttl: Duration) -> Resolver {
+        let tuning = Tuning {
+            cache_ttl: ttl,
+            ..Tuning::default()
+        };
+        let provider: Arc<dyn Provider> = memory.clone();
+        let providers = BTreeMap::from([("mem".to_string(), (provider, tuning))]);
+        Resolver::new(providers, None, cache::Limits::default())
+    }
+
+    /// The answer to a GetSecret for secret `s` of `task`.
+    async fn ask(
+        resolver: &Resolver,
+        labels: &[(&str, &str)],
+        task: &str,
+    ) -> Result<(Vec<u8>, Source), Failure> {
+        let request = GetSecretRequest {
+            secret_name: "s".into(),
+            secret_labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            task_id: task.into(),
+            ..GetSecretRequest::default()
+        };
+        resolver
+            .answer(&request)
+            .await
+            .result
+            .map(|resolved| (resolved.value.expose_secret().to_vec(), resolved.source))
+    }
+
+    const TTL: Duration = Duration::from_secs(30);
+
+    #[tokio::test]
+    async fn fields_versions_and_base64_go_through_one_pipeline() {
+        let memory = Arc::new(Memory::new().with("app/db", br#"{"user":"app","pw":"aGk="}"#));
+        memory.set("app/db", br#"{"user":"app2","pw":"aGk="}"#, false);
+        let resolver = resolver(&memory, TTL);
+        let path = ("vaultbridge.path", "app/db");
+        let field = |name| ("vaultbridge.field", name);
+        assert_eq!(
+            ask(&resolver, &[path, field("user")], "t1")
+                .await
+                .unwrap()
+                .0,
+            b"app2"
+        );
+        assert_eq!(
+            ask(
+                &resolver,
+                &[path, field("user"), ("vaultbridge.version", "1")],
+                "t1"
+            )
+            .await
+            .unwrap()
+            .0,
+            b"app"
+        );
+        assert_eq!(
+            ask(
+                &resolver,
+                &[path, field("pw"), ("vaultbridge.decode", "base64")],
+                "t1"
+            )
+            .await
+            .unwrap()
+            .0,
+            b"hi"
+        );
+        let missing = ask(&resolver, &[("vaultbridge.path", "app/nope")], "t1")
+            .await
+            .unwrap_err();
+        assert_eq!(missing.outcome, "not_found", "{}", missing.message);
+        assert!(
+            missing
+                .message
+                .contains("provider 'mem' (memory), path 'app/nope'"),
+            "{}",
+            missing.message
+        );
+        let unknown = ask(&resolver, &[path, ("vaultbridge.provider", "other")], "t1")
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.outcome, "bad_labels");
+        assert!(
+            unknown.message.contains("configured: mem"),
+            "{}",
+            unknown.message
+        );
+    }
+
+    #[tokio::test]
+    async fn a_value_is_fetched_once_then_served_from_the_cache() {
+        let memory = Arc::new(Memory::new().with("app/db", b"v1"));
+        let cached = resolver(&memory, TTL);
+        let labels = [("vaultbridge.path", "app/db")];
+        assert_eq!(
+            ask(&cached, &labels, "t1").await.unwrap(),
+            (b"v1".to_vec(), Source::Miss)
+        );
+        memory.set("app/db", b"v2", false);
+        assert_eq!(
+            ask(&cached, &labels, "t2").await.unwrap(),
+            (b"v1".to_vec(), Source::Hit)
+        );
+        assert_eq!(memory.calls(), 1);
+        // `cache_ttl = "0s"`: every request reaches the backend.
+        let uncached = resolver(&memory, Duration::ZERO);
+        assert_eq!(ask(&uncached, &labels, "t1").await.unwrap().0, b"v2");
+        assert_eq!(ask(&uncached, &labels, "t2").await.unwrap().0, b"v2");
+        assert_eq!(memory.calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn errors_are_never_cached() {
+        let refused = ProviderError::unavailable("HTTP 502").without_retry();
+        let memory = Arc::new(Memory::new().with("app/db", b"v1").failing(1, refused));
+        let resolver = resolver(&memory, TTL);
+        let labels = [("vaultbridge.path", "app/db")];
+        let failure = ask(&resolver, &labels, "t1").await.unwrap_err();
+        assert_eq!(failure.outcome, "unavailable", "{}", failure.message);
+        assert_eq!(ask(&resolver, &labels, "t1").await.unwrap().0, b"v1");
+        assert_eq!(memory.calls(), 2);
+    }
+
+    #[tokio::test]
+    async fn per_task_values_are_never_shared_but_reissued_to_their_task() {
+        let memory = Arc::new(Memory::new().with_per_task("db/creds", b"lease"));
+        let resolver = resolver(&memory, TTL);
+        let labels = [("vaultbridge.path", "db/creds")];
+        let first = ask(&resolver, &labels, "t1").await.unwrap().0;
+        let second = ask(&resolver, &labels, "t2").await.unwrap().0;
+        assert_ne!(first, second, "two tasks shared a per-task value");
+        // The engine asks again for t1 (failover): the same value, no call.
+        assert_eq!(
+            ask(&resolver, &labels, "t1").await.unwrap(),
+            (first, Source::Reissued)
+        );
+        assert_eq!(memory.calls(), 2);
+    }
+
     #[test]
     fn resolved_debug_is_redacted() {
         let resolved = Resolved {

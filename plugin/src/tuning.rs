@@ -244,42 +244,11 @@ fn jitter(backoff: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    use async_trait::async_trait;
-
     use super::*;
+    use crate::memory::Memory;
 
-    /// Fails with `error` `failures` times, then answers; or hangs.
-    struct Flaky {
-        failures: usize,
-        calls: AtomicUsize,
-        hang: bool,
-        error: ProviderError,
-    }
-
-    #[async_trait]
-    impl Provider for Flaky {
-        fn kind(&self) -> &'static str {
-            "flaky"
-        }
-        async fn fetch(&self, _: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
-            let call = self.calls.fetch_add(1, Ordering::SeqCst);
-            if self.hang {
-                std::future::pending::<()>().await;
-            }
-            if call < self.failures {
-                Err(self.error.clone())
-            } else {
-                Ok(SecretValue::new(b"v".to_vec()))
-            }
-        }
-        async fn check(&self) -> Result<String, ProviderError> {
-            Ok(String::new())
-        }
-    }
-
-    fn upstream(failures: usize, hang: bool, deadline: Duration) -> (Upstream, Arc<Flaky>) {
+    /// Fails with "connection refused" `failures` times, then answers; or hangs.
+    fn upstream(failures: usize, hang: bool, deadline: Duration) -> (Upstream, Arc<Memory>) {
         failing_with(
             ProviderError::unavailable("connection refused"),
             failures,
@@ -293,18 +262,17 @@ mod tests {
         failures: usize,
         hang: bool,
         deadline: Duration,
-    ) -> (Upstream, Arc<Flaky>) {
-        let flaky = Arc::new(Flaky {
-            failures,
-            calls: AtomicUsize::new(0),
-            hang,
-            error,
-        });
+    ) -> (Upstream, Arc<Memory>) {
+        let mut memory = Memory::new().with("x", b"v").failing(failures, error);
+        if hang {
+            memory = memory.hanging();
+        }
+        let memory = Arc::new(memory);
         let tuning = Tuning {
             deadline,
             ..Tuning::default()
         };
-        (Upstream::new("p".into(), flaky.clone(), tuning), flaky)
+        (Upstream::new("p".into(), memory.clone(), tuning), memory)
     }
 
     static PATH: std::sync::LazyLock<vaultbridge_providers::SecretPath> =
@@ -318,9 +286,9 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn retries_transient_failures_inside_the_deadline() {
-        let (up, flaky) = upstream(3, false, Duration::from_secs(10));
+        let (up, backend) = upstream(3, false, Duration::from_secs(10));
         assert!(up.fetch(secret()).await.is_ok());
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 4);
+        assert_eq!(backend.calls(), 4);
     }
 
     #[tokio::test(start_paused = true)]
@@ -342,9 +310,9 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_call_that_may_have_taken_effect_is_made_once() {
         let minted = ProviderError::unavailable("HTTP 502 from pki/issue/web").without_retry();
-        let (up, flaky) = failing_with(minted, 1, false, Duration::from_secs(10));
+        let (up, backend) = failing_with(minted, 1, false, Duration::from_secs(10));
         let err = up.fetch(secret()).await.unwrap_err();
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(backend.calls(), 1);
         assert!(err.to_string().contains("HTTP 502"), "{err}");
         // Neither are errors that asking again cannot fix.
         for permanent in [
@@ -353,9 +321,9 @@ mod tests {
             ProviderError::Denied("x".into()),
             ProviderError::Unauthenticated("x".into()),
         ] {
-            let (up, flaky) = failing_with(permanent, 1, false, Duration::from_secs(10));
+            let (up, backend) = failing_with(permanent, 1, false, Duration::from_secs(10));
             assert!(up.fetch(secret()).await.is_err());
-            assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+            assert_eq!(backend.calls(), 1);
         }
     }
 
@@ -365,7 +333,7 @@ mod tests {
             ProviderError::unavailable("HTTP 429").with_retry_after(Duration::from_secs(wait))
         };
         // Fits in the deadline: the second attempt comes no earlier.
-        let (up, flaky) = failing_with(throttled(3), 1, false, Duration::from_secs(10));
+        let (up, backend) = failing_with(throttled(3), 1, false, Duration::from_secs(10));
         let started = Instant::now();
         assert!(up.fetch(secret()).await.is_ok());
         assert!(
@@ -373,14 +341,14 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 2);
+        assert_eq!(backend.calls(), 2);
 
         // Does not fit: one attempt, reported at once, saying why.
-        let (up, flaky) = failing_with(throttled(30), usize::MAX, false, Duration::from_secs(10));
+        let (up, backend) = failing_with(throttled(30), usize::MAX, false, Duration::from_secs(10));
         let started = Instant::now();
         let err = up.fetch(secret()).await.unwrap_err();
         assert_eq!(started.elapsed(), Duration::ZERO);
-        assert_eq!(flaky.calls.load(Ordering::SeqCst), 1);
+        assert_eq!(backend.calls(), 1);
         assert!(err.to_string().contains("Retry-After"), "{err}");
         // A wait no clock can hold is refused, not a panic.
         let (up, _) = failing_with(

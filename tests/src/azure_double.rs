@@ -391,6 +391,16 @@ impl AzureDouble {
         answer["version"].as_str().unwrap_or_default().to_string()
     }
 
+    /// Stop the double's server now (a vault that went down), keeping its
+    /// host names: later requests find nothing listening. Every handle
+    /// then sees a stopped double.
+    pub fn stop_server(&self) {
+        if let Some(mut child) = self.running.child.lock().ok().and_then(|mut c| c.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// Counters: `tokens_issued` per client id, `token_errors`, `challenges`,
     /// `expired_tokens`, `bad_tokens`, `secret_gets` and `throttled` per
     /// `vault/name`.

@@ -2,14 +2,18 @@
 //! a temporary Unix socket and speak raw HTTP/1.1 to it, as dockerd does.
 //!
 //! Backends used by the suites (OpenBao, moto, the Azure double, Docker,
-//! Prometheus) have their own modules; each starts its server, polls until it is ready
-//! and stops it by PID on drop.
+//! Prometheus) have their own modules; each starts its server, polls until
+//! it is ready and stops it by PID on drop. [`proxy`] puts a hung, lossy or
+//! throttling peer in front of any of them; [`conformance`] is the one
+//! suite every provider runs, each backend supplying a fixture.
 
 pub mod azure_double;
+pub mod conformance;
 pub mod docker;
 pub mod moto;
 pub mod openbao;
 pub mod prometheus;
+pub mod proxy;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

@@ -75,15 +75,25 @@ fn audit_records(path: &Path) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn each_stack_reads_its_own_secrets_and_a_cache_hit_never_crosses() {
+/// The policy plugin with its audit trail in a file; the folders live as
+/// long as the returned guard.
+fn plugin_with_audit_file() -> (Plugin, std::path::PathBuf, [tempfile::TempDir; 2]) {
     let audit_dir = tempfile::tempdir().unwrap();
     let audit_file = audit_dir.path().join("audit.log");
-    let (_dir, config) = setup(&format!(
+    let (dir, config) = setup(&format!(
         "[audit]\nsink = \"file\"\npath = \"{}\"\n",
         audit_file.display()
     ));
-    let plugin = Plugin::start(Some(&config), &[]);
+    (
+        Plugin::start(Some(&config), &[]),
+        audit_file,
+        [audit_dir, dir],
+    )
+}
+
+#[test]
+fn each_stack_reads_its_own_secrets_and_a_cache_hit_never_crosses() {
+    let (plugin, audit_file, _dirs) = plugin_with_audit_file();
 
     // No path label: default_path gives apps/<stack>/<secret>.
     let billing_db = [("com.docker.stack.namespace", "billing")];
@@ -180,13 +190,7 @@ fn each_stack_reads_its_own_secrets_and_a_cache_hit_never_crosses() {
 
 #[test]
 fn audit_records_cannot_be_forged_and_a_lost_record_withholds_the_secret() {
-    let audit_dir = tempfile::tempdir().unwrap();
-    let audit_file = audit_dir.path().join("audit.log");
-    let (_dir, config) = setup(&format!(
-        "[audit]\nsink = \"file\"\npath = \"{}\"\n",
-        audit_file.display()
-    ));
-    let plugin = Plugin::start(Some(&config), &[]);
+    let (plugin, audit_file, _dirs) = plugin_with_audit_file();
     let mut forged = from_stack(
         "billing",
         "billing_db",

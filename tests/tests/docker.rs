@@ -291,6 +291,24 @@ fn wait_task_failed(s: &Session, service: &str, what: &str) -> String {
     )
 }
 
+/// `service`'s one task failed without reading anything, and the plugin
+/// logged why `secret` was not served: that line.
+fn failed_for(s: &Session, plugin_id: &str, service: &str, secret: &str) -> String {
+    let failed = wait_task_failed(s, service, &format!("{service}'s task to fail"));
+    eprintln!("  task: {failed}");
+    assert!(
+        s.reports(service).iter().all(|r| r.bytes.is_empty()),
+        "{service}: a task read data from {secret}, which it must not get"
+    );
+    s.log.wait_plugin_line(
+        plugin_id,
+        0,
+        &format!("the plugin's log line about {secret}"),
+        Duration::from_secs(10),
+        |l| l.contains(&format!("secret={secret} ")) && l.contains("secret lookup failed"),
+    )
+}
+
 fn step(n: u32, title: &str, started: Instant) {
     eprintln!(
         "[docker e2e {:>5.1}s] step {n}: {title}",
@@ -402,19 +420,8 @@ services:
     let reports = s.wait_reports(&format!("{stack_a}_app"), 1, CONVERGE);
     assert_reports(&format!("{stack_a}_app"), &reports, "444:0:0", &values[0]);
     let thief = format!("{stack_a}_thief");
-    let failed = wait_task_failed(s, &thief, "the cross-stack read to fail its task");
-    eprintln!("  cross-stack read, task: {failed}");
-    assert!(
-        s.reports(&thief).iter().all(|r| r.bytes.is_empty()),
-        "{thief} read stack {stack_b}'s secret"
-    );
-    let denial = s.log.wait_plugin_line(
-        &plugin_id,
-        0,
-        "the denial in the plugin's log",
-        Duration::from_secs(10),
-        |l| l.contains(&format!("secret={stack_a}_stolen ")) && l.contains("policy_denied"),
-    );
+    let denial = failed_for(s, &plugin_id, &thief, &format!("{stack_a}_stolen"));
+    assert!(denial.contains("policy_denied"), "{denial}");
     assert!(
         denial.contains(&format!("service={thief} "))
             && denial.contains(&format!("path=\"apps/{stack_b}/db\""))
@@ -800,19 +807,7 @@ secrets:
         let mut spec = ServiceSpec::new(&service, &secret, "gone");
         spec.no_restart = true;
         s.service_create(&spec);
-        let failed = wait_task_failed(&s, &service, &format!("{service}'s task to fail"));
-        eprintln!("  task: {failed}");
-        assert!(
-            s.reports(&service).iter().all(|r| r.bytes.is_empty()),
-            "{service}: a task read data from a secret that does not exist"
-        );
-        let line = s.log.wait_plugin_line(
-            &plugin_id,
-            0,
-            "the plugin's log line about the missing secret",
-            Duration::from_secs(10),
-            |l| l.contains(&format!("secret={secret} ")) && l.contains("secret lookup failed"),
-        );
+        let line = failed_for(&s, &plugin_id, &service, &secret);
         assert!(line.contains(&format!("provider=\"{p}\"")), "{line}");
         for reason in &backend.missing_reason {
             assert!(

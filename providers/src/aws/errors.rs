@@ -1,6 +1,6 @@
-//! From the SDK's errors to [`ProviderError`]s an operator can act on, and
-//! [`scrub`], which strips request ids and credential fragments from any
-//! text that came from AWS or the SDK before it is logged or returned.
+//! From the SDK's errors to [`ProviderError`]s an operator can act on; any
+//! text that came from AWS or the SDK goes through the shared
+//! [`crate::text::scrub`] (request ids, credential fragments) first.
 
 use std::time::Duration;
 
@@ -9,6 +9,7 @@ use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 
 use super::VersionSelector;
 use crate::ProviderError;
+use crate::text::{cause_chain, scrub, truncate};
 
 /// The longest AWS message we pass on (after scrubbing).
 const MAX_MESSAGE: usize = 400;
@@ -153,7 +154,18 @@ where
             let status = service.raw().status().as_u16();
             let code = code_of(err);
             let message = message_of(err).map(|m| scrub(&m));
-            classify(code.as_deref(), message.as_deref(), Some(status), context)
+            let error = classify(code.as_deref(), message.as_deref(), Some(status), context);
+            // A throttling answer's `Retry-After` (seconds), when it has one:
+            // the plugin waits it out or reports at once, as for every backend.
+            match service
+                .raw()
+                .headers()
+                .get("retry-after")
+                .and_then(crate::provider::retry_after_secs)
+            {
+                Some(wait) if error.retry_safe() => error.with_retry_after(wait),
+                _ => error,
+            }
         }
         SdkError::TimeoutError(_) => no_answer(context),
         SdkError::DispatchFailure(failure) if failure.is_io() || failure.is_timeout() => {
@@ -209,36 +221,18 @@ where
     }
 }
 
-/// The error's chain of causes, `outer: inner: innermost`, each said once
-/// (the SDK's own `DisplayErrorContext` appends a Debug dump we do not want).
+/// The error's chain of causes (the SDK's own `DisplayErrorContext` appends
+/// a Debug dump we do not want), scrubbed and cut.
 fn detail<E: std::error::Error + 'static>(err: &SdkError<E, HttpResponse>) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(error) = current {
-        let text = error.to_string();
-        if !text.is_empty() && !parts.iter().any(|part| part.contains(&text)) {
-            parts.push(text);
-        }
-        current = error.source();
-    }
-    shorten(scrub(&parts.join(": ")))
+    truncate(cause_chain(err), MAX_MESSAGE)
 }
 
-/// [`shorten`], escaped: for text the service wrote.
+/// Escaped and cut: for text the service wrote.
 fn shown_short(text: &str) -> String {
-    shorten(crate::text::shown_max(text, MAX_MESSAGE).into_owned())
-}
-
-fn shorten(mut text: String) -> String {
-    if text.len() > MAX_MESSAGE {
-        let mut cut = MAX_MESSAGE;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        text.truncate(cut);
-        text.push('…');
-    }
-    text
+    truncate(
+        crate::text::shown_max(text, MAX_MESSAGE).into_owned(),
+        MAX_MESSAGE,
+    )
 }
 
 /// Decide the variant from the service's error code (and the HTTP status
@@ -342,211 +336,10 @@ fn classify(
     }
 }
 
-/// Keys whose value is a credential or a signature: `Key=value`, `Key: value`.
-const SECRET_KEYS: &[&str] = &[
-    "credential",
-    "signature",
-    "x-amz-security-token",
-    "x-amz-credential",
-    "x-amz-signature",
-    "securitytoken",
-    "security_token",
-    "sessiontoken",
-    "session_token",
-    "aws_secret_access_key",
-    "secret_access_key",
-    "aws_session_token",
-    "authorization",
-];
-
-/// Keys whose value is a request id (useless to the operator, noise in logs).
-const REQUEST_ID_KEYS: &[&str] = &[
-    "request id",
-    "requestid",
-    "request_id",
-    "request-id",
-    "x-amzn-requestid",
-    "x-amz-request-id",
-    "x-amz-id-2",
-    "extended_request_id",
-];
-
-/// Access key ids (`AKIA…` long-term, `ASIA…` temporary).
-const ACCESS_KEY_PREFIXES: &[&str] = &["AKIA", "ASIA"];
-
-/// Remove request ids and credential fragments from text that came from AWS
-/// or the SDK: values after credential/signature/token/request-id keys,
-/// access key ids, long hexadecimal runs (signatures, hashes), long base64
-/// runs (session tokens), and the canonical request / string-to-sign AWS
-/// appends to a signature mismatch.
-pub fn scrub(text: &str) -> String {
-    let mut text = text.to_string();
-    for marker in [
-        "The Canonical String for this request should have been",
-        "The String-to-Sign should have been",
-        "canonical request:",
-        "string to sign:",
-    ] {
-        if let Some(at) = text.to_ascii_lowercase().find(&marker.to_ascii_lowercase()) {
-            text.truncate(at);
-            text.push_str("[canonical request omitted]");
-        }
-    }
-    let text = redact_after_keys(&text, SECRET_KEYS, "[redacted]");
-    let text = redact_after_keys(&text, REQUEST_ID_KEYS, "[request id]");
-    redact_tokens(&text)
-}
-
-/// Replace the value following any of `keys` (case-insensitive), skipping
-/// separators such as `=`, `:`, quotes, spaces and `Some(`.
-fn redact_after_keys(text: &str, keys: &[&str], replacement: &str) -> String {
-    let lower = text.to_ascii_lowercase();
-    let mut out = String::with_capacity(text.len());
-    let mut i = 0;
-    while i < text.len() {
-        let hit = keys.iter().find(|key| {
-            lower[i..].starts_with(*key)
-                && (i == 0 || !lower.as_bytes()[i - 1].is_ascii_alphanumeric())
-        });
-        let Some(key) = hit else {
-            let c = text[i..].chars().next().expect("in bounds");
-            out.push(c);
-            i += c.len_utf8();
-            continue;
-        };
-        let key_end = i + key.len();
-        out.push_str(&text[i..key_end]);
-        // Skip separators; require at least one, so plain prose such as
-        // "signature we calculated" is left alone.
-        let rest = &text[key_end..];
-        let trimmed = rest.trim_start_matches(['=', ':', '"', '\'', ' ', '(', '{']);
-        let trimmed = trimmed.strip_prefix("Some(").unwrap_or(trimmed);
-        let trimmed = trimmed.trim_start_matches(['"', '\'']);
-        let separators = rest.len() - trimmed.len();
-        if !rest[..separators].contains(['=', ':']) {
-            i = key_end;
-            continue;
-        }
-        let value_len = trimmed
-            .find(|c: char| {
-                c.is_whitespace() || matches!(c, ',' | '"' | '\'' | ')' | '}' | ';' | '&')
-            })
-            .unwrap_or(trimmed.len());
-        if value_len == 0 {
-            i = key_end;
-            continue;
-        }
-        out.push_str(&rest[..separators]);
-        out.push_str(replacement);
-        i = key_end + separators + value_len;
-    }
-    out
-}
-
-/// Redact access key ids, long hex runs and long base64 runs wherever they are.
-fn redact_tokens(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        out.push_str(&redact_word(word));
-        word.clear();
-    };
-    for c in text.chars() {
-        if c.is_ascii_alphanumeric() || matches!(c, '+' | '/' | '=') {
-            word.push(c);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
-
-fn redact_word(word: &str) -> String {
-    let is_key_id = ACCESS_KEY_PREFIXES.iter().any(|p| word.starts_with(p))
-        && word.len() >= 16
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
-    if is_key_id {
-        return "[access key id]".into();
-    }
-    if word.len() >= 40 && word.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return "[redacted]".into();
-    }
-    let base64ish = word.len() >= 64
-        && word.bytes().any(|b| b.is_ascii_digit())
-        && word.bytes().any(|b| b.is_ascii_uppercase())
-        && word.bytes().any(|b| b.is_ascii_lowercase());
-    if base64ish {
-        return "[redacted]".into();
-    }
-    word.to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn scrub_removes_request_ids() {
-        let text = "service error: ResourceNotFoundException: gone, request id: 6d1b2c3a-0f2e-4a4b-9d41-3b4a5c6d7e8f";
-        let out = scrub(text);
-        assert!(!out.contains("6d1b2c3a"), "{out}");
-        assert!(out.contains("ResourceNotFoundException: gone"), "{out}");
-        let debug = r#"ErrorMetadata { code: Some("X"), extras: Some({"aws_request_id": "abc-123-def"}) } RequestId: ABCDEF0123"#;
-        let out = scrub(debug);
-        assert!(
-            !out.contains("abc-123-def") && !out.contains("ABCDEF0123"),
-            "{out}"
-        );
-        let header = "x-amzn-RequestId=0a1b2c3d-0000-1111-2222-333344445555";
-        assert!(!scrub(header).contains("0a1b2c3d"), "{}", scrub(header));
-    }
-
-    #[test]
-    fn scrub_removes_credential_fragments() {
-        let text = "Authorization: AWS4-HMAC-SHA256 Credential=AKIAIOSFODNN7EXAMPLE/20260101/us-east-1/secretsmanager/aws4_request, \
-                    SignedHeaders=host;x-amz-date, Signature=fe5f80f77d5fa3beca038a248ff027d0445342fe2855ddc963176630326f1024";
-        let out = scrub(text);
-        assert!(!out.contains("AKIAIOSFODNN7EXAMPLE"), "{out}");
-        assert!(!out.contains("fe5f80f77d5f"), "{out}");
-        let loose = "The security token included in the request is invalid. key ASIAQWERTYUIOPASDFGH token=IQoJb3JpZ2luX2VjEJr//////////wEaCXVzLWVhc3QtMSJHMEUCIQDexample";
-        let out = scrub(loose);
-        assert!(
-            out.starts_with("The security token included in the request is invalid."),
-            "{out}"
-        );
-        assert!(
-            !out.contains("ASIAQWERTYUIOPASDFGH") && !out.contains("IQoJb3JpZ2lu"),
-            "{out}"
-        );
-        let mismatch = "The request signature we calculated does not match the signature you provided. \
-                        Check your AWS Secret Access Key and signing method.\n\nThe Canonical String for this request should have been\n'POST\n/\n\nhost:x'";
-        let out = scrub(mismatch);
-        assert!(
-            out.contains("The request signature we calculated does not match"),
-            "{out}"
-        );
-        assert!(!out.contains("host:x"), "{out}");
-        let session = "aws_session_token = FwoGZXIvYXdzEJr";
-        assert!(
-            !scrub(session).contains("FwoGZXIvYXdzEJr"),
-            "{}",
-            scrub(session)
-        );
-    }
-
-    #[test]
-    fn scrub_keeps_useful_text() {
-        let denied = "User: arn:aws:iam::123456789012:user/reader is not authorized to perform: \
-                      secretsmanager:GetSecretValue on resource: db-password because no identity-based policy allows it";
-        assert_eq!(scrub(denied), denied);
-        let version = "Secrets Manager can't find the specified secret value for VersionId: 0a1b2c3d-0000-1111-2222-333344445555";
-        assert_eq!(scrub(version), version);
-        assert_eq!(scrub("héllo wörld — ok"), "héllo wörld — ok");
-    }
+    use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 
     fn context(version: Option<&'static str>) -> Context<'static> {
         Context {
@@ -557,6 +350,54 @@ mod tests {
             timeout: Duration::from_secs(2),
             role: None,
         }
+    }
+
+    /// A Secrets Manager error answer: `status`, AWS's error `code`, headers.
+    fn answer(
+        status: u16,
+        code: &str,
+        headers: &[(&'static str, &'static str)],
+    ) -> SdkError<GetSecretValueError, HttpResponse> {
+        let mut raw = HttpResponse::new(
+            status.try_into().expect("a status code"),
+            format!(r#"{{"__type":"{code}","message":"m"}}"#).into(),
+        );
+        for (name, value) in headers {
+            raw.headers_mut().insert(*name, *value);
+        }
+        let metadata = metadata(code);
+        SdkError::service_error(GetSecretValueError::generic(metadata), raw)
+    }
+
+    fn metadata(code: &str) -> aws_sdk_secretsmanager::error::ErrorMetadata {
+        aws_sdk_secretsmanager::error::ErrorMetadata::builder()
+            .code(code)
+            .message("m")
+            .build()
+    }
+
+    #[test]
+    fn a_throttling_answers_retry_after_is_handed_on_and_never_makes_an_error_retryable() {
+        let c = context(None);
+        let throttled = map(
+            &answer(429, "ThrottlingException", &[("Retry-After", "2")]),
+            &c,
+        );
+        assert!(throttled.retry_safe(), "{throttled}");
+        assert_eq!(throttled.retry_after(), Some(Duration::from_secs(2)));
+        // Without the header: backoff, as before.
+        let plain = map(&answer(429, "ThrottlingException", &[]), &c);
+        assert!(
+            plain.retry_safe() && plain.retry_after().is_none(),
+            "{plain}"
+        );
+        // On an answer that asking again cannot fix, the header changes nothing.
+        let denied = map(
+            &answer(400, "AccessDeniedException", &[("Retry-After", "2")]),
+            &c,
+        );
+        assert!(matches!(denied, ProviderError::Denied(_)), "{denied}");
+        assert_eq!(denied.retry_after(), None);
     }
 
     #[test]

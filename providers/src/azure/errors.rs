@@ -59,17 +59,13 @@ pub(super) struct Context<'a> {
 
 const MAX_TEXT: usize = 300;
 
-/// The first line of a server's message, bounded.
+/// The first line of a server's message, scrubbed and bounded.
 pub(super) fn first_line(text: &str) -> String {
     let line = text.lines().next().unwrap_or_default();
     // Entra sometimes puts the trace id on the same line.
     let line = line.split(" Trace ID:").next().unwrap_or_default().trim();
     // Escaped too: a server's words can carry ESC, bidi controls...
-    let mut out: String = line.chars().take(MAX_TEXT).collect();
-    if line.chars().nth(MAX_TEXT).is_some() {
-        out.push('…');
-    }
-    crate::text::shown_max(&out, MAX_TEXT + 1).into_owned()
+    crate::text::shown_max(&crate::text::scrub(line), MAX_TEXT).into_owned()
 }
 
 fn errors_in_chain(err: &azure_core::Error) -> Vec<&azure_core::Error> {
@@ -87,11 +83,7 @@ fn errors_in_chain(err: &azure_core::Error) -> Vec<&azure_core::Error> {
 /// The innermost cause's text (e.g. "Connection refused (os error 111)",
 /// "invalid peer certificate: UnknownIssuer"), which names no URL.
 fn root_cause(err: &azure_core::Error) -> String {
-    let mut current: &(dyn std::error::Error + 'static) = err;
-    while let Some(next) = current.source() {
-        current = next;
-    }
-    first_line(&current.to_string())
+    first_line(&crate::text::root_cause(err))
 }
 
 fn retry_after(raw: &RawResponse) -> Option<Duration> {
@@ -319,7 +311,12 @@ mod tests {
         );
         assert_eq!(aadsts_text("no code here"), None);
         let long = "x".repeat(1000);
-        assert_eq!(first_line(&long).chars().count(), MAX_TEXT + 1);
+        let cut = first_line(&long);
+        assert!(
+            cut.starts_with(&"x".repeat(MAX_TEXT)) && cut.contains('…'),
+            "{cut}"
+        );
+        assert!(cut.chars().count() < MAX_TEXT + 20, "{cut}");
         assert_eq!(
             first_line("Vault \u{1b}[31mgone\u{202e}"),
             "Vault \\u{1b}[31mgone\\u{202e}"

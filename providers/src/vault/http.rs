@@ -427,23 +427,9 @@ impl Failure {
     }
 }
 
-/// `err` and its sources, `: `-joined, without repeats and without URLs
-/// (reqwest puts the URL in its Display; ours carry no secret, but the
-/// message names the address once already).
+/// `err` and its sources, once each, scrubbed ([`crate::text::cause_chain`]).
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut next: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = next {
-        let mut text = e.to_string();
-        if let Some(at) = text.find(" for url (") {
-            text.truncate(at);
-        }
-        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
-            parts.push(text);
-        }
-        next = e.source();
-    }
-    parts.join(": ")
+    crate::text::cause_chain(err)
 }
 
 /// How many of Vault's error strings are kept, and how many characters of

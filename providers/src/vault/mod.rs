@@ -6,8 +6,11 @@
 //!   read behind our back), and failure classification.
 //! - `auth`: login methods, background renewal, single-flight re-login,
 //!   least-privilege tokens that cannot look themselves up.
-//! - this file: where a `vaultbridge.path` goes (KV v2, KV v1, or a generic
-//!   logical path) and what comes back.
+//! - `paths`: where a `vaultbridge.path` goes (KV v2, KV v1, or a generic
+//!   logical path) and the one name the access policy judges.
+//! - `kv`, `logical`: the reads, and what comes back.
+//! - `errors`: Vault's failures sorted into `ProviderError` kinds.
+//! - this file: the provider, its token, and the `Provider` impl.
 //!
 //! Path rule (README "Provider: vault"):
 //! 1. a path starting with a `logical_write_prefixes` entry is a logical
@@ -22,21 +25,26 @@
 pub mod config;
 
 mod auth;
+mod errors;
 mod http;
+mod kv;
+mod logical;
+mod paths;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use reqwest::Method as Verb;
 use secrecy::{ExposeSecret, SecretString};
-use serde_json::value::RawValue;
 
 pub use config::{AuthConfig, VARIABLES, VaultConfig};
 
 use crate::duration::Timeout;
 use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};
-use auth::{Current, Lookup, Method, Session, quiet};
+use auth::{Current, Lookup, Method, Session};
+use errors::CallError;
+pub(crate) use errors::unavailable;
 use http::{Failure, Http, TlsFiles};
+use paths::Target;
 
 /// Validate `config` and build the provider. No network I/O here: a
 /// background task logs in and then keeps the token alive.
@@ -78,21 +86,6 @@ fn pair<'a>(
             "client_key is set but client_cert is not; give both",
         )),
     }
-}
-
-/// Where one `vaultbridge.path` points.
-#[derive(Debug, PartialEq, Eq)]
-enum Target<'a> {
-    Kv {
-        mount: &'a str,
-        path: &'a str,
-        version: u8,
-    },
-    Logical {
-        post: bool,
-        path: &'a str,
-        query: Option<&'a str>,
-    },
 }
 
 impl VaultProvider {
@@ -339,51 +332,6 @@ impl VaultProvider {
         self.keeper = Some(task.abort_handle());
     }
 
-    /// The policy's name for `secret`: a KV path on the default mount
-    /// without the mount (`secret/app/db` and `app/db` are one secret), any
-    /// other KV mount as `<mount>/<path>`, a logical path without its query.
-    fn canonical(&self, secret: &SecretPath) -> Result<String, ProviderError> {
-        Ok(match self.target(secret)? {
-            Target::Kv { mount, path, .. } if mount == self.kv_mount => path.to_string(),
-            Target::Kv { mount, path, .. } => format!("{mount}/{path}"),
-            Target::Logical { path, .. } => path.to_string(),
-        })
-    }
-
-    /// Apply the path rule (module docs) to a path [`SecretPath`] already
-    /// validated: no empty, `.` or `..` segment, no escape, so a prefix or
-    /// mount decided here is the path Vault receives.
-    fn target<'a>(&'a self, secret: &'a SecretPath) -> Result<Target<'a>, ProviderError> {
-        let path = secret.path();
-        let post = self.logical_post.iter().any(|p| secret.has_prefix(p));
-        if post || self.logical_get.iter().any(|p| secret.has_prefix(p)) {
-            return Ok(Target::Logical {
-                post,
-                path,
-                query: secret.query(),
-            });
-        }
-        if secret.query().is_some() {
-            return Err(ProviderError::Invalid(format!(
-                "'{path}?…': a '?' query is only allowed on logical paths (logical_prefixes / logical_write_prefixes)"
-            )));
-        }
-        if let Some((first, rest)) = path.split_once('/')
-            && let Some(version) = self.kv_mounts.get(first)
-        {
-            return Ok(Target::Kv {
-                mount: first,
-                path: rest,
-                version: *version,
-            });
-        }
-        Ok(Target::Kv {
-            mount: &self.kv_mount,
-            path,
-            version: self.kv_mounts[&self.kv_mount],
-        })
-    }
-
     /// Run `op` with a token. On a 403, if Vault no longer accepts the token
     /// (expired, revoked), log in again and retry once; a 403 with a valid
     /// token is a real "permission denied" and is returned as is.
@@ -406,391 +354,6 @@ impl VaultProvider {
         }
         let fresh = self.session.token().await.map_err(CallError::Provider)?;
         op(fresh).await.map_err(CallError::Vault)
-    }
-
-    /// A 403 with a token Vault accepts: name the capability it lacks.
-    /// `capability` is what the call needs: 'read' for a GET, 'update'
-    /// for a logical POST.
-    async fn denied(
-        &self,
-        what: &str,
-        capability: &str,
-        api_path: &str,
-        f: &Failure,
-    ) -> ProviderError {
-        let namespace = self
-            .session
-            .http
-            .namespace
-            .as_deref()
-            .map(|n| format!(" in namespace '{n}'"))
-            .unwrap_or_default();
-        let policies = match self.session.policies().await {
-            Some(policies) => format!("its policies [{}] must allow it", policies.join(", ")),
-            None => "its policy must allow it (which policies it has is unknown: it may not look itself up)".into(),
-        };
-        ProviderError::Denied(format!(
-            "permission denied for {what}: the token ({}) lacks '{capability}' on Vault API path '{api_path}'{namespace}; {policies}, or use another role ({})",
-            self.session.method.describe(),
-            f.errors()
-        ))
-    }
-
-    async fn fetch_kv(
-        &self,
-        mount: &str,
-        path: &str,
-        kv_version: u8,
-        version: Option<&str>,
-    ) -> Result<SecretValue, ProviderError> {
-        if kv_version == 1 {
-            let what = format!("'{path}' in KV v1 mount '{mount}'");
-            if version.is_some() {
-                return Err(ProviderError::Invalid(format!(
-                    "{what}: KV v1 keeps no versions; remove the vaultbridge.version label"
-                )));
-            }
-            let api_path = format!("{mount}/{path}");
-            let result = self
-                .with_token(|c| {
-                    let api_path = &api_path;
-                    async move {
-                        let body = self
-                            .session
-                            .http
-                            .send(Verb::GET, api_path, &[], None, &c.token)
-                            .await?;
-                        envelope(&body)
-                    }
-                })
-                .await;
-            return match result {
-                Ok(response) => json_value(response.data.as_deref().map(RawValue::get), &what)
-                    .map(SecretValue::new),
-                Err(CallError::Provider(e)) => Err(e),
-                Err(CallError::Vault(f)) => Err(self.kv_error(&what, &api_path, mount, f).await),
-            };
-        }
-
-        let number = version
-            .map(|v| {
-                v.parse::<u64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    ProviderError::Invalid(format!(
-                        "vaultbridge.version={v}: a KV v2 version is a positive integer"
-                    ))
-                })
-            })
-            .transpose()?;
-        let what = match number {
-            Some(n) => format!("version {n} of '{path}' in KV v2 mount '{mount}'"),
-            None => format!("'{path}' in KV v2 mount '{mount}'"),
-        };
-        let api_path = format!("{mount}/data/{path}");
-        let version_query = number.map(|n| n.to_string());
-        let result = self
-            .with_token(|c| {
-                let (api_path, version_query) = (&api_path, &version_query);
-                async move {
-                    let query: Vec<(&str, &str)> = version_query
-                        .iter()
-                        .map(|n| ("version", n.as_str()))
-                        .collect();
-                    let body = self
-                        .session
-                        .http
-                        .send(Verb::GET, api_path, &query, None, &c.token)
-                        .await?;
-                    let outer = envelope(&body)?;
-                    // KV v2 nests the secret: {"data": {"data": {...}, "metadata": {...}}}.
-                    match outer.data {
-                        Some(inner) => serde_json::from_str::<Kv2Data>(inner.get())
-                            .map(|d| d.data.map(|raw| raw.get().to_string()))
-                            .map_err(|_| {
-                                Failure::Other("the answer is not a KV v2 response".into())
-                            }),
-                        None => Ok(None),
-                    }
-                }
-            })
-            .await;
-        match result {
-            Ok(data) => json_value(data.as_deref(), &what).map(SecretValue::new),
-            Err(CallError::Provider(e)) => Err(e),
-            Err(CallError::Vault(f)) if f.is_status(404) && !no_route(&f) => {
-                Err(self.explain_missing_v2(mount, path, number, &what).await)
-            }
-            Err(CallError::Vault(f)) => Err(self.kv_error(&what, &api_path, mount, f).await),
-        }
-    }
-
-    /// A KV v2 read said 404: tell a deleted or destroyed version from a
-    /// missing one, using the metadata when the policy allows reading it.
-    async fn explain_missing_v2(
-        &self,
-        mount: &str,
-        path: &str,
-        number: Option<u64>,
-        what: &str,
-    ) -> ProviderError {
-        let metadata = self
-            .with_token(|c| async move {
-                let client = self.session.http.vault(&c.token);
-                quiet(vaultrs::kv2::read_metadata(&client, mount, path)).await
-            })
-            .await;
-        let Ok(metadata) = metadata else {
-            return ProviderError::NotFound(format!(
-                "no secret {what} (or it is deleted; the token may not read its metadata to tell)"
-            ));
-        };
-        let wanted = number.unwrap_or(metadata.current_version);
-        match metadata.versions.get(&wanted.to_string()) {
-            Some(v) if v.destroyed => ProviderError::NotFound(format!(
-                "version {wanted} of '{path}' in KV v2 mount '{mount}' was destroyed and cannot be recovered; pick another vaultbridge.version (current is {})",
-                metadata.current_version
-            )),
-            Some(v) if !v.deletion_time.is_empty() => ProviderError::NotFound(format!(
-                "version {wanted} of '{path}' in KV v2 mount '{mount}' was deleted at {}; undelete it (vault kv undelete -versions={wanted} {mount}/{path}) or pick another vaultbridge.version (current is {})",
-                v.deletion_time, metadata.current_version
-            )),
-            _ => ProviderError::NotFound(format!(
-                "'{path}' in KV v2 mount '{mount}' has no version {wanted} (versions {}..={} are kept)",
-                metadata.oldest_version.max(1),
-                metadata.current_version
-            )),
-        }
-    }
-
-    async fn kv_error(&self, what: &str, api_path: &str, mount: &str, f: Failure) -> ProviderError {
-        let shown = &self.session.http.shown;
-        match &f {
-            Failure::Status { code: 404, .. } if no_route(&f) => ProviderError::NotFound(format!(
-                "no secrets engine is mounted at '{mount}/' on Vault {shown} (reading {what}); check kv_mount / kv_mounts or the mount prefix of the path"
-            )),
-            Failure::Status { code: 404, .. } => {
-                ProviderError::NotFound(format!("no secret {what}"))
-            }
-            Failure::Status { code: 403, .. } => self.denied(what, "read", api_path, &f).await,
-            Failure::Status { code: 400, .. } => {
-                ProviderError::Invalid(format!("Vault refused reading {what}: {}", f.errors()))
-            }
-            // Asking again helps only after a connection failure, a rate
-            // limit or a server error: an answer we cannot use, a redirect,
-            // 405, 412 or 501 will be the same next time.
-            Failure::Other(_)
-            | Failure::Status {
-                code: 0..=428 | 430..=499 | 501,
-                ..
-            } => unavailable(shown, &format!("reading {what}"), f).without_retry(),
-            _ => unavailable(shown, &format!("reading {what}"), f),
-        }
-    }
-
-    async fn fetch_logical(
-        &self,
-        post: bool,
-        path: &str,
-        query: Option<&str>,
-        version: Option<&str>,
-    ) -> Result<SecretValue, ProviderError> {
-        let what = format!("logical path '{path}'");
-        if version.is_some() {
-            return Err(ProviderError::Invalid(format!(
-                "{what}: vaultbridge.version applies to KV v2 only; remove the label"
-            )));
-        }
-        // GET: the query stays on the URL; POST: it is the JSON body.
-        // Either way each pair is encoded by the URL/JSON builder, so no
-        // label text can add a parameter or change the path.
-        let pairs: Vec<(&str, &str)> = query
-            .map(|q| q.split('&').filter_map(|kv| kv.split_once('=')).collect())
-            .unwrap_or_default();
-        let pairs = &pairs;
-        let result = self
-            .with_token(|c| async move {
-                let (method, url_query, body) = if post {
-                    let body: serde_json::Map<String, serde_json::Value> = pairs
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), serde_json::Value::from(*v)))
-                        .collect();
-                    (
-                        Verb::POST,
-                        &[][..],
-                        Some(serde_json::Value::Object(body).to_string()),
-                    )
-                } else {
-                    (Verb::GET, &pairs[..], None)
-                };
-                let bytes = self
-                    .session
-                    .http
-                    .send(method, path, url_query, body, &c.token)
-                    .await?;
-                envelope(&bytes)
-            })
-            .await;
-        let response = match result {
-            Ok(r) => r,
-            Err(CallError::Provider(e)) => return Err(e),
-            Err(CallError::Vault(f)) => {
-                let shown = &self.session.http.shown;
-                return Err(match &f {
-                    Failure::Status { code: 404, .. } if no_route(&f) => {
-                        ProviderError::NotFound(format!(
-                            "no secrets engine handles {what} on Vault {shown}; check the path"
-                        ))
-                    }
-                    Failure::Status { code: 404, .. } => {
-                        ProviderError::NotFound(format!("nothing at {what}"))
-                    }
-                    Failure::Status { code: 403, .. } => {
-                        let capability = if post { "update" } else { "read" };
-                        self.denied(&what, capability, path, &f).await
-                    }
-                    Failure::Status { code: 400, .. } => {
-                        ProviderError::Invalid(format!("Vault refused {what}: {}", f.errors()))
-                    }
-                    // Generic paths may mint (database/creds, pki/issue):
-                    // one that may have been served is never asked again.
-                    _ if f.may_have_taken_effect() => {
-                        unavailable(shown, &format!("requesting {what}"), f).without_retry()
-                    }
-                    _ => unavailable(shown, &format!("requesting {what}"), f),
-                });
-            }
-        };
-        // A token-creating path answers with `auth`, a secrets engine with
-        // `data`. Either way a lease (or a new token) makes it per task.
-        let (body, leased) = match (response.data, response.auth) {
-            (Some(data), _) => (
-                data,
-                !response.lease_id.is_empty() || response.lease_duration > 0,
-            ),
-            (_, Some(auth)) => (auth, true),
-            _ => {
-                return Err(ProviderError::NotFound(format!(
-                    "{what} answered without data"
-                )));
-            }
-        };
-        if leased {
-            tracing::info!(
-                provider = %self.session.name,
-                path,
-                lease_seconds = response.lease_duration,
-                "vault: leased value, left to expire at its TTL (not revoked, not renewed)"
-            );
-        }
-        let bytes = json_value(Some(body.get()), &what)?;
-        Ok(if leased {
-            let value = SecretValue::per_task(bytes);
-            match response.lease_duration {
-                0 => value,
-                seconds => value.with_lease(std::time::Duration::from_secs(seconds)),
-            }
-        } else {
-            SecretValue::new(bytes)
-        })
-    }
-}
-
-/// The envelope of every Vault answer: only what we use. `data` and `auth`
-/// stay raw text, so a secret comes back byte for byte as Vault sent it
-/// (a `serde_json::Value` would turn big or precise numbers into `f64`).
-#[derive(serde::Deserialize)]
-struct Envelope {
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
-    #[serde(default)]
-    auth: Option<Box<RawValue>>,
-    #[serde(default)]
-    lease_id: String,
-    #[serde(default)]
-    lease_duration: u64,
-}
-
-/// KV v2's inner `data` object.
-#[derive(serde::Deserialize)]
-struct Kv2Data {
-    #[serde(default)]
-    data: Option<Box<RawValue>>,
-}
-
-fn envelope(body: &[u8]) -> Result<Envelope, Failure> {
-    if body.is_empty() {
-        // A write endpoint that answers 204: its work is done, and there is
-        // no value in the answer to serve.
-        return Err(Failure::Other(
-            "Vault answered with no body: this path returns nothing to serve".into(),
-        ));
-    }
-    serde_json::from_slice(body)
-        .map_err(|_| Failure::Other("the answer is not a Vault JSON response".into()))
-}
-
-enum CallError {
-    /// Already phrased (login failed).
-    Provider(ProviderError),
-    Vault(Failure),
-}
-
-/// The secret's JSON text as Vault sent it; no data, `null` or `{}` is
-/// "not found", never an empty value.
-fn json_value(data: Option<&str>, what: &str) -> Result<Vec<u8>, ProviderError> {
-    let text = data.unwrap_or("null").trim();
-    let start: String = text
-        .chars()
-        .filter(|c| !c.is_whitespace())
-        .take(2)
-        .collect();
-    match (text, start.as_str()) {
-        ("null", _) => Err(ProviderError::NotFound(format!("{what} holds no data"))),
-        (_, "{}") => Err(ProviderError::NotFound(format!("{what} holds no keys"))),
-        _ => Ok(text.as_bytes().to_vec()),
-    }
-}
-
-/// 404 "no handler for route": nothing is mounted there.
-fn no_route(f: &Failure) -> bool {
-    matches!(f, Failure::Status { errors, .. } if errors.iter().any(|e| e.contains("no handler for route")))
-}
-
-/// Everything that is not "not found" or "denied": sealed, down, TLS.
-pub(crate) fn unavailable(address: &str, doing: &str, f: Failure) -> ProviderError {
-    match f {
-        Failure::Status {
-            code: 503,
-            ref errors,
-        } if errors.iter().any(|e| e.contains("sealed")) => {
-            ProviderError::unavailable(format!("{doing}: Vault at {address} is sealed; unseal it"))
-        }
-        Failure::Status { code, .. } => ProviderError::unavailable(format!(
-            "{doing}: Vault at {address} answered HTTP {code} ({})",
-            f.errors()
-        )),
-        Failure::Transport {
-            message, tls: true, ..
-        } => ProviderError::unavailable(format!(
-            "{doing}: TLS with Vault at {address} failed: {message}; check ca_file, tls_server_name and the client certificate"
-        )),
-        Failure::Transport { message, .. } => ProviderError::unavailable(format!(
-            "{doing}: cannot reach Vault at {address}: {message}"
-        )),
-        Failure::Other(message) => {
-            ProviderError::unavailable(format!("{doing}: Vault at {address}: {message}"))
-        }
-        Failure::RateLimited {
-            retry_after,
-            errors,
-        } => {
-            let error = ProviderError::unavailable(format!(
-                "{doing}: Vault at {address} is rate limiting requests (HTTP 429: {errors})"
-            ));
-            match retry_after {
-                Some(wait) => error.with_retry_after(wait),
-                None => error,
-            }
-        }
     }
 }
 

@@ -7,6 +7,9 @@
 //! not become a 3 MB log line).
 
 use std::borrow::Cow;
+
+mod scrub;
+pub use scrub::scrub;
 use std::fmt::Write as _;
 
 /// How many characters of one foreign string a log line or error shows.
@@ -81,9 +84,73 @@ pub fn shown_max(text: &str, max_chars: usize) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// `err` and its causes, `outer: inner: …`, each text once (one already
+/// inside an outer one is dropped), without reqwest's ` for url (…)` (our
+/// messages name the address once already), then [`scrub`]bed.
+pub fn cause_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(err);
+    while let Some(e) = next {
+        let mut text = e.to_string();
+        if let Some(at) = text.find(" for url (") {
+            text.truncate(at);
+        }
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = e.source();
+    }
+    scrub(&parts.join(": "))
+}
+
+/// The innermost cause's text ("Connection refused (os error 111)"),
+/// [`scrub`]bed.
+pub fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = err;
+    while let Some(next) = current.source() {
+        current = next;
+    }
+    scrub(&current.to_string())
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary, with `…`
+/// when cut.
+pub fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut cut = max;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cause_chains_say_each_cause_once_and_truncation_keeps_characters() {
+        #[derive(Debug)]
+        struct Outer(std::io::Error);
+        impl std::fmt::Display for Outer {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "request failed: {} for url (https://v:8200/x)", self.0)
+            }
+        }
+        impl std::error::Error for Outer {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let err = Outer(std::io::Error::other("connection refused"));
+        assert_eq!(cause_chain(&err), "request failed: connection refused");
+        assert_eq!(root_cause(&err), "connection refused");
+        assert_eq!(truncate("héllo".into(), 2), "h…");
+        assert_eq!(truncate("ok".into(), 2), "ok");
+    }
 
     #[test]
     fn safe_short_text_is_borrowed() {
