@@ -6,7 +6,8 @@
 //! ([`Source`]) and backend error kinds — never a secret's name, path or
 //! value. Every series the request path touches is registered at start and
 //! its handle kept, so a request costs a few atomic increments and one
-//! short lock per histogram: no lookup by label, no allocation.
+//! short lock per histogram: its provider's handles are found by name among
+//! the configured few, with no label hashing and no allocation.
 
 pub mod health;
 
@@ -76,7 +77,7 @@ pub const ERROR_KINDS: &[&str] = &[
 /// letters, digits, `-` and `_`: none can be this.
 pub const NO_PROVIDER: &str = "(none)";
 
-/// From 100 µs (a cache hit) to 30 s (the engine's own limit).
+/// From 100 µs (a cache hit) to 10 s (the default deadline; +Inf beyond).
 const LATENCY_BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
