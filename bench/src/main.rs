@@ -194,7 +194,46 @@ pub(crate) fn row(name: &str, concurrency: usize, stats: &Stats) -> serde_json::
            "requests": stats.requests, "errors": stats.errors})
 }
 
+/// What counting one cache hit costs (in flight, outcome, source,
+/// latency histogram), in process: one thread, then both cores at once on
+/// the same series (the worst case: every request of one provider).
+fn counting_cost() -> serde_json::Value {
+    use vaultbridge::metrics::Metrics;
+    const N: u32 = 2_000_000;
+    let metrics = std::sync::Arc::new(Metrics::new(["local"]));
+    let count = |metrics: &Metrics| {
+        let started = Instant::now();
+        for _ in 0..N {
+            let _in_flight = metrics.in_flight();
+            metrics.answered(
+                Some("local"),
+                "ok",
+                Some(vaultbridge::metrics::Source::Hit),
+                Duration::from_micros(20),
+            );
+        }
+        started.elapsed().as_nanos() as f64 / f64::from(N)
+    };
+    let alone = count(&metrics);
+    let threads: Vec<_> = (0..2)
+        .map(|_| {
+            let metrics = metrics.clone();
+            std::thread::spawn(move || count(&metrics))
+        })
+        .collect();
+    let contended: Vec<f64> = threads
+        .into_iter()
+        .map(|t| t.join().unwrap_or(f64::NAN))
+        .collect();
+    println!(
+        "metrics counting per request: {alone:.0} ns alone, {:.0} ns with 2 threads on the same series",
+        contended.iter().sum::<f64>() / 2.0
+    );
+    json!({"ns_alone": alone, "ns_two_threads": contended})
+}
+
 async fn bench() -> anyhow::Result<()> {
+    let counting = counting_cost();
     let plugin = plugin_binary()?;
     let me = std::env::current_exe()?;
     let mut figures = Vec::new();
@@ -324,6 +363,79 @@ async fn bench() -> anyhow::Result<()> {
     }
     drop(policy_server);
 
+    // 2c. The hit path with the metrics listener on and scraped every
+    // second, as Prometheus would (the counters are updated either way).
+    let listen = format!("127.0.0.1:{}", vaultbridge_tests::openbao::free_port());
+    let metrics_config = format!("metrics_listen = \"{listen}\"\n{config}");
+    let (metrics_server, _) = Server::spawn(&plugin, &["serve"], Some(&metrics_config))?;
+    let scraping = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let scraper = std::thread::spawn({
+        let scraping = scraping.clone();
+        let listen = listen.clone();
+        move || {
+            let mut scrapes = 0u32;
+            while scraping.load(std::sync::atomic::Ordering::Relaxed) {
+                if vaultbridge_tests::prometheus::http_get(&listen, "/metrics")
+                    .is_some_and(|(status, _)| status == 200)
+                {
+                    scrapes += 1;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            scrapes
+        }
+    });
+    for (i, c) in CONCURRENCIES.iter().enumerate() {
+        let stats = load::run(
+            &metrics_server.socket,
+            "/SecretProvider.GetSecret",
+            body.clone(),
+            *c,
+            RUN,
+            has_value,
+        )
+        .await?;
+        figures.push(row(
+            "vaultbridge, cache hit, metrics scraped 1/s",
+            *c,
+            &stats,
+        ));
+        ratios.insert(
+            format!("scraped_hit_throughput_over_hit_c{c}"),
+            json!(stats.per_second / hit_stats[i].per_second),
+        );
+    }
+    scraping.store(false, std::sync::atomic::Ordering::Relaxed);
+    let scrapes = scraper.join().unwrap_or(0);
+    anyhow::ensure!(scrapes > 0, "the metrics listener never answered");
+    drop(metrics_server);
+
+    // 2d. `VAULTBRIDGE_BASELINE_BIN`: the plain hit row with another binary
+    // (one built before a change), in the same run.
+    if let Some(baseline) = std::env::var_os("VAULTBRIDGE_BASELINE_BIN") {
+        let (baseline_server, _) = Server::spawn(Path::new(&baseline), &["serve"], Some(&config))?;
+        for (i, c) in CONCURRENCIES.iter().enumerate() {
+            let stats = load::run(
+                &baseline_server.socket,
+                "/SecretProvider.GetSecret",
+                body.clone(),
+                *c,
+                RUN,
+                has_value,
+            )
+            .await?;
+            figures.push(row("baseline binary, cache hit", *c, &stats));
+            ratios.insert(
+                format!("hit_throughput_over_baseline_c{c}"),
+                json!(hit_stats[i].per_second / stats.per_second),
+            );
+            ratios.insert(
+                format!("hit_p50_over_baseline_c{c}"),
+                json!(hit_stats[i].p50.as_secs_f64() / stats.p50.as_secs_f64()),
+            );
+        }
+    }
+
     // 3 and 4. Against OpenBao (`--hit-only` skips them, for profiling).
     let vault_figures = if std::env::args().any(|a| a == "--hit-only") {
         serde_json::Value::Null
@@ -363,6 +475,7 @@ async fn bench() -> anyhow::Result<()> {
     let out = json!({
         "rows": figures,
         "ratios": ratios,
+        "metrics_counting": counting,
         "rss_idle_kib": rss_idle,
         "rss_c256_kib": rss_256,
         "startup_ms_median": startup_p50.as_secs_f64() * 1e3,

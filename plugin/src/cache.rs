@@ -235,8 +235,7 @@ impl Cache {
     }
 
     /// Number of entries and bytes held.
-    #[cfg(test)]
-    fn usage(&self) -> (usize, usize) {
+    pub fn usage(&self) -> (usize, usize) {
         let state = self.lock();
         (state.entries.len(), state.bytes)
     }

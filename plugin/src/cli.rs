@@ -8,10 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use futures::FutureExt as _;
 use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::config::{Config, Source};
+use crate::metrics;
+use crate::metrics_listener;
 use crate::protocol::GetSecretRequest;
 use crate::resolve::Resolver;
 use crate::server;
@@ -247,26 +250,37 @@ async fn load(config: &ConfigArg) -> Result<(Resolver, Source), String> {
     Ok((resolver, source))
 }
 
+/// What `serve` needs besides the resolver.
+struct Serving {
+    source: Source,
+    audit: Option<Audit>,
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
 /// [`load`], and the audit sink opened (only the server writes the trail).
-async fn load_for_serve(config: &ConfigArg) -> Result<(Resolver, Source, Option<Audit>), String> {
-    let (resolver, source, audit) = load_config(config).await?;
-    let audit = audit
+async fn load_for_serve(config: &ConfigArg) -> Result<(Resolver, Serving), String> {
+    let (resolver, source, config) = load_config(config).await?;
+    let audit = config
+        .audit
         .as_ref()
         .map(Audit::open)
         .transpose()
         .map_err(|err| format!("configuration error ({source}): {err}"))?;
-    Ok((resolver, source, audit))
+    let serving = Serving {
+        source,
+        audit,
+        metrics_listen: config.metrics_listen,
+    };
+    Ok((resolver, serving))
 }
 
-async fn load_config(
-    config: &ConfigArg,
-) -> Result<(Resolver, Source, Option<crate::audit::AuditConfig>), String> {
+async fn load_config(config: &ConfigArg) -> Result<(Resolver, Source, Config), String> {
     let (config, source) = Config::load(config.path.as_deref(), &process_env)
         .map_err(|err| format!("configuration error: {err}"))?;
     let resolver = Resolver::from_config(&config)
         .await
         .map_err(|err| format!("configuration error ({source}): {err}"))?;
-    Ok((resolver, source, config.audit))
+    Ok((resolver, source, config))
 }
 
 /// Without a policy: that every service reads every path its labels name
@@ -306,13 +320,35 @@ pub async fn run(cli: Cli) -> ExitCode {
 }
 
 async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode {
-    let (resolver, source, audit) = match load_for_serve(&config).await {
+    let (resolver, serving) = match load_for_serve(&config).await {
         Ok(loaded) => loaded,
         Err(message) => {
             tracing::error!("{message}");
             return ExitCode::FAILURE;
         }
     };
+    let Serving {
+        source,
+        audit,
+        metrics_listen,
+    } = serving;
+    // Before the socket: a plugin that cannot serve what it was told to
+    // fails to enable, with the reason in its log.
+    let metrics_listener = match metrics_listen {
+        Some(addr) => match metrics_listener::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(err) => {
+                tracing::error!("configuration error ({source}): {err}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => None,
+    };
+    if matches!(source, Source::File(_)) && process_env("VAULTBRIDGE_METRICS_LISTEN").is_some() {
+        tracing::warn!(
+            "VAULTBRIDGE_METRICS_LISTEN is ignored: the configuration comes from a file, which says metrics_listen instead"
+        );
+    }
     let listener = match server::bind(&socket) {
         Ok(listener) => listener,
         Err(err) => {
@@ -340,9 +376,27 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
         }
         warn_findings(&resolver, |line| tracing::warn!("{line}"));
     }
-    let app = server::app(Arc::new(resolver), audit.map(Arc::new));
+    let resolver = Arc::new(resolver);
+    let shutdown = shutdown_signal().shared();
+    if let Some(listener) = metrics_listener {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(address = %addr, "metrics listener: /metrics, /healthz, /readyz");
+        }
+        // Readiness means something only if someone can ask: checks only then.
+        let checked = resolver
+            .providers()
+            .filter_map(|(name, provider)| {
+                let counted = resolver.metrics().provider(name)?;
+                Some((provider.clone(), counted.clone()))
+            })
+            .collect();
+        tokio::spawn(metrics::health::keep_checking(checked));
+        let app = metrics_listener::app(resolver.clone());
+        tokio::spawn(metrics_listener::run(listener, app, shutdown.clone()));
+    }
+    let app = server::app(resolver, audit.map(Arc::new));
     // `run` cannot fail once bound: accept errors are logged and retried.
-    server::run(listener, app, shutdown_signal(), grace).await;
+    server::run(listener, app, shutdown, grace).await;
     let _ = std::fs::remove_file(&socket);
     tracing::info!("stopped");
     ExitCode::SUCCESS

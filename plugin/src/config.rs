@@ -47,6 +47,9 @@ pub struct Config {
     pub access: Option<AccessConfig>,
     /// Where the audit trail goes; nowhere, when absent.
     pub audit: Option<AuditConfig>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this
+    /// address (`127.0.0.1:9469`); off when absent.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// One `[providers.<name>]` table: the backend's keys plus the plugin's
@@ -86,6 +89,10 @@ pub const VARIABLES: &[Variable] = &[
     Variable {
         name: "VAULTBRIDGE_MAX_CONCURRENCY",
         meaning: "backend calls in flight at once per provider (default 16)",
+    },
+    Variable {
+        name: "VAULTBRIDGE_METRICS_LISTEN",
+        meaning: "address of the HTTP listener for /metrics, /healthz and /readyz, e.g. 127.0.0.1:9469 (default: off; a config file says metrics_listen instead)",
     },
     Variable {
         name: "VAULTBRIDGE_LOG",
@@ -164,19 +171,22 @@ impl Config {
         }
 
         let tuning = tuning_from_env(env)?;
+        let metrics_listen = metrics_listen_from_env(env)?;
         let providers: BTreeMap<_, _> = ProviderConfig::from_env(env)
             .into_iter()
             .map(|(name, backend)| (name, ProviderEntry { tuning, backend }))
             .collect();
         #[cfg(feature = "file")]
         if providers.is_empty() {
-            return Ok(Config::embedded_default(Path::new(
-                vaultbridge_providers::file::DEFAULT_ROOT,
-            )));
+            let (mut config, source) =
+                Config::embedded_default(Path::new(vaultbridge_providers::file::DEFAULT_ROOT));
+            config.metrics_listen = metrics_listen;
+            return Ok((config, source));
         }
         let config = Config {
             default_provider: env("VAULTBRIDGE_DEFAULT_PROVIDER").filter(|s| !s.is_empty()),
             providers,
+            metrics_listen,
             ..Config::empty()
         };
         // Without the file backend there is no embedded default.
@@ -215,6 +225,7 @@ impl Config {
             default_path: None,
             access: None,
             audit: None,
+            metrics_listen: None,
         }
     }
 
@@ -346,6 +357,24 @@ fn one_line(text: &str, err: &toml::de::Error) -> String {
         }
         None => message,
     }
+}
+
+/// `VAULTBRIDGE_METRICS_LISTEN`: an `IP:port` (a file says `metrics_listen`).
+fn metrics_listen_from_env(
+    env: EnvLookup<'_>,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let Some(text) = env("VAULTBRIDGE_METRICS_LISTEN").filter(|s| !s.is_empty()) else {
+        return Ok(None);
+    };
+    text.parse().map(Some).map_err(|_| {
+        ConfigError::new(
+            "VAULTBRIDGE_METRICS_LISTEN",
+            format!(
+                "'{}' is not an IP address and port, e.g. 127.0.0.1:9469",
+                shown(&text)
+            ),
+        )
+    })
 }
 
 /// `VAULTBRIDGE_CACHE_TTL`, `VAULTBRIDGE_MAX_STALE`, `VAULTBRIDGE_DEADLINE`,
@@ -587,6 +616,7 @@ mod tests {
             "VAULTBRIDGE_MAX_CONCURRENCY" => "4",
             "VAULTBRIDGE_CACHE_TTL" | "VAULTBRIDGE_MAX_STALE" | "VAULTBRIDGE_DEADLINE" => "5s",
             "VAULTBRIDGE_DEFAULT_PROVIDER" => "file",
+            "VAULTBRIDGE_METRICS_LISTEN" => "127.0.0.1:9469",
             "VAULTBRIDGE_CONFIG" => "",
             _ => "/tmp",
         };
@@ -701,6 +731,46 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn the_metrics_listener_address_from_a_file_or_the_environment() {
+        let config = Config::parse(
+            "metrics_listen = \"127.0.0.1:9469\"\n[providers.l]\ntype = \"file\"\nroot = \"/\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            config.metrics_listen,
+            Some("127.0.0.1:9469".parse().unwrap())
+        );
+        let err = Config::parse(
+            "metrics_listen = \"localhost\"\n[providers.l]\ntype = \"file\"\nroot = \"/\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "metrics_listen", "{err}");
+
+        let env = |name: &str| match name {
+            "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),
+            "VAULTBRIDGE_METRICS_LISTEN" => Some("[::1]:9469".to_string()),
+            _ => None,
+        };
+        let (config, _) = Config::load(None, &env).unwrap();
+        assert_eq!(config.metrics_listen, Some("[::1]:9469".parse().unwrap()));
+        let bad = |name: &str| match name {
+            "VAULTBRIDGE_FILE_DIR" => Some("/srv".to_string()),
+            "VAULTBRIDGE_METRICS_LISTEN" => Some("9469\n".to_string()),
+            _ => None,
+        };
+        let err = Config::load(None, &bad).unwrap_err();
+        assert_eq!(err.key, "VAULTBRIDGE_METRICS_LISTEN");
+        assert!(err.message.contains("127.0.0.1:9469"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
+        // Off unless asked for.
+        let (config, _) = Config::load(None, &|name: &str| {
+            (name == "VAULTBRIDGE_FILE_DIR").then(|| "/srv".to_string())
+        })
+        .unwrap();
+        assert_eq!(config.metrics_listen, None);
     }
 
     #[test]

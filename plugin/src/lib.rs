@@ -16,6 +16,9 @@
 //! - [`cache`]: TTL cache, request coalescing, stale-on-error.
 //! - [`issued`]: the per-task value each task got, for the engine's re-asks.
 //! - [`tuning`]: per-provider deadline, retries, concurrency limit.
+//! - [`metrics`]: Prometheus metrics and each provider's readiness.
+//! - [`metrics_listener`]: the optional HTTP listener for `/metrics`,
+//!   `/healthz` and `/readyz`.
 //! - [`config`]: the TOML file / environment / embedded default.
 //! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
 //! - [`cli`]: `serve`, `check` (also `check --stack`), `get`.
@@ -33,6 +36,8 @@ mod issued;
 pub mod labels;
 #[cfg(test)]
 mod memory;
+pub mod metrics;
+mod metrics_listener;
 pub mod protocol;
 pub mod resolve;
 mod server;

@@ -19,6 +19,7 @@ use crate::config::Config;
 pub use crate::error::{Failure, MAX_ERROR_CHARS, ResolveError};
 use crate::issued::{Issued, TaskSecret};
 use crate::labels::{self, Decode, FIELD, Lookup};
+use crate::metrics::{Metrics, Scrape};
 use crate::protocol::GetSecretRequest;
 use crate::tuning::{Tuning, Upstream};
 use vaultbridge_providers::text::shown;
@@ -39,6 +40,7 @@ pub struct Resolver {
     policy: Option<Policy>,
     /// `default_path`: the path of a secret without a path label.
     default_path: Option<Pattern>,
+    metrics: Arc<Metrics>,
 }
 
 /// A value ready for Docker.
@@ -112,10 +114,17 @@ impl Resolver {
                 .then(|| providers.keys().next().cloned())
                 .flatten()
         });
+        let metrics = Arc::new(Metrics::new(providers.keys().map(String::as_str)));
         let providers = providers
             .into_iter()
             .map(|(name, (provider, tuning))| {
-                let upstream = Upstream::new(name.clone(), provider, tuning);
+                let counted = metrics.provider(&name).cloned();
+                let upstream = match counted {
+                    Some(counted) => {
+                        Upstream::with_metrics(name.clone(), provider, tuning, counted)
+                    }
+                    None => Upstream::new(name.clone(), provider, tuning),
+                };
                 (name, Arc::new(upstream))
             })
             .collect();
@@ -126,7 +135,33 @@ impl Resolver {
             issued: Issued::default(),
             policy: None,
             default_path: None,
+            metrics,
         }
+    }
+
+    /// The counters the server and the backends' calls update.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics in the Prometheus text format, as scraped now.
+    pub fn render_metrics(&self) -> String {
+        let (cache_entries, cache_bytes) = self.cache.usage();
+        let credentials = self
+            .metrics
+            .providers()
+            .iter()
+            .map(|counted| {
+                self.providers
+                    .get(&counted.name)
+                    .and_then(|upstream| upstream.provider.credential())
+            })
+            .collect();
+        self.metrics.encode(&Scrape {
+            cache_entries,
+            cache_bytes,
+            credentials,
+        })
     }
 
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Arc<dyn Provider>)> {

@@ -21,7 +21,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{get, post};
 use bytes::BytesMut;
 use futures::FutureExt as _;
 use http_body_util::BodyExt;
@@ -60,12 +60,18 @@ pub fn app(resolver: Arc<Resolver>, audit: Option<Arc<Audit>>) -> Router {
     Router::new()
         .route("/Plugin.Activate", post(activate))
         .route("/SecretProvider.GetSecret", post(get_secret))
-        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "unknown endpoint; this plugin serves /Plugin.Activate and /SecretProvider.GetSecret") })
+        // For root on the host (the socket is 0600): the listener's text.
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error_response(StatusCode::NOT_FOUND, "unknown endpoint; this plugin serves /Plugin.Activate, /SecretProvider.GetSecret and GET /metrics") })
         .method_not_allowed_fallback(|| async {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; the plugin protocol uses POST")
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; the plugin protocol uses POST (and GET for /metrics)")
         })
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(AppState { resolver, audit })
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics_listener::metrics(State(state.resolver)).await
 }
 
 async fn activate() -> Response {
@@ -86,6 +92,7 @@ async fn get_secret(
                 format!("cannot read request body: {}", rejection.body_text())
             };
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
+            state.resolver.metrics().unanswered("bad_request");
             return error_response(status, &message);
         }
     };
@@ -95,6 +102,7 @@ async fn get_secret(
             // serde's message can quote the input: keep it bounded and escaped.
             let message = format!("malformed GetSecret request: {}", shown(&err.to_string()));
             tracing::warn!(outcome = "bad_request", error = %message, "GetSecret refused");
+            state.resolver.metrics().unanswered("bad_request");
             return error_response(StatusCode::BAD_REQUEST, &message);
         }
     };
@@ -106,6 +114,7 @@ async fn get_secret(
     {
         Ok(response) => response,
         Err(_) => {
+            state.resolver.metrics().unanswered("internal");
             tracing::error!(
                 secret = %shown(&request.secret_name),
                 outcome = "internal",
@@ -123,6 +132,8 @@ async fn get_secret(
 /// record.
 async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response {
     let started = Instant::now();
+    let metrics = state.resolver.metrics();
+    let _in_flight = metrics.in_flight();
     let answer = state.resolver.answer(request).await;
     // Request-controlled: escaped and bounded so that no field can forge a
     // log line (the path is already validated by the labels).
@@ -135,7 +146,8 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     let path = answer.path.as_deref().unwrap_or("-");
     let policy = answer.verdict.as_ref().map(|v| v.to_string());
     let policy = policy.as_deref().unwrap_or("-");
-    let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+    let elapsed = started.elapsed();
+    let duration_ms = elapsed.as_secs_f64() * 1000.0;
     if let Some(audit) = &state.audit
         && let Err(err) = audit.record(&audit_record(request, &answer, duration_ms))
     {
@@ -146,6 +158,7 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
             error = %err,
             "the audit trail cannot be written; the secret is withheld"
         );
+        metrics.answered(answer.provider.as_deref(), "audit_failed", None, elapsed);
         let message = format!(
             "vaultbridge: secret '{secret}': the audit trail cannot be written, so the secret is withheld; see the plugin log"
         );
@@ -154,6 +167,12 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     match answer.result {
         Ok(resolved) => {
             let value = resolved.value.expose_secret();
+            metrics.answered(
+                answer.provider.as_deref(),
+                "ok",
+                Some(resolved.source),
+                elapsed,
+            );
             tracing::info!(
                 %secret,
                 %service,
@@ -174,6 +193,7 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
             )
         }
         Err(failure) => {
+            metrics.answered(answer.provider.as_deref(), failure.outcome, None, elapsed);
             // The failure's message is already escaped and bounded: it
             // quotes backend answers and labels.
             tracing::warn!(
@@ -709,6 +729,44 @@ mod tests {
         .await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert!(json["Err"].as_str().unwrap().contains("larger than"));
+    }
+
+    #[tokio::test]
+    async fn get_metrics_counts_what_was_served_without_names_or_values() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("db"), b"metrics-unit-value").unwrap();
+        let app = router(dir.path());
+        let _ = call(
+            app.clone(),
+            "POST",
+            "/SecretProvider.GetSecret",
+            r#"{"SecretName":"db"}"#,
+        )
+        .await;
+        let _ = call(app.clone(), "POST", "/SecretProvider.GetSecret", "{nope").await;
+        let request = Request::builder()
+            .method("GET")
+            .uri("/metrics")
+            .body(Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(
+            response.headers()[header::CONTENT_TYPE]
+                .to_str()
+                .unwrap()
+                .starts_with("application/openmetrics-text")
+        );
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        for line in [
+            "vaultbridge_requests_total{provider=\"local\",outcome=\"ok\"} 1",
+            "vaultbridge_cache_answers_total{provider=\"local\",source=\"miss\"} 1",
+            "vaultbridge_requests_total{provider=\"(none)\",outcome=\"bad_request\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        assert!(!text.contains("metrics-unit-value") && !text.contains("\"db\""));
     }
 
     #[test]

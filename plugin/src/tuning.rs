@@ -10,6 +10,8 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
 
+use crate::metrics::{Metrics, ProviderMetrics};
+
 /// The policy keys of a `[providers.<name>]` table. Flattened next to the
 /// backend's own keys; the backend's `deny_unknown_fields` still catches typos.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -131,16 +133,30 @@ pub struct Upstream {
     pub provider: Arc<dyn Provider>,
     pub tuning: Tuning,
     permits: Semaphore,
+    /// Its backend calls, errors, retries and readiness.
+    pub(crate) metrics: Arc<ProviderMetrics>,
 }
 
 impl Upstream {
+    /// Counted in a registry of its own (tests, tools).
     pub fn new(name: String, provider: Arc<dyn Provider>, tuning: Tuning) -> Self {
+        let metrics = Metrics::new([name.as_str()]).providers()[0].clone();
+        Self::with_metrics(name, provider, tuning, metrics)
+    }
+
+    pub(crate) fn with_metrics(
+        name: String,
+        provider: Arc<dyn Provider>,
+        tuning: Tuning,
+        metrics: Arc<ProviderMetrics>,
+    ) -> Self {
         let permits = Semaphore::new(tuning.max_concurrency.max(1));
         Self {
             name,
             provider,
             tuning,
             permits,
+            metrics,
         }
     }
 
@@ -158,12 +174,22 @@ impl Upstream {
             attempts += 1;
             let attempt = async {
                 let _permit = self.permits.acquire().await;
-                self.provider.fetch(secret).await
+                // Timed from the permit: waiting for one is ours, not the backend's.
+                let started = Instant::now();
+                let result = self.provider.fetch(secret).await;
+                self.metrics
+                    .backend
+                    .attempt(started.elapsed(), result.as_ref().err());
+                self.metrics.health.answered(result.as_ref().map(|_| ()));
+                result
             };
+            let attempt_started = Instant::now();
             let error = match tokio::time::timeout_at(deadline, attempt).await {
                 Ok(Err(error)) if error.retry_safe() => error,
                 Ok(result) => return result,
                 Err(_) => {
+                    self.metrics.backend.timed_out(attempt_started.elapsed());
+                    self.metrics.health.timed_out(self.tuning.deadline);
                     // The call may have been served after all: not retried.
                     return Err(ProviderError::unavailable(format!(
                         "no answer within the {:?} deadline ({attempts} attempt(s)); raise `deadline` or check the backend",
@@ -190,6 +216,7 @@ impl Upstream {
                 return Err(with_note(error, &why));
             }
             tracing::debug!(provider = %self.name, path = %secret.path, attempts, error = %error, "retrying");
+            self.metrics.backend.retried();
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

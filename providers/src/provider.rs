@@ -228,6 +228,16 @@ impl std::fmt::Debug for ProviderError {
     }
 }
 
+/// What a provider knows of the token or credentials it holds, for the
+/// plugin's metrics. Times only: never the credential.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Credential {
+    /// When they expire; `None`: they do not, or it is not known.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// When they were last obtained or renewed.
+    pub renewed_at: Option<std::time::SystemTime>,
+}
+
 /// A read-only secret backend.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -248,6 +258,13 @@ pub trait Provider: Send + Sync {
     /// spelling that cannot be reduced so is refused (`Invalid`).
     fn policy_name(&self, path: &SecretPath) -> Result<String, ProviderError> {
         Ok(path.path().to_string())
+    }
+
+    /// The expiry and last renewal of the credentials in hand, for
+    /// backends that hold expiring ones; `None` (the default) when there
+    /// is nothing to say (a file, static keys, nothing obtained yet).
+    fn credential(&self) -> Option<Credential> {
+        None
     }
 }
 

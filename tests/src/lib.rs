@@ -1,17 +1,18 @@
 //! Harness for the end-to-end suites: start the real `vaultbridge` binary on
 //! a temporary Unix socket and speak raw HTTP/1.1 to it, as dockerd does.
 //!
-//! Backends used by the suites (OpenBao, moto, the Azure double, Docker)
-//! have their own modules; each starts its server, polls until it is ready
-//! and stops it by PID on drop. [`proxy`] puts a hung, lossy or throttling
-//! peer in front of any of them; [`conformance`] is the one suite every
-//! provider runs, each backend supplying a fixture.
+//! Backends used by the suites (OpenBao, moto, the Azure double, Docker,
+//! Prometheus) have their own modules; each starts its server, polls until
+//! it is ready and stops it by PID on drop. [`proxy`] puts a hung, lossy or
+//! throttling peer in front of any of them; [`conformance`] is the one
+//! suite every provider runs, each backend supplying a fixture.
 
 pub mod azure_double;
 pub mod conformance;
 pub mod docker;
 pub mod moto;
 pub mod openbao;
+pub mod prometheus;
 pub mod proxy;
 
 use std::io::{Read, Write};
@@ -218,6 +219,15 @@ impl Plugin {
             "/SecretProvider.GetSecret",
             request.to_string().as_bytes(),
         )
+    }
+
+    /// The value of one series in `GET /metrics` on the socket, written as
+    /// in the text (`vaultbridge_cache_entries`, `name{provider="x"}`).
+    pub fn metric(&self, series: &str) -> Option<f64> {
+        let text = String::from_utf8(self.request("GET", "/metrics", b"").body).ok()?;
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|value| value.parse().ok())
     }
 
     /// Send SIGTERM and wait up to `timeout` for the process to exit.

@@ -912,8 +912,18 @@ fn expiring_credentials_are_refreshed_without_traffic() {
     );
     let before = endpoint.served();
     assert!(before >= 1, "the ECS endpoint was asked");
+    // The metrics see the credentials' expiry and when they were fetched.
+    let expires_in = "vaultbridge_credential_expires_in_seconds{provider=\"aws\"}";
+    let renewed = "vaultbridge_credential_last_renewal_timestamp_seconds{provider=\"aws\"}";
+    let left = plugin.metric(expires_in).expect("expiry series");
+    assert!(left > 0.0 && left <= 18.0, "{left}");
+    let first_renewal = plugin.metric(renewed).expect("renewal series");
     let refreshed = wait_until(Duration::from_secs(25), || endpoint.served() > before);
     assert!(refreshed, "no refresh without traffic:\n{}", plugin.log());
+    let later = wait_until(Duration::from_secs(5), || {
+        plugin.metric(renewed).is_some_and(|at| at > first_renewal)
+    });
+    assert!(later, "the renewal time did not move");
     assert!(
         plugin
             .log()

@@ -19,7 +19,7 @@ use vaultbridge_providers::azure::{AzureConfig, CredentialConfig, build};
 use vaultbridge_providers::duration::Timeout;
 use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::azure_double::AzureDouble;
-use vaultbridge_tests::{Plugin, assert_log_has_no_values, engine_request};
+use vaultbridge_tests::{Plugin, assert_log_has_no_values, engine_request, wait_until};
 
 const VAULT: &str = "vbtest";
 const VAULT2: &str = "vbtest2";
@@ -712,6 +712,19 @@ fn plugin_keeps_working_across_token_expiry() {
     }
     assert!(requests > 10, "{requests}");
     assert!(tokens_issued(&double, &app.client_id) >= 3);
+    // The metrics see the token's expiry (the keeper reads it).
+    let expires_in = "vaultbridge_credential_expires_in_seconds{provider=\"kv\"}";
+    let seen = wait_until(Duration::from_secs(5), || {
+        plugin
+            .metric(expires_in)
+            .is_some_and(|left| left <= lifetime as f64)
+    });
+    assert!(seen, "{:?}", plugin.metric(expires_in));
+    assert!(
+        plugin
+            .metric("vaultbridge_credential_last_renewal_timestamp_seconds{provider=\"kv\"}")
+            .is_some()
+    );
     assert_eq!(
         double.stats()["secret_gets"][format!("{VAULT}/{name}")]
             .as_u64()

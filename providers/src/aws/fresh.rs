@@ -21,10 +21,29 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(10);
 
 type Held = Mutex<Option<Credentials>>;
 
+/// The expiry and fetch time of the credentials last obtained, for
+/// metrics: times only, never the credentials.
+#[derive(Clone, Default)]
+pub(super) struct Seen(Arc<Mutex<Option<crate::Credential>>>);
+
+impl Seen {
+    pub(super) fn get(&self) -> Option<crate::Credential> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn obtained(&self, credentials: &Credentials) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(crate::Credential {
+            expires_at: credentials.expiry(),
+            renewed_at: Some(SystemTime::now()),
+        });
+    }
+}
+
 pub(super) struct KeptFresh {
     inner: SharedCredentialsProvider,
     held: Arc<Held>,
     keeper: OnceLock<tokio::task::AbortHandle>,
+    seen: Seen,
 }
 
 impl std::fmt::Debug for KeptFresh {
@@ -34,11 +53,12 @@ impl std::fmt::Debug for KeptFresh {
 }
 
 impl KeptFresh {
-    pub(super) fn new(inner: SharedCredentialsProvider) -> Self {
+    pub(super) fn new(inner: SharedCredentialsProvider, seen: Seen) -> Self {
         Self {
             inner,
             held: Arc::default(),
             keeper: OnceLock::new(),
+            seen,
         }
     }
 }
@@ -73,9 +93,14 @@ impl ProvideCredentials for KeptFresh {
             }
             let credentials = self.inner.provide_credentials().await?;
             *lock(&self.held) = Some(credentials.clone());
+            self.seen.obtained(&credentials);
             if credentials.expiry().is_some() {
                 self.keeper.get_or_init(|| {
-                    let keeper = keep_fresh(Arc::downgrade(&self.held), self.inner.clone());
+                    let keeper = keep_fresh(
+                        Arc::downgrade(&self.held),
+                        self.inner.clone(),
+                        self.seen.clone(),
+                    );
                     tokio::spawn(keeper).abort_handle()
                 });
             }
@@ -86,7 +111,7 @@ impl ProvideCredentials for KeptFresh {
 
 /// Fetch again at two thirds of the remaining lifetime, until the provider
 /// is dropped (aborted then; `held` no longer upgrades either).
-async fn keep_fresh(held: Weak<Held>, inner: SharedCredentialsProvider) {
+async fn keep_fresh(held: Weak<Held>, inner: SharedCredentialsProvider, seen: Seen) {
     let mut failures: u32 = 0;
     loop {
         let expiry = match held.upgrade() {
@@ -107,6 +132,7 @@ async fn keep_fresh(held: Weak<Held>, inner: SharedCredentialsProvider) {
                 let Some(held) = held.upgrade() else {
                     return;
                 };
+                seen.obtained(&fresh);
                 *lock(&held) = Some(fresh);
                 failures = 0;
                 tracing::info!(

@@ -50,6 +50,8 @@ pub struct AwsProvider {
     endpoint: String,
     timeout: Duration,
     role_arn: Option<String>,
+    /// The credentials signing requests: their expiry, for metrics.
+    seen: fresh::Seen,
 }
 
 impl std::fmt::Debug for AwsProvider {
@@ -118,13 +120,15 @@ fn process_env(name: &str) -> Option<String> {
 
 /// `sdk` with its credentials provider wrapped in [`validate::Checked`],
 /// and expiring credentials kept fresh ([`fresh::KeptFresh`]).
-fn checked(sdk: aws_config::SdkConfig) -> aws_config::SdkConfig {
+/// `seen` learns the expiry of what it obtains.
+fn checked(sdk: aws_config::SdkConfig, seen: &fresh::Seen) -> aws_config::SdkConfig {
     match sdk.credentials_provider() {
         Some(inner) => {
             let checked = SharedCredentialsProvider::new(validate::Checked(inner));
             sdk.into_builder()
                 .credentials_provider(SharedCredentialsProvider::new(fresh::KeptFresh::new(
                     checked,
+                    seen.clone(),
                 )))
                 .build()
         }
@@ -257,7 +261,9 @@ impl AwsProvider {
             loader = loader.credentials_provider(credentials);
         }
         // Checked twice with a role: the source credentials sign the STS call.
-        let mut sdk = checked(loader.load().await);
+        // What signs the requests is the last one checked: its expiry is shown.
+        let mut seen = fresh::Seen::default();
+        let mut sdk = checked(loader.load().await, &seen);
         if let Some(arn) = role_arn {
             let mut role = AssumeRoleProvider::builder(arn)
                 .session_name(session_name.unwrap_or(DEFAULT_SESSION_NAME));
@@ -265,10 +271,12 @@ impl AwsProvider {
                 role = role.external_id(id);
             }
             let role = role.configure(&sdk).build().await;
+            seen = fresh::Seen::default();
             sdk = checked(
                 sdk.into_builder()
                     .credentials_provider(SharedCredentialsProvider::new(role))
                     .build(),
+                &seen,
             );
         }
         // `endpoint_url` applies to Secrets Manager only, never to STS.
@@ -282,6 +290,7 @@ impl AwsProvider {
             endpoint: describe_endpoint(endpoint_url, region, env),
             timeout,
             role_arn: role_arn.map(str::to_string),
+            seen,
         })
     }
 
@@ -314,6 +323,10 @@ impl AwsProvider {
 
 #[async_trait]
 impl Provider for AwsProvider {
+    fn credential(&self) -> Option<crate::Credential> {
+        self.seen.get()
+    }
+
     /// A name as written; an ARN (which may name another account, and
     /// whose suffix cannot be told from a name's) is refused under a policy.
     fn policy_name(&self, path: &crate::SecretPath) -> Result<String, ProviderError> {

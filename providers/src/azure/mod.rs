@@ -141,6 +141,8 @@ pub struct AzureProvider {
     credential: Arc<dyn TokenCredential>,
     token_scope: String,
     keeper: std::sync::OnceLock<tokio::task::AbortHandle>,
+    /// The token's expiry and when the keeper first saw it, for metrics.
+    seen: Seen,
     /// The vault's base URL, for messages.
     vault: String,
     identity: String,
@@ -274,6 +276,7 @@ impl AzureProvider {
             credential,
             token_scope,
             keeper: std::sync::OnceLock::new(),
+            seen: Seen::default(),
             vault,
             identity: valid.credential.describe(),
             fix_hint: valid.credential.fix_hint(),
@@ -314,7 +317,8 @@ impl AzureProvider {
                     let credential = Arc::downgrade(&self.credential);
                     let scope = self.token_scope.clone();
                     let vault = self.vault.clone();
-                    tokio::spawn(keep_token_fresh(credential, scope, vault)).abort_handle()
+                    let seen = self.seen.clone();
+                    tokio::spawn(keep_token_fresh(credential, scope, vault, seen)).abort_handle()
                 });
                 let secret = response.into_model().map_err(|err| {
                     ProviderError::unavailable(format!(
@@ -353,6 +357,35 @@ fn token_scope(vault_url: &azure_core::http::Url) -> String {
     format!("https://{domain}/.default")
 }
 
+/// The token's expiry as the keeper last saw it. The SDK fetches tokens
+/// itself: a new expiry is counted as renewed when the keeper first sees it
+/// (at most [`REFRESH_LEAD`] after the SDK fetched it, usually at once).
+#[derive(Clone, Default)]
+struct Seen(Arc<std::sync::Mutex<Option<crate::Credential>>>);
+
+impl Seen {
+    fn get(&self) -> Option<crate::Credential> {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn token(&self, expires_at: std::time::SystemTime) {
+        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        // The same token again (within a second of rounding): not renewed.
+        let same = held.and_then(|c| c.expires_at).is_some_and(|before| {
+            before
+                .duration_since(expires_at)
+                .or_else(|e| Ok::<_, ()>(e.duration()))
+                .is_ok_and(|gap| gap < Duration::from_secs(2))
+        });
+        if !same {
+            *held = Some(crate::Credential {
+                expires_at: Some(expires_at),
+                renewed_at: Some(std::time::SystemTime::now()),
+            });
+        }
+    }
+}
+
 /// `azure_identity` fetches a new token only when a caller asks for one
 /// that expires within 5 minutes. Asking at [`REFRESH_LEAD`] before expiry
 /// renews it then, off the request path; a lookup finds a fresh token.
@@ -364,6 +397,7 @@ async fn keep_token_fresh(
     credential: std::sync::Weak<dyn TokenCredential>,
     scope: String,
     vault: String,
+    seen: Seen,
 ) {
     let mut failures: u32 = 0;
     loop {
@@ -375,6 +409,7 @@ async fn keep_token_fresh(
                 failures = 0;
                 let left = token.expires_on - azure_core::time::OffsetDateTime::now_utc();
                 let left = Duration::try_from(left).unwrap_or_default();
+                seen.token(std::time::SystemTime::now() + left);
                 tracing::debug!(%vault, expires_in_secs = left.as_secs(), "azure: token fresh");
                 // Never sooner than every 10 s: a token already inside the
                 // window (a very short lifetime) must not make this spin.
@@ -435,6 +470,10 @@ impl Provider for AzureProvider {
 
     fn kind(&self) -> &'static str {
         "azure"
+    }
+
+    fn credential(&self) -> Option<crate::Credential> {
+        self.seen.get()
     }
 
     async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {

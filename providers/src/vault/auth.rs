@@ -15,7 +15,7 @@
 //! accepted when Vault knows it; its TTL is learnt from renew-self when that
 //! is allowed, else it is not scheduled for renewal.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use std::sync::{Arc, Weak};
 
@@ -32,7 +32,7 @@ use method::read_secret;
 use method::{login_failure, read_token};
 
 use super::http::{Failure, Http};
-use crate::ProviderError;
+use crate::{Credential, ProviderError};
 
 /// The token in hand.
 struct TokenState {
@@ -131,6 +131,9 @@ pub(crate) struct Session {
     /// task plans again. Its own `Arc`: the task waits on it without
     /// keeping the session alive.
     changed: Arc<Notify>,
+    /// The token's expiry and last renewal, for metrics (readable without
+    /// waiting for a login in progress).
+    credential: std::sync::Mutex<Option<Credential>>,
 }
 
 /// How a refresh went (for the background task's back-off).
@@ -169,7 +172,23 @@ impl Session {
             attempts: Default::default(),
             last_error: Default::default(),
             changed: Default::default(),
+            credential: Default::default(),
         }
+    }
+
+    /// When the token in hand expires and when it was obtained or renewed.
+    pub fn credential(&self) -> Option<Credential> {
+        *self.credential.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Publish what [`Self::credential`] says about `state`.
+    fn publish(&self, state: Option<&TokenState>) {
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let credential = state.map(|state| Credential {
+            expires_at: state.remaining(now).map(|left| wall + left),
+            renewed_at: wall.checked_sub(now.saturating_duration_since(state.since)),
+        });
+        *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = credential;
     }
 
     /// A token good for at least a third of its login TTL: renewed or
@@ -237,6 +256,16 @@ impl Session {
     /// failed re-login keeps an old token that still works: `Err` then
     /// only if the token in hand is still due, see the callers).
     async fn refresh(
+        &self,
+        guard: &mut Option<TokenState>,
+        why: &'static str,
+    ) -> Result<Refreshed, ProviderError> {
+        let outcome = self.renew_or_login(guard, why).await;
+        self.publish(guard.as_ref());
+        outcome
+    }
+
+    async fn renew_or_login(
         &self,
         guard: &mut Option<TokenState>,
         why: &'static str,
@@ -324,6 +353,7 @@ impl Session {
         if guard.as_ref().is_some_and(|s| s.generation == generation) {
             tracing::info!(provider = %self.name, "vault token was refused; logging in again");
             *guard = None;
+            self.publish(None);
             self.changed.notify_one();
         }
     }

@@ -367,6 +367,10 @@ impl Provider for VaultProvider {
         self.canonical(path)
     }
 
+    fn credential(&self) -> Option<crate::Credential> {
+        self.session.credential()
+    }
+
     async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
         match self.target(secret.path)? {
             Target::Kv {
