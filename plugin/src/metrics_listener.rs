@@ -26,7 +26,10 @@ use crate::resolve::Resolver;
 
 /// A scraper and a health checker or two: more connections wait.
 const MAX_CONNECTIONS: usize = 16;
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+/// A scraper sends its request at once; holding a slot idle is refused
+/// quickly, and connections are not kept alive (a scrape a few seconds
+/// apart reconnects), so no client can hold the slots for long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// No connection lives longer (a client that never reads).
 const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,8 +71,14 @@ pub fn app(resolver: Arc<Resolver>) -> Router {
         .with_state(resolver)
 }
 
-/// Bind `addr`; the error names it.
+/// Bind `addr`; the error names it. Not loopback: said once, since the
+/// listener has no authentication and `/readyz` names backend addresses.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    if !addr.ip().is_loopback() {
+        tracing::warn!(
+            "metrics_listen {addr} is not a loopback address: anyone who reaches it reads the metrics and /readyz (backend addresses, error reasons); bind it to 127.0.0.1 or a trusted interface"
+        );
+    }
     TcpListener::bind(addr)
         .await
         .map_err(|err| format!("metrics_listen {addr}: cannot listen: {err}"))
@@ -106,7 +115,8 @@ pub async fn run(listener: TcpListener, app: Router, shutdown: impl Future<Outpu
             let mut builder = http1::Builder::new();
             builder
                 .timer(TokioTimer::new())
-                .header_read_timeout(HEADER_READ_TIMEOUT);
+                .header_read_timeout(HEADER_READ_TIMEOUT)
+                .keep_alive(false);
             let connection = builder.serve_connection(TokioIo::new(stream), service);
             let _ = tokio::time::timeout(CONNECTION_TIMEOUT, connection).await;
         });

@@ -1,8 +1,13 @@
 //! Whether each provider is ready: its last backend call or check
 //! succeeded within [`READY_WITHIN`]. Requests report every backend
-//! answer ([`Health::answered`]); [`keep_checking`] asks a provider that
-//! has been quiet for [`CHECK_AFTER`] (or never asked) with its `check()`,
-//! so that readiness means something on an idle plugin too.
+//! answer ([`Health::answered`]); [`keep_checking`] asks a provider without
+//! a success for [`CHECK_AFTER`] (or never asked) with its `check()`, so
+//! that readiness means something on an idle plugin too, and so that one
+//! failed lookup does not leave it "not ready" until the next success.
+//!
+//! A reason shown by `/readyz` never quotes a request's failure (its path,
+//! or a backend's answer to it, may carry label text or a logical call's
+//! body): only a check's own words do.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -32,6 +37,11 @@ struct State {
     last_success: Option<(Instant, SystemTime)>,
     /// The last failure, when it came after the last success.
     failure: Option<(Instant, String)>,
+    /// Failed background checks in a row, and when the next one may run:
+    /// a failing login is not retried faster than the back-off allows
+    /// (Vault and STS lock accounts out after a few failures).
+    failed_checks: u32,
+    next_check: Option<Instant>,
 }
 
 /// One provider's readiness, as `/readyz` shows it.
@@ -53,24 +63,33 @@ impl Health {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Record one backend answer. Not found and denied are answers: the
-    /// backend was reached and took our credentials. A request the backend
-    /// cannot take (`Invalid`: our labels) says nothing about it.
+    /// Record one request's backend answer. Not found and denied are
+    /// answers: the backend was reached and took our credentials. A request
+    /// the backend cannot take (`Invalid`: our labels) says nothing about
+    /// it. A failure's reason is its kind only (its text is in the log).
     pub fn answered(&self, result: Result<(), &ProviderError>) {
-        match result {
-            Ok(()) | Err(ProviderError::NotFound(_) | ProviderError::Denied(_)) => {
-                let mut state = self.lock();
-                state.last_success = Some((Instant::now(), SystemTime::now()));
-                state.failure = None;
+        let reason = match result {
+            Err(ProviderError::Invalid(_)) => return,
+            Err(ProviderError::Unauthenticated(_)) => {
+                "a lookup failed: the backend refuses our credentials (see the plugin log)"
             }
-            Err(ProviderError::Invalid(_)) => {}
-            // The message is escaped and bounded, and never carries a
-            // credential (the providers' rule).
-            Err(error) => self.lock().failure = Some((Instant::now(), error.to_string())),
-        }
+            Err(ProviderError::Unavailable(_)) => {
+                "a lookup failed: backend unavailable (see the plugin log)"
+            }
+            _ => return self.succeeded(),
+        };
+        self.lock().failure = Some((Instant::now(), reason.to_string()));
     }
 
-    /// A call that got no answer within the lookup's deadline.
+    fn succeeded(&self) {
+        let mut state = self.lock();
+        state.last_success = Some((Instant::now(), SystemTime::now()));
+        state.failure = None;
+        state.failed_checks = 0;
+        state.next_check = None;
+    }
+
+    /// A request's call that got no answer within the lookup's deadline.
     pub fn timed_out(&self, deadline: Duration) {
         self.lock().failure = Some((
             Instant::now(),
@@ -78,16 +97,34 @@ impl Health {
         ));
     }
 
-    pub fn last_success_at(&self) -> Option<SystemTime> {
-        self.lock().last_success.map(|(_, at)| at)
+    /// Record a background check: its own words are the reason (a check
+    /// reads no secret and sends no request text).
+    fn checked(&self, result: Result<(), String>) {
+        match result {
+            Ok(()) => self.succeeded(),
+            Err(reason) => {
+                let mut state = self.lock();
+                state.failed_checks = state.failed_checks.saturating_add(1);
+                let wait = vaultbridge_providers::backoff::after_failures(state.failed_checks);
+                let now = Instant::now();
+                state.next_check = now.checked_add(wait.max(CHECK_AFTER));
+                state.failure = Some((now, reason));
+            }
+        }
     }
 
-    /// When the backend was last heard from, answer or failure.
-    fn last_heard(&self) -> Option<Instant> {
+    /// Whether [`keep_checking`] should check now: no success for
+    /// [`CHECK_AFTER`], and not backing off after failed checks.
+    fn due(&self, now: Instant) -> bool {
         let state = self.lock();
-        let success = state.last_success.map(|(at, _)| at);
-        let failure = state.failure.as_ref().map(|(at, _)| *at);
-        success.max(failure)
+        let quiet = state
+            .last_success
+            .is_none_or(|(at, _)| now.saturating_duration_since(at) >= CHECK_AFTER);
+        quiet && state.next_check.is_none_or(|at| now >= at)
+    }
+
+    pub fn last_success_at(&self) -> Option<SystemTime> {
+        self.lock().last_success.map(|(_, at)| at)
     }
 
     pub fn status(&self, now: Instant) -> Status {
@@ -138,30 +175,39 @@ pub fn readiness(metrics: &Metrics) -> Readiness {
     }
 }
 
-/// Check, in the background, every provider not heard from for
-/// [`CHECK_AFTER`] (all of them at start), each bounded by a timeout.
+/// Check, in the background, every provider without a success for
+/// [`CHECK_AFTER`] (all of them at start), each bounded by a timeout, each
+/// backing off after failures, and none able to stop the others by
+/// panicking (a bug, or a hostile backend's numbers).
 pub async fn keep_checking(providers: Vec<(Arc<dyn Provider>, Arc<ProviderMetrics>)>) {
+    use futures::FutureExt as _;
     loop {
         let now = Instant::now();
-        let quiet = providers.iter().filter(|(_, metrics)| {
-            metrics
-                .health
-                .last_heard()
-                .is_none_or(|at| now - at >= CHECK_AFTER)
-        });
-        let checks = quiet.map(|(provider, metrics)| async move {
+        let due = providers
+            .iter()
+            .filter(|(_, metrics)| metrics.health.due(now));
+        let checks = due.map(|(provider, metrics)| async move {
             let name = metrics.name.as_str();
-            match tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await {
-                Ok(Ok(_)) => metrics.health.answered(Ok(())),
-                Ok(Err(error)) => {
+            let check = tokio::time::timeout(CHECK_TIMEOUT, provider.check());
+            let result = match std::panic::AssertUnwindSafe(check).catch_unwind().await {
+                Ok(Ok(Ok(_))) => Ok(()),
+                Ok(Ok(Err(error))) => {
                     tracing::warn!(provider = name, error = %error, "readiness check failed");
-                    metrics.health.answered(Err(&error));
+                    Err(error.to_string())
+                }
+                Ok(Err(_)) => {
+                    tracing::warn!(provider = name, "readiness check got no answer in time");
+                    Err(format!(
+                        "backend unavailable: the check got no answer within {}s",
+                        CHECK_TIMEOUT.as_secs()
+                    ))
                 }
                 Err(_) => {
-                    tracing::warn!(provider = name, "readiness check got no answer in time");
-                    metrics.health.timed_out(CHECK_TIMEOUT);
+                    tracing::error!(provider = name, "readiness check panicked (a bug)");
+                    Err("the readiness check failed (a bug; see the plugin log)".to_string())
                 }
-            }
+            };
+            metrics.health.checked(result);
         });
         futures::future::join_all(checks).await;
         tokio::time::sleep(LOOK_EVERY).await;
@@ -184,13 +230,18 @@ mod tests {
         assert!(health.status(Instant::now()).ready);
         health.answered(Err(&ProviderError::Invalid("x".into())));
         assert!(health.status(Instant::now()).ready);
-        health.answered(Err(&ProviderError::unavailable("connection refused\n")));
+        // A request's failure: its kind only, never its text.
+        health.answered(Err(&ProviderError::unavailable("apps/x?token=s.abc")));
         let status = health.status(Instant::now());
         assert!(!status.ready);
         assert_eq!(
             status.reason.as_deref(),
-            Some("backend unavailable: connection refused\\u{a}")
+            Some("a lookup failed: backend unavailable (see the plugin log)")
         );
+        // A check's failure: its words, and a back-off before the next.
+        health.checked(Err("backend unavailable: connection refused".into()));
+        assert!(!health.due(Instant::now()));
+        assert!(health.due(Instant::now() + CHECK_AFTER + Duration::from_secs(1)));
         health.answered(Ok(()));
         assert!(health.status(Instant::now()).ready);
         let later = Instant::now() + READY_WITHIN + Duration::from_secs(1);

@@ -409,7 +409,10 @@ async fn keep_token_fresh(
                 failures = 0;
                 let left = token.expires_on - azure_core::time::OffsetDateTime::now_utc();
                 let left = Duration::try_from(left).unwrap_or_default();
-                seen.token(std::time::SystemTime::now() + left);
+                // Checked: the lifetime is the token endpoint's number.
+                if let Some(expires_at) = std::time::SystemTime::now().checked_add(left) {
+                    seen.token(expires_at);
+                }
                 tracing::debug!(%vault, expires_in_secs = left.as_secs(), "azure: token fresh");
                 // Never sooner than every 10 s: a token already inside the
                 // window (a very short lifetime) must not make this spin.

@@ -185,7 +185,8 @@ impl Session {
     fn publish(&self, state: Option<&TokenState>) {
         let (now, wall) = (Instant::now(), SystemTime::now());
         let credential = state.map(|state| Credential {
-            expires_at: state.remaining(now).map(|left| wall + left),
+            // Checked: the TTL is the server's number, whatever it is.
+            expires_at: state.remaining(now).and_then(|left| wall.checked_add(left)),
             renewed_at: wall.checked_sub(now.saturating_duration_since(state.since)),
         });
         *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = credential;
