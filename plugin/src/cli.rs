@@ -420,8 +420,10 @@ async fn shutdown_signal() {
 
 /// The configuration for `check`: said on stdout, or why there is none
 /// usable on stderr with exit code 2 (also when nothing is configured).
-async fn load_for_check(config: &ConfigArg) -> Result<Resolver, ExitCode> {
-    let (resolver, source) = load(config).await.map_err(|message| {
+async fn load_for_check(
+    config: &ConfigArg,
+) -> Result<(Resolver, Option<crate::audit::AuditConfig>), ExitCode> {
+    let (resolver, source, config) = load_config(config).await.map_err(|message| {
         eprintln!("{message}");
         ExitCode::from(2)
     })?;
@@ -430,15 +432,33 @@ async fn load_for_check(config: &ConfigArg) -> Result<Resolver, ExitCode> {
         return Err(ExitCode::from(2));
     }
     println!("configuration: {source}");
-    Ok(resolver)
+    Ok((resolver, config.audit))
 }
 
 async fn check(config: ConfigArg) -> ExitCode {
-    let resolver = match load_for_check(&config).await {
-        Ok(resolver) => resolver,
+    let (resolver, audit) = match load_for_check(&config).await {
+        Ok(loaded) => loaded,
         Err(code) => return code,
     };
     let mut failed = 0;
+    // Where the trail goes; a file's folder must exist (not created here:
+    // `check` writes nothing), or the plugin would not start.
+    match audit.as_ref().map(|a| (a.sink, a.path.as_deref())) {
+        None => println!("audit: none"),
+        Some((crate::audit::SinkKind::File, Some(path))) => {
+            let folder = path.parent().unwrap_or(path);
+            if folder.is_dir() {
+                println!("audit: file {}", path.display());
+            } else {
+                failed += 1;
+                println!(
+                    "FAIL  audit: the folder {} of audit.path does not exist (for the managed plugin: set its audit mount)",
+                    folder.display()
+                );
+            }
+        }
+        Some(_) => println!("audit: stdout"),
+    }
     match resolver.policy() {
         Some(policy) => println!("access: {}", policy.summary()),
         None => println!("access: no policy"),
@@ -487,7 +507,7 @@ async fn check_stack(
         }
     };
     let resolver = match load_for_check(&config).await {
-        Ok(resolver) => resolver,
+        Ok((resolver, _)) => resolver,
         Err(code) => return code,
     };
     let (mut ok, mut failed, mut skipped) = (0, 0, 0);

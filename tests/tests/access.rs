@@ -327,6 +327,19 @@ fn get_resolves_as_the_plugin_would_for_a_caller_and_check_lints_the_policy() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("access: 2 rule(s), default deny"), "{out}");
 
+    // An audit file whose folder does not exist would stop the plugin:
+    // check says so (without creating anything).
+    let audit = format!("{config}[audit]\nsink = \"file\"\npath = \"/nonexistent-vb/audit.log\"\n");
+    std::fs::write(&file, audit).unwrap();
+    let (code, out, _) = vaultbridge(&["check", "--config", &file]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  audit: the folder /nonexistent-vb"),
+        "{out}"
+    );
+    assert!(!Path::new("/nonexistent-vb").exists());
+    std::fs::write(&file, &config).unwrap();
+
     // A rule after a catch-all never decides: check says which, exit 1.
     let shadowed = config.replace(
         "[[access.rules]]\nname = \"shared\"",
