@@ -200,6 +200,25 @@ impl Moto {
         reply.json()
     }
 
+    /// Two IAM users, five IAM calls: `reader` (may call GetSecretValue and
+    /// ListSecrets on every secret) and `nobody` (no policy). Returns their
+    /// `CreateAccessKey` answers (XML), reader's first.
+    pub fn reader_and_nobody(&self) -> (String, String) {
+        self.iam(&[("Action", "CreateUser"), ("UserName", "reader")]);
+        let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"], "Resource": "*"}]});
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "reader"),
+            ("PolicyName", "read-secrets"),
+            ("PolicyDocument", &policy.to_string()),
+        ]);
+        let reader = self.iam(&[("Action", "CreateAccessKey"), ("UserName", "reader")]);
+        self.iam(&[("Action", "CreateUser"), ("UserName", "nobody")]);
+        let nobody = self.iam(&[("Action", "CreateAccessKey"), ("UserName", "nobody")]);
+        (reader, nobody)
+    }
+
     /// An IAM call (query protocol) that must succeed; returns the XML.
     pub fn iam(&self, params: &[(&str, &str)]) -> String {
         let mut form = String::from("Version=2010-05-08");

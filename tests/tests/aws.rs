@@ -469,18 +469,7 @@ fn configured_by_the_standard_environment() {
 async fn credentials_are_checked() {
     // Exactly the calls below run before checks start.
     let moto = Moto::start_with_auth(6);
-    moto.iam(&[("Action", "CreateUser"), ("UserName", "reader")]);
-    let policy = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-        "Action": ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"], "Resource": "*"}]});
-    moto.iam(&[
-        ("Action", "PutUserPolicy"),
-        ("UserName", "reader"),
-        ("PolicyName", "read-secrets"),
-        ("PolicyDocument", &policy.to_string()),
-    ]);
-    let reader = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "reader")]);
-    moto.iam(&[("Action", "CreateUser"), ("UserName", "nobody")]);
-    let nobody = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "nobody")]);
+    let (reader, nobody) = moto.reader_and_nobody();
     moto.create_string(EAST, "guarded", "guarded-value");
     // Checks are on now: moto's unsigned default key is refused.
     let refused = moto.secrets_as("test", EAST, "ListSecrets", &json!({}));

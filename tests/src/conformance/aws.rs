@@ -42,18 +42,7 @@ impl AwsFixture {
     pub fn start() -> AwsFixture {
         let moto = Moto::start_with_auth(SETUP_CALLS);
         // 5 IAM calls.
-        moto.iam(&[("Action", "CreateUser"), ("UserName", "reader")]);
-        let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"], "Resource": "*"}]});
-        moto.iam(&[
-            ("Action", "PutUserPolicy"),
-            ("UserName", "reader"),
-            ("PolicyName", "read-secrets"),
-            ("PolicyDocument", &policy.to_string()),
-        ]);
-        let reader = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "reader")]);
-        moto.iam(&[("Action", "CreateUser"), ("UserName", "nobody")]);
-        let nobody = moto.iam(&[("Action", "CreateAccessKey"), ("UserName", "nobody")]);
+        let (reader, nobody) = moto.reader_and_nobody();
         // 5 Secrets Manager calls.
         moto.create_string(REGION, "conf/text", TEXT);
         moto.create_string(
@@ -231,18 +220,8 @@ impl Fixture for AwsFixture {
         Ok(labels(Role::Denied, &[("vaultbridge.path", "conf/text")]))
     }
 
-    fn throttled(&self) -> Supported<Seed> {
-        let mut seed = self.text();
-        seed.labels = super::on(&seed.labels, Role::Throttled.name());
-        Ok(seed)
-    }
-
-    fn throttle(&self, count: u32, retry_after_secs: u32) {
-        self.throttle.arm(count, retry_after_secs);
-    }
-
-    fn throttle_seen(&self) -> usize {
-        self.throttle.seen()
+    fn throttle_relay(&self) -> Option<&ThrottleProxy> {
+        Some(&self.throttle)
     }
 
     fn non_idempotent(&self) -> Supported<Labels> {

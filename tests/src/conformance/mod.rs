@@ -45,6 +45,7 @@ use vaultbridge::config::{Config, Source};
 use vaultbridge::protocol::GetSecretRequest;
 use vaultbridge::resolve::Resolver;
 
+use crate::proxy::ThrottleProxy;
 use crate::{Plugin, assert_log_has_no_values, engine_request};
 
 /// `Err(reason)`: the backend has no such thing; the case is skipped, saying why.
@@ -169,15 +170,33 @@ pub trait Fixture {
     /// may not read.
     fn denied(&self) -> Supported<Labels>;
 
-    /// A seeded secret whose reads [`Self::throttle`] can throttle.
-    fn throttled(&self) -> Supported<Seed>;
+    /// The relay in front of the [`Role::Throttled`] provider, when the
+    /// backend's server cannot throttle by itself: the three methods below
+    /// then need no code of the fixture's.
+    fn throttle_relay(&self) -> Option<&ThrottleProxy> {
+        None
+    }
+    /// A seeded secret whose reads [`Self::throttle`] can throttle: with a
+    /// relay, [`Self::text`] read through the [`Role::Throttled`] provider.
+    fn throttled(&self) -> Supported<Seed> {
+        if self.throttle_relay().is_none() {
+            return Err("this backend has no relay that can throttle");
+        }
+        let mut seed = self.text();
+        seed.labels = on(&seed.labels, Role::Throttled.name());
+        Ok(seed)
+    }
     /// The next `count` reads of [`Self::throttled`] get 429 with
     /// `Retry-After: <retry_after_secs>`; `count` 0 disarms.
-    fn throttle(&self, _count: u32, _retry_after_secs: u32) {}
+    fn throttle(&self, count: u32, retry_after_secs: u32) {
+        if let Some(relay) = self.throttle_relay() {
+            relay.arm(count, retry_after_secs);
+        }
+    }
     /// Reads of [`Self::throttled`] that reached the backend (or the relay
     /// that throttles it) so far.
     fn throttle_seen(&self) -> usize {
-        0
+        self.throttle_relay().map_or(0, ThrottleProxy::seen)
     }
     /// Whether the provider reports the backend's `Retry-After` (so the
     /// plugin waits it out, or reports at once when it does not fit).

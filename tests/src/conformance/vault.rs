@@ -172,18 +172,8 @@ impl Fixture for VaultFixture {
         Ok(labels(Role::Ok, &[("vaultbridge.path", "denied/db")]))
     }
 
-    fn throttled(&self) -> Supported<Seed> {
-        let mut seed = self.text();
-        seed.labels = super::on(&seed.labels, Role::Throttled.name());
-        Ok(seed)
-    }
-
-    fn throttle(&self, count: u32, retry_after_secs: u32) {
-        self.throttle.arm(count, retry_after_secs);
-    }
-
-    fn throttle_seen(&self) -> usize {
-        self.throttle.seen()
+    fn throttle_relay(&self) -> Option<&ThrottleProxy> {
+        Some(&self.throttle)
     }
 
     fn non_idempotent(&self) -> Supported<Labels> {
