@@ -180,6 +180,50 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// The load at every concurrency of [`CONCURRENCIES`] on `socket`, one row
+/// each in `figures` under `name`; the stats in that order.
+async fn rows(
+    socket: &Path,
+    body: &Bytes,
+    name: &str,
+    figures: &mut Vec<serde_json::Value>,
+) -> anyhow::Result<Vec<Stats>> {
+    let mut all = Vec::new();
+    for c in CONCURRENCIES {
+        let stats = load::run(
+            socket,
+            "/SecretProvider.GetSecret",
+            body.clone(),
+            c,
+            RUN,
+            has_value,
+        )
+        .await?;
+        figures.push(row(name, c, &stats));
+        all.push(stats);
+    }
+    Ok(all)
+}
+
+/// `<a>_p50_over_<b>_c<c>` and `<a>_throughput_over_<b>_c<c>` for every
+/// concurrency: how row set `a` compares with row set `b`.
+fn compare(
+    ratios: &mut serde_json::Map<String, serde_json::Value>,
+    (a, a_stats): (&str, &[Stats]),
+    (b, b_stats): (&str, &[Stats]),
+) {
+    for ((c, x), y) in CONCURRENCIES.iter().zip(a_stats).zip(b_stats) {
+        ratios.insert(
+            format!("{a}_p50_over_{b}_c{c}"),
+            json!(x.p50.as_secs_f64() / y.p50.as_secs_f64()),
+        );
+        ratios.insert(
+            format!("{a}_throughput_over_{b}_c{c}"),
+            json!(x.per_second / y.per_second),
+        );
+    }
+}
+
 pub(crate) fn row(name: &str, concurrency: usize, stats: &Stats) -> serde_json::Value {
     println!(
         "{name:<34} c={concurrency:<4} p50={:>9.1}µs p99={:>9.1}µs {:>9.0} req/s  (n={}, errors={})",
@@ -243,20 +287,13 @@ async fn bench() -> anyhow::Result<()> {
     let (floor, _) = Server::spawn(&me, &["floor"], None)?;
     let floor_socket = floor.socket.clone();
     let body = request_body("bench", &[]);
-    let mut floor_stats = Vec::new();
-    for c in CONCURRENCIES {
-        let stats = load::run(
-            &floor_socket,
-            "/SecretProvider.GetSecret",
-            body.clone(),
-            c,
-            RUN,
-            has_value,
-        )
-        .await?;
-        figures.push(row("floor (minimal hyper server)", c, &stats));
-        floor_stats.push(stats);
-    }
+    let floor_stats = rows(
+        &floor_socket,
+        &body,
+        "floor (minimal hyper server)",
+        &mut figures,
+    )
+    .await?;
     drop(floor);
 
     // 2. Cache hit, with the file provider.
@@ -312,20 +349,7 @@ async fn bench() -> anyhow::Result<()> {
     let rss_256 = rss_peak;
     drop(hit_server);
 
-    let p50_ratio = hit_stats[1].p50.as_secs_f64() / floor_stats[1].p50.as_secs_f64();
-    let rps_ratio = hit_stats[1].per_second / floor_stats[1].per_second;
-    ratios.insert("hit_p50_over_floor_c64".into(), json!(p50_ratio));
-    ratios.insert("hit_throughput_over_floor_c64".into(), json!(rps_ratio));
-    for (i, c) in CONCURRENCIES.iter().enumerate() {
-        ratios.insert(
-            format!("hit_p50_over_floor_c{c}"),
-            json!(hit_stats[i].p50.as_secs_f64() / floor_stats[i].p50.as_secs_f64()),
-        );
-        ratios.insert(
-            format!("hit_throughput_over_floor_c{c}"),
-            json!(hit_stats[i].per_second / floor_stats[i].per_second),
-        );
-    }
+    compare(&mut ratios, ("hit", &hit_stats), ("floor", &floor_stats));
 
     // 2b. The same hit path with a 100-rule access policy whose last rule
     // is the one that allows: every request evaluates all 100.
@@ -341,26 +365,18 @@ async fn bench() -> anyhow::Result<()> {
         answer.body == docker_answer(),
         "with the policy, vaultbridge's answer differs from the floor's"
     );
-    for (i, c) in CONCURRENCIES.iter().enumerate() {
-        let stats = load::run(
-            &policy_server.socket,
-            "/SecretProvider.GetSecret",
-            body.clone(),
-            *c,
-            RUN,
-            has_value,
-        )
-        .await?;
-        figures.push(row("vaultbridge, cache hit, 100-rule policy", *c, &stats));
-        ratios.insert(
-            format!("policy_hit_p50_over_hit_c{c}"),
-            json!(stats.p50.as_secs_f64() / hit_stats[i].p50.as_secs_f64()),
-        );
-        ratios.insert(
-            format!("policy_hit_throughput_over_hit_c{c}"),
-            json!(stats.per_second / hit_stats[i].per_second),
-        );
-    }
+    let policy_stats = rows(
+        &policy_server.socket,
+        &body,
+        "vaultbridge, cache hit, 100-rule policy",
+        &mut figures,
+    )
+    .await?;
+    compare(
+        &mut ratios,
+        ("policy_hit", &policy_stats),
+        ("hit", &hit_stats),
+    );
     drop(policy_server);
 
     // 2c. The hit path with the metrics listener on and scraped every
@@ -385,26 +401,18 @@ async fn bench() -> anyhow::Result<()> {
             scrapes
         }
     });
-    for (i, c) in CONCURRENCIES.iter().enumerate() {
-        let stats = load::run(
-            &metrics_server.socket,
-            "/SecretProvider.GetSecret",
-            body.clone(),
-            *c,
-            RUN,
-            has_value,
-        )
-        .await?;
-        figures.push(row(
-            "vaultbridge, cache hit, metrics scraped 1/s",
-            *c,
-            &stats,
-        ));
-        ratios.insert(
-            format!("scraped_hit_throughput_over_hit_c{c}"),
-            json!(stats.per_second / hit_stats[i].per_second),
-        );
-    }
+    let scraped_stats = rows(
+        &metrics_server.socket,
+        &body,
+        "vaultbridge, cache hit, metrics scraped 1/s",
+        &mut figures,
+    )
+    .await?;
+    compare(
+        &mut ratios,
+        ("scraped_hit", &scraped_stats),
+        ("hit", &hit_stats),
+    );
     scraping.store(false, std::sync::atomic::Ordering::Relaxed);
     let scrapes = scraper.join().unwrap_or(0);
     anyhow::ensure!(scrapes > 0, "the metrics listener never answered");
@@ -414,26 +422,18 @@ async fn bench() -> anyhow::Result<()> {
     // (one built before a change), in the same run.
     if let Some(baseline) = std::env::var_os("VAULTBRIDGE_BASELINE_BIN") {
         let (baseline_server, _) = Server::spawn(Path::new(&baseline), &["serve"], Some(&config))?;
-        for (i, c) in CONCURRENCIES.iter().enumerate() {
-            let stats = load::run(
-                &baseline_server.socket,
-                "/SecretProvider.GetSecret",
-                body.clone(),
-                *c,
-                RUN,
-                has_value,
-            )
-            .await?;
-            figures.push(row("baseline binary, cache hit", *c, &stats));
-            ratios.insert(
-                format!("hit_throughput_over_baseline_c{c}"),
-                json!(hit_stats[i].per_second / stats.per_second),
-            );
-            ratios.insert(
-                format!("hit_p50_over_baseline_c{c}"),
-                json!(hit_stats[i].p50.as_secs_f64() / stats.p50.as_secs_f64()),
-            );
-        }
+        let baseline_stats = rows(
+            &baseline_server.socket,
+            &body,
+            "baseline binary, cache hit",
+            &mut figures,
+        )
+        .await?;
+        compare(
+            &mut ratios,
+            ("hit", &hit_stats),
+            ("baseline", &baseline_stats),
+        );
     }
 
     // 3 and 4. Against OpenBao (`--hit-only` skips them, for profiling).
