@@ -284,9 +284,9 @@ impl Config {
         if self.access.is_none() {
             return Ok(());
         }
+        #[cfg(feature = "file")]
         for (name, entry) in &mut self.providers {
             // (Irrefutable when `file` is the only backend built in.)
-            #[cfg(feature = "file")]
             #[allow(irrefutable_let_patterns)]
             if let ProviderConfig::File(file) = &mut entry.backend {
                 if file.follow_symlinks == Some(true) {
@@ -297,7 +297,6 @@ impl Config {
                 }
                 file.follow_symlinks = Some(false);
             }
-            let _ = (name, entry);
         }
         Ok(())
     }
