@@ -109,7 +109,8 @@ pub enum Command {
         /// The plugin's name, as installed or its `--alias`; repeatable.
         #[arg(long = "driver", value_name = "NAME", default_value = "vaultbridge")]
         drivers: Vec<String>,
-        /// With --once: how long to wait for the rolls it started.
+        /// How long a roll it started is followed (with --once: waited for)
+        /// before it is reported as not ended.
         #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
         roll_timeout: Duration,
     },

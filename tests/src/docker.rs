@@ -332,6 +332,8 @@ pub struct Session {
     pub dir: tempfile::TempDir,
     swarm_initialised: bool,
     image: Option<String>,
+    /// Other images built this run (removed on drop).
+    images: Vec<String>,
     services: Vec<String>,
     stacks: Vec<String>,
     secrets: Vec<String>,
@@ -391,6 +393,7 @@ impl Session {
                 .expect("tempdir"),
             swarm_initialised: false,
             image: None,
+            images: Vec::new(),
             services: Vec::new(),
             stacks: Vec::new(),
             secrets: Vec::new(),
@@ -437,6 +440,51 @@ impl Session {
             String::from_utf8_lossy(&output.stderr)
         );
         tag
+    }
+
+    /// The rotation controller's image, built by
+    /// `packaging/rotate/build-image.sh` from the binary under test.
+    pub fn rotate_image(&mut self) -> String {
+        let tag = format!("vaultbridge-e2e-rotate:{}", self.id);
+        self.images.push(tag.clone());
+        let output = Command::new(repo_root().join("packaging/rotate/build-image.sh"))
+            .arg(crate::binary())
+            .arg(&tag)
+            .output()
+            .expect("run packaging/rotate/build-image.sh");
+        assert!(
+            output.status.success(),
+            "packaging/rotate/build-image.sh failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tag
+    }
+
+    /// `docker stack deploy -c FILE` with `env` for the file's variables.
+    pub fn stack_deploy_file(&mut self, stack: &str, file: &Path, env: &[(&str, &str)]) {
+        self.stacks.push(stack.to_string());
+        let output = Command::new("docker")
+            .args([
+                "stack",
+                "deploy",
+                "--detach=true",
+                "--resolve-image",
+                "never",
+                "-c",
+            ])
+            .arg(file)
+            .arg(stack)
+            .envs(env.iter().copied())
+            .output()
+            .expect("docker stack deploy");
+        assert!(
+            output.status.success(),
+            "docker stack deploy -c {} failed:\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// `packaging/build-plugin.sh` (the documented offline path) with the
@@ -559,6 +607,11 @@ impl Session {
         args.extend([image.as_str(), "sh", "-c", WORKLOAD_SCRIPT]);
         self.services.push(spec.name.clone());
         docker_ok(&args);
+    }
+
+    /// Record a service created some other way, for cleanup.
+    pub fn track_service(&mut self, service: &str) {
+        self.services.push(service.to_string());
     }
 
     /// `docker stack deploy` of a compose file's text.
@@ -742,7 +795,13 @@ impl Session {
                 problems.push(format!("remove plugin {plugin}: {err}"));
             }
         }
-        if let Some(image) = self.image.take() {
+        let images: Vec<String> = self
+            .image
+            .take()
+            .into_iter()
+            .chain(self.images.drain(..))
+            .collect();
+        for image in images {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match docker_try(&["image", "rm", "-f", &image]) {

@@ -37,7 +37,7 @@ pub struct Options {
     pub dry_run: bool,
     /// The plugin names (or aliases) whose secrets are watched.
     pub drivers: Vec<String>,
-    /// With `once`: how long to wait for the rolls it started.
+    /// How long a roll it started is followed (with `once`: waited for).
     pub roll_timeout: Duration,
 }
 
@@ -345,14 +345,25 @@ impl Controller {
                 ended.push(id.clone());
                 continue;
             };
+            let seconds = pending.started.elapsed().as_secs_f64();
             // A state from before our update says nothing about it.
             let ours = listed
                 .update_started
                 .is_some_and(|started| started + Duration::from_secs(1) >= pending.issued);
             if !ours {
+                if pending.started.elapsed() > self.options.roll_timeout {
+                    // The engine never reported this update (no tasks to
+                    // replace?): stop waiting, so that clean-up goes on.
+                    tracing::warn!(
+                        service = %pending.service,
+                        outcome = "unknown",
+                        seconds = format_args!("{seconds:.1}"),
+                        "the engine reported no update status for the roll; no longer followed"
+                    );
+                    ended.push(id.clone());
+                }
                 continue;
             }
-            let seconds = pending.started.elapsed().as_secs_f64();
             match listed.service.update {
                 UpdateState::Updating => continue,
                 UpdateState::Settled => tracing::info!(
