@@ -745,8 +745,28 @@ fn rotation_step(
         ],
     );
     let controller = format!("{controller_stack}_rotate");
-    let controller_log =
-        || docker_try(&["service", "logs", "--raw", "--no-trunc", &controller]).unwrap_or_default();
+    // The controller's containers' own logs (`docker service logs` lags).
+    let controller_log = || {
+        let filter = format!("label=com.docker.swarm.service.name={controller}");
+        let ids = docker_try(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
+        ids.lines()
+            .rev()
+            .map(|id| {
+                let output = std::process::Command::new("docker")
+                    .args(["logs", id])
+                    .output();
+                output
+                    .map(|o| {
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        )
+                    })
+                    .unwrap_or_default()
+            })
+            .collect::<String>()
+    };
     poll(
         "the controller to start",
         CONVERGE,
@@ -875,7 +895,7 @@ fn rotation_step(
         || {
             controller_log()
                 .lines()
-                .any(|l| l.contains(&failing) && l.contains("outcome=failed"))
+                .any(|l| l.contains(&failing) && l.contains("outcome=\"failed\""))
                 .then_some(())
         },
         || {
