@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vaultbridge_tests::assert_log_has_no_values;
 use vaultbridge_tests::docker::{
-    ALIAS, BackendCase, PerTaskCase, ServiceSpec, Session, TaskReport, docker_ok, docker_try,
-    http_get_body, labels, poll, workload_compose_command,
+    ALIAS, BackendCase, Labels, PerTaskCase, ServiceSpec, Session, TaskReport, docker_ok,
+    docker_try, http_get_body, labels, poll, workload_compose_command,
 };
 
 /// Converging a service: image is local, so seconds; generous for slow CI.
@@ -473,12 +473,14 @@ struct Rotated<'a> {
     provider: String,
     secret: String,
     service: String,
-    labels: Vec<(String, String)>,
+    labels: Labels,
     old: Vec<u8>,
     new: Vec<u8>,
     /// Puts `new` in the backend (a new version where it has versions).
-    change: Box<dyn Fn() + 'a>,
+    change: Change<'a>,
 }
+
+type Change<'a> = Box<dyn Fn() + 'a>;
 
 /// The rotated secrets of step 9, one per backend, each with its first value
 /// in place.
@@ -496,8 +498,7 @@ fn rotated_secrets<'a>(backends: &'a [BackendCase], conf_dir: &Path, id: &str) -
             ]
         };
         let server = backend.server.as_ref();
-        let (labels, change): (Vec<(String, String)>, Box<dyn Fn() + 'a>) = match provider.as_str()
-        {
+        let (labels, change): (Labels, Change<'a>) = match provider.as_str() {
             "local" => {
                 let file = conf_dir.join(format!("secrets/rot-{id}"));
                 std::fs::write(&file, &old).expect("write secret");
