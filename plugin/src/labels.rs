@@ -21,7 +21,11 @@ pub const FIELD: &str = "vaultbridge.field";
 pub const VERSION: &str = "vaultbridge.version";
 pub const DECODE: &str = "vaultbridge.decode";
 pub const REUSE: &str = "vaultbridge.reuse";
-const KNOWN: [&str; 6] = [PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE];
+/// A named template (`[templates.<name>]`) instead of a single lookup.
+pub const TEMPLATE: &str = "vaultbridge.template";
+const KNOWN: [&str; 7] = [PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE, TEMPLATE];
+/// What a template names in each of its lookups, so not a label beside it.
+const NOT_WITH_TEMPLATE: [&str; 5] = [PROVIDER, PATH, FIELD, VERSION, DECODE];
 
 /// What one GetSecret asks for, parsed from its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -43,6 +47,15 @@ pub enum Decode {
     #[default]
     None,
     Base64,
+}
+
+/// A secret rendered from a named template (`vaultbridge.template`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub name: String,
+    /// False for `vaultbridge.reuse=false`: every input, and so the whole
+    /// result, is per task.
+    pub reuse: bool,
 }
 
 /// JSON keys and provider names are short; anything longer is a mistake
@@ -79,6 +92,13 @@ pub enum LabelError {
     /// path that is refused (the reason says which).
     #[error("the secret has no '{PATH}' label and {reason}; add --label {PATH}=<path>")]
     DefaultPath { reason: String },
+    #[error(
+        "label '{label}' cannot be combined with '{TEMPLATE}': a template names the provider, path, field, version and decode of each of its lookups; remove the label"
+    )]
+    WithTemplate { label: &'static str },
+    /// A caller asked for a single lookup of a secret that names a template.
+    #[error("label '{TEMPLATE}' selects a template, not a single lookup")]
+    IsTemplate,
 }
 
 /// Fills `default_path` in for a secret key; `Err`: why it cannot.
@@ -101,21 +121,11 @@ impl Lookup {
         labels: &BTreeMap<String, String>,
         default_path: Option<&DefaultPath<'_>>,
     ) -> Result<Self, LabelError> {
-        if let Some(label) = labels
-            .keys()
-            .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
-        {
-            return Err(LabelError::Unknown {
-                label: label.clone(),
-            });
+        refuse_unknown(labels)?;
+        if labels.contains_key(TEMPLATE) {
+            return Err(LabelError::IsTemplate);
         }
-        let get = |label: &'static str| -> Result<Option<String>, LabelError> {
-            match labels.get(label) {
-                None => Ok(None),
-                Some(value) if value.is_empty() => Err(LabelError::Empty { label }),
-                Some(value) => Ok(Some(value.clone())),
-            }
-        };
+        let get = |label: &'static str| get(labels, label);
 
         let path = match get(PATH)? {
             Some(path) => SecretPath::parse(&path).map_err(|reason| LabelError::BadPath {
@@ -156,17 +166,7 @@ impl Lookup {
                 });
             }
         };
-        let reuse = match get(REUSE)?.as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(LabelError::BadValue {
-                    label: REUSE,
-                    value: other.to_string(),
-                    expected: "'true' or 'false'",
-                });
-            }
-        };
+        let reuse = reuse(labels)?;
         let version = get(VERSION)?;
         if let Some(version) = &version {
             check_version(version).map_err(|reason| LabelError::BadVersion {
@@ -176,27 +176,23 @@ impl Lookup {
         }
         let field = get(FIELD)?;
         if let Some(field) = &field
-            && (field.len() > MAX_FIELD_BYTES || field.chars().any(is_unsafe_char))
+            && !is_valid_field(field)
         {
             return Err(LabelError::BadValue {
                 label: FIELD,
                 value: field.clone(),
-                expected: "a JSON key of at most 256 bytes without control characters",
+                expected: FIELD_EXPECTED,
             });
         }
         let provider = get(PROVIDER)?;
-        if let Some(provider) = &provider {
-            let valid = provider.len() <= MAX_PROVIDER_BYTES
-                && provider
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid {
-                return Err(LabelError::BadValue {
-                    label: PROVIDER,
-                    value: provider.clone(),
-                    expected: "a configured provider name (letters, digits, '-' and '_')",
-                });
-            }
+        if let Some(provider) = &provider
+            && !is_valid_name(provider)
+        {
+            return Err(LabelError::BadValue {
+                label: PROVIDER,
+                value: provider.clone(),
+                expected: "a configured provider name (letters, digits, '-' and '_')",
+            });
         }
         Ok(Lookup {
             provider,
@@ -207,6 +203,80 @@ impl Lookup {
             reuse,
         })
     }
+}
+
+/// The template a secret's labels select, if any: `vaultbridge.template`,
+/// with `vaultbridge.reuse` and no label a template's lookups name.
+pub fn template_of(labels: &BTreeMap<String, String>) -> Result<Option<TemplateRef>, LabelError> {
+    refuse_unknown(labels)?;
+    let Some(name) = get(labels, TEMPLATE)? else {
+        return Ok(None);
+    };
+    if let Some(label) = NOT_WITH_TEMPLATE
+        .into_iter()
+        .find(|label| labels.contains_key(*label))
+    {
+        return Err(LabelError::WithTemplate { label });
+    }
+    if !is_valid_name(&name) {
+        return Err(LabelError::BadValue {
+            label: TEMPLATE,
+            value: name,
+            expected: "a configured template name (letters, digits, '-' and '_')",
+        });
+    }
+    Ok(Some(TemplateRef {
+        name,
+        reuse: reuse(labels)?,
+    }))
+}
+
+fn refuse_unknown(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
+    match labels
+        .keys()
+        .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
+    {
+        Some(label) => Err(LabelError::Unknown {
+            label: label.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn get(labels: &BTreeMap<String, String>, label: &'static str) -> Result<Option<String>, LabelError> {
+    match labels.get(label) {
+        None => Ok(None),
+        Some(value) if value.is_empty() => Err(LabelError::Empty { label }),
+        Some(value) => Ok(Some(value.clone())),
+    }
+}
+
+fn reuse(labels: &BTreeMap<String, String>) -> Result<bool, LabelError> {
+    match get(labels, REUSE)?.as_deref() {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(LabelError::BadValue {
+            label: REUSE,
+            value: other.to_string(),
+            expected: "'true' or 'false'",
+        }),
+    }
+}
+
+/// What a valid `vaultbridge.field` (or a template's `field=`) is.
+pub const FIELD_EXPECTED: &str = "a JSON key of at most 256 bytes without control characters";
+
+pub fn is_valid_field(field: &str) -> bool {
+    field.len() <= MAX_FIELD_BYTES && !field.chars().any(is_unsafe_char)
+}
+
+/// Provider and template names: short, plain, safe in any log line.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROVIDER_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The secret's own name, without the `<stack>_` prefix a stack deploy adds.
