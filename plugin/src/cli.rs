@@ -560,10 +560,9 @@ async fn check_stack(
                 Ok(resolved) => {
                     ok += 1;
                     let source = match &answer.template {
-                        Some(template) => format!(
-                            "template {template}, {} lookup(s)",
-                            answer.inputs.len()
-                        ),
+                        Some(template) => {
+                            format!("template {template}, {} lookup(s)", answer.inputs.len())
+                        }
                         None => format!(
                             "{}, {}",
                             answer.provider.as_deref().unwrap_or("-"),
@@ -572,9 +571,7 @@ async fn check_stack(
                     };
                     let bytes = resolved.value.expose_secret().len();
                     let per_task = if resolved.per_task { ", per task" } else { "" };
-                    println!(
-                        "ok    {name}{asking} ({source}): {bytes} bytes{per_task}{unused}"
-                    );
+                    println!("ok    {name}{asking} ({source}): {bytes} bytes{per_task}{unused}");
                 }
                 Err(failure) => {
                     failed += 1;

@@ -243,7 +243,10 @@ fn refuse_unknown(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
     }
 }
 
-fn get(labels: &BTreeMap<String, String>, label: &'static str) -> Result<Option<String>, LabelError> {
+fn get(
+    labels: &BTreeMap<String, String>,
+    label: &'static str,
+) -> Result<Option<String>, LabelError> {
     match labels.get(label) {
         None => Ok(None),
         Some(value) if value.is_empty() => Err(LabelError::Empty { label }),

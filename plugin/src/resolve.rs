@@ -963,7 +963,10 @@ mod tests {
         assert_eq!((again, source), (value, Source::Hit));
         assert_eq!((memory.calls(), other.calls()), (2, 1));
         // A single lookup of the same input shares its cache entry.
-        let single = [("vaultbridge.provider", "other"), ("vaultbridge.path", "db-pw")];
+        let single = [
+            ("vaultbridge.provider", "other"),
+            ("vaultbridge.path", "db-pw"),
+        ];
         assert_eq!(ask(&resolver, &single, "t3").await.unwrap().1, Source::Hit);
     }
 
@@ -985,13 +988,19 @@ mod tests {
         // The engine asks again for t1: the same file, no new lease.
         let again = resolver.answer(&request("t1")).await;
         let again_value = again.result.unwrap();
-        assert_eq!(again_value.value.expose_secret(), first.value.expose_secret());
+        assert_eq!(
+            again_value.value.expose_secret(),
+            first.value.expose_secret()
+        );
         assert_eq!(again_value.source, Source::Reissued);
         assert_eq!(other.calls(), 2);
         assert_eq!(again.inputs.len(), 3);
         assert_eq!(again.inputs[2].source, Some(Source::Reissued));
         // `vaultbridge.reuse=false`: every input is the task's own.
-        let labels = [("vaultbridge.template", "pgpass"), ("vaultbridge.reuse", "false")];
+        let labels = [
+            ("vaultbridge.template", "pgpass"),
+            ("vaultbridge.reuse", "false"),
+        ];
         let (_, source) = ask(&resolver, &labels, "t9").await.unwrap();
         assert_eq!(source, Source::Bypass);
     }
@@ -1029,19 +1038,30 @@ mod tests {
         let resolver = with_templates(
             &memory,
             &other,
-            &[("pgpass", PGPASS), ("big", "{% for i in range(3) %}{{ secret('other', 'db-pw') * 30000 }}{% endfor %}")],
+            &[
+                ("pgpass", PGPASS),
+                (
+                    "big",
+                    "{% for i in range(3) %}{{ secret('other', 'db-pw') * 30000 }}{% endfor %}",
+                ),
+            ],
             None,
         );
         let failure = ask(
             &resolver,
-            &[("vaultbridge.template", "pgpass"), ("vaultbridge.path", "x")],
+            &[
+                ("vaultbridge.template", "pgpass"),
+                ("vaultbridge.path", "x"),
+            ],
             "t1",
         )
         .await
         .unwrap_err();
         assert_eq!(failure.outcome, "bad_labels");
         assert!(
-            failure.message.contains("label 'vaultbridge.path' cannot be combined with 'vaultbridge.template'"),
+            failure.message.contains(
+                "label 'vaultbridge.path' cannot be combined with 'vaultbridge.template'"
+            ),
             "{}",
             failure.message
         );
@@ -1049,7 +1069,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            failure.message.contains("template 'nope' is not configured") && failure.message.contains("configured: big, pgpass"),
+            failure
+                .message
+                .contains("template 'nope' is not configured")
+                && failure.message.contains("configured: big, pgpass"),
             "{}",
             failure.message
         );
@@ -1059,7 +1082,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(failure.outcome, "bad_value");
         assert!(
-            failure.message.starts_with("template 'pgpass': provider 'mem', path 'app/db': label vaultbridge.field=user"),
+            failure.message.starts_with(
+                "template 'pgpass': provider 'mem', path 'app/db': label vaultbridge.field=user"
+            ),
             "{}",
             failure.message
         );
@@ -1068,7 +1093,11 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(failure.outcome, "bad_value");
-        assert!(failure.message.contains("larger than 511999 bytes"), "{}", failure.message);
+        assert!(
+            failure.message.contains("larger than 511999 bytes"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

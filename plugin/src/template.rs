@@ -80,9 +80,8 @@ impl Templates {
                     "template names use only letters, digits, '-' and '_' (at most 64 bytes)",
                 ));
             }
-            let template = Template::compile(name, &config.source, providers).map_err(|err| {
-                ConfigError::new(format!("templates.{name}.source"), err.message)
-            })?;
+            let template = Template::compile(name, &config.source, providers)
+                .map_err(|err| ConfigError::new(format!("templates.{name}.source"), err.message))?;
             by_name.insert(name.clone(), template);
         }
         Ok(Templates { by_name })
@@ -171,7 +170,11 @@ fn is_written_wrong(kind: ErrorKind) -> bool {
 }
 
 impl Template {
-    pub fn compile(name: &str, source: &str, providers: &[&str]) -> Result<Template, TemplateError> {
+    pub fn compile(
+        name: &str,
+        source: &str,
+        providers: &[&str],
+    ) -> Result<Template, TemplateError> {
         let fail = |message: String| TemplateError {
             message: format!("template '{name}': {message}"),
         };
@@ -485,7 +488,10 @@ fn lookup_of(
     }
     if let Some(version) = &version {
         check_version(version).map_err(|reason| {
-            format!("secret(): version '{}' is refused: {reason}", shown(version))
+            format!(
+                "secret(): version '{}' is refused: {reason}",
+                shown(version)
+            )
         })?;
     }
     let decode = match decode.as_deref() {
@@ -667,12 +673,30 @@ mod tests {
         assert_eq!(lookup.version.as_deref(), Some("3"));
         assert_eq!(lookup.decode, Decode::Base64);
         for (source, wanted) in [
-            ("{{ secret('gcp', 'x') }}", "provider 'gcp' is not configured (configured: vault, aws)"),
-            ("{{ secret('vault', 'a/../b') }}", "path 'a/../b' is refused"),
-            ("{{ secret('vault', 'a', version='1/2') }}", "version '1/2' is refused"),
-            ("{{ secret('vault', 'a', decode='hex') }}", "decode 'hex' is not valid"),
-            ("{{ secret('vault', 'a', colour='red') }}", "unknown keyword argument"),
-            ("{{ secret('vault', 'a', field=['x']) }}", "field must be a string"),
+            (
+                "{{ secret('gcp', 'x') }}",
+                "provider 'gcp' is not configured (configured: vault, aws)",
+            ),
+            (
+                "{{ secret('vault', 'a/../b') }}",
+                "path 'a/../b' is refused",
+            ),
+            (
+                "{{ secret('vault', 'a', version='1/2') }}",
+                "version '1/2' is refused",
+            ),
+            (
+                "{{ secret('vault', 'a', decode='hex') }}",
+                "decode 'hex' is not valid",
+            ),
+            (
+                "{{ secret('vault', 'a', colour='red') }}",
+                "unknown keyword argument",
+            ),
+            (
+                "{{ secret('vault', 'a', field=['x']) }}",
+                "field must be a string",
+            ),
             ("{{ secret('vault') }}", "missing argument"),
         ] {
             let err = compile(source).unwrap_err();
@@ -691,7 +715,10 @@ mod tests {
             ("{% import 'x' as y %}", "syntax error"),
             ("{% extends 'x' %}", "syntax error"),
             ("{{ debug() }}", "unknown function"),
-            ("\n\n{{ secret('vault', 'a')|nope }}", "line 3: unknown filter"),
+            (
+                "\n\n{{ secret('vault', 'a')|nope }}",
+                "line 3: unknown filter",
+            ),
             (
                 "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
                 "fuel",
@@ -725,7 +752,10 @@ mod tests {
             "{% set p = secret('vault', 'a') %}{{ secret(p, 'x') }}",
         ] {
             let err = compile(source).unwrap_err();
-            assert!(err.contains("depends on a looked-up value"), "{source}: {err}");
+            assert!(
+                err.contains("depends on a looked-up value"),
+                "{source}: {err}"
+            );
         }
         // Whether it is made: refused once the values are known.
         let template = compile(
@@ -747,10 +777,8 @@ mod tests {
 
     #[test]
     fn lookups_after_a_placeholder_failure_must_come_first() {
-        let late = compile(
-            "{{ (secret('vault', 'a')|split(':'))[1] }}\n{{ secret('aws', 'b') }}",
-        )
-        .unwrap();
+        let late = compile("{{ (secret('vault', 'a')|split(':'))[1] }}\n{{ secret('aws', 'b') }}")
+            .unwrap();
         assert_eq!(paths(&late), ["vault:a:-"]);
         assert!(late.stopped().unwrap().starts_with("line 1"));
         let err = render(&late, &[b"x:y"]).unwrap_err();
@@ -809,7 +837,10 @@ mod tests {
         // And a value-free failure keeps its detail.
         let template = compile("{{ secret('vault', 'a') }}{{ 1 + 'x' }}").unwrap();
         let err = render(&template, &[VALUE]).unwrap_err();
-        assert!(err.contains("unsupported operand") || err.contains("+"), "{err}");
+        assert!(
+            err.contains("unsupported operand") || err.contains("+"),
+            "{err}"
+        );
         assert!(!err.contains("not shown"), "{err}");
     }
 
@@ -830,7 +861,10 @@ mod tests {
         let half = vec![b'y'; 300_000];
         let err = render(&template, &[&half]).unwrap_err();
         assert!(err.contains("larger than 511999 bytes"), "{err}");
-        assert_eq!(render(&template, &[&half[..255_999]]).unwrap().len(), 511_998);
+        assert_eq!(
+            render(&template, &[&half[..255_999]]).unwrap().len(),
+            511_998
+        );
         let err = compile("{{ 'x' * 100000000 }}").unwrap_err();
         assert!(err.contains("too large") || err.contains("fuel"), "{err}");
     }
@@ -880,9 +914,7 @@ mod tests {
     fn template_names_and_keys_are_checked_in_the_config() {
         let configs = BTreeMap::from([(
             "bad name".to_string(),
-            TemplateConfig {
-                source: "x".into(),
-            },
+            TemplateConfig { source: "x".into() },
         )]);
         let err = Templates::compile(&configs, PROVIDERS).err().unwrap();
         assert_eq!(err.key, "templates.bad name");
