@@ -468,7 +468,7 @@ fn lookup_of(
     kwargs.assert_all_used().map_err(|_| {
         "secret(): unknown keyword argument; it takes provider, path, field=, version= and decode=".to_string()
     })?;
-    if !providers.iter().any(|known| *known == provider) {
+    if !providers.contains(&provider) {
         return Err(format!(
             "secret(): provider '{}' is not configured (configured: {})",
             shown(&provider),
