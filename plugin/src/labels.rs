@@ -406,6 +406,47 @@ mod tests {
     }
 
     #[test]
+    fn a_template_label_combines_with_reuse_only() {
+        assert_eq!(template_of(&labels(&[("team", "x")])), Ok(None));
+        assert_eq!(
+            template_of(&labels(&[
+                (TEMPLATE, "pg"),
+                (REUSE, "false"),
+                ("team", "x")
+            ])),
+            Ok(Some(TemplateRef {
+                name: "pg".into(),
+                reuse: false
+            }))
+        );
+        for label in NOT_WITH_TEMPLATE {
+            let err = template_of(&labels(&[(TEMPLATE, "pg"), (label, "x")])).unwrap_err();
+            assert_eq!(err, LabelError::WithTemplate { label });
+            assert!(err.to_string().contains("remove the label"), "{err}");
+        }
+        let err = template_of(&labels(&[(TEMPLATE, "a/../b")])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LabelError::BadValue {
+                    label: TEMPLATE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = template_of(&labels(&[(TEMPLATE, "")])).unwrap_err();
+        assert_eq!(err, LabelError::Empty { label: TEMPLATE });
+        let err = template_of(&labels(&[(TEMPLATE, "pg"), ("vaultbridge.tempalte", "x")]));
+        assert!(matches!(err, Err(LabelError::Unknown { .. })), "{err:?}");
+        // A single lookup is never made of a template's secret.
+        assert_eq!(
+            Lookup::from_labels("x", &labels(&[(TEMPLATE, "pg")])),
+            Err(LabelError::IsTemplate)
+        );
+    }
+
+    #[test]
     fn errors_never_carry_raw_control_characters_or_huge_values() {
         let forged = format!("a\nINFO forged line\x1b[2K{}", "x".repeat(900_000));
         for labels in [
