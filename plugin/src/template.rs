@@ -834,6 +834,18 @@ mod tests {
                 assert!(!err.contains(piece), "{source}: {err}");
             }
         }
+        // minijinja's own details that do quote a value: withheld.
+        for (source, value) in [
+            ("{{ secret('vault', 'a')|int // 0 }}", "987654321"),
+            ("{{ secret('vault', 'a')|int ** 100000 }}", "987654321"),
+        ] {
+            let template = compile(source).unwrap();
+            let err = render(&template, &[value.as_bytes()]).unwrap_err();
+            assert!(
+                err.contains("not shown") && !err.contains(value),
+                "{source}: {err}"
+            );
+        }
         // And a value-free failure keeps its detail.
         let template = compile("{{ secret('vault', 'a') }}{{ 1 + 'x' }}").unwrap();
         let err = render(&template, &[VALUE]).unwrap_err();
