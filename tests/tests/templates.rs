@@ -19,6 +19,8 @@ const USER: &str = "usr-K7Q2";
 const HOST: &str = "db-H4X9.internal";
 /// With the two characters a `.pgpass` field escapes.
 const PASSWORD: &str = "Pa55:w\\rd-Z8M1&";
+/// Numeric: minijinja's own error for `|int // 0` quotes it.
+const PIN: &str = "4711983";
 
 /// The plugin's environment: moto's default account, no instance metadata.
 const AWS_KEYS: &[(&str, &str)] = &[
@@ -54,6 +56,9 @@ source = '''{{ secret("vault-prod", "apps/billing/db", field="user") }}:{{ secre
 source = '''
 {{ secret("vault-prod", "apps/billing/db", field="user") }}
 {{ secret("aws", "billing/db-password")|int + 1 }}'''
+
+[templates.pin]
+source = '''{{ secret("aws", "billing/pin")|int // 0 }}'''
 
 [templates.huge]
 source = '''{% for i in range(40) %}{{ secret("aws", "billing/big") }}{% endfor %}'''
@@ -101,6 +106,7 @@ fn backends() -> Backends {
     let moto = Moto::start();
     moto.create_string(EAST, "billing/db-password", PASSWORD);
     moto.create_string(EAST, "billing/big", &"b".repeat(20_000));
+    moto.create_string(EAST, "billing/pin", PIN);
     let token = bao.file("root-token", b"root\n");
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit.log");
@@ -251,6 +257,11 @@ fn templates_over_openbao_and_moto_through_the_socket() {
         err.contains("template 'numeric', line 2: invalid operation"),
         "{err}"
     );
+    let err = ask(&plugin, &template("pin"), "taska").err();
+    assert!(
+        err.contains("template 'pin', line 1: invalid operation (its detail is not shown"),
+        "{err}"
+    );
     let err = ask(&plugin, &template("huge"), "taska").err();
     assert!(
         err.contains("template 'huge': the output is larger than 511999 bytes"),
@@ -277,6 +288,7 @@ fn templates_over_openbao_and_moto_through_the_socket() {
         USER.as_bytes(),
         HOST.as_bytes(),
         PASSWORD.as_bytes(),
+        PIN.as_bytes(),
         b"Pa55",
         b"Z8M1",
         expected.as_bytes(),
