@@ -437,7 +437,17 @@ impl Resolver {
                     values.push(resolved.value);
                 }
                 Err(err) => {
-                    let failure = Failure::from(&err);
+                    let mut failure = Failure::from(&err);
+                    if let ResolveError::Shape { .. } = err {
+                        // Said of the labels; here `secret()` set them.
+                        for label in [labels::FIELD, labels::DECODE] {
+                            let label = format!("label {label}=");
+                            let argument = label.trim_start_matches("label vaultbridge.");
+                            failure.message = failure.message.replace(&label, argument);
+                        }
+                        failure.message =
+                            failure.message.replace("remove the label", "remove field=");
+                    }
                     input.outcome = failure.outcome;
                     failed.get_or_insert(failure);
                 }
@@ -1083,7 +1093,7 @@ mod tests {
         assert_eq!(failure.outcome, "bad_value");
         assert!(
             failure.message.starts_with(
-                "template 'pgpass': provider 'mem', path 'app/db': label vaultbridge.field=user"
+                "template 'pgpass': provider 'mem', path 'app/db': field=user: the JSON object has no key 'user'"
             ),
             "{}",
             failure.message
