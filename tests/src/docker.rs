@@ -427,17 +427,12 @@ impl Session {
         .expect("write Dockerfile");
         let tag = format!("vaultbridge-e2e-workload:{}", self.id);
         self.image = Some(tag.clone());
-        let output = Command::new("docker")
-            .args(["build", "-q", "-t", &tag])
-            .arg(&context)
-            .env("DOCKER_BUILDKIT", "0")
-            .output()
-            .expect("docker build");
-        assert!(
-            output.status.success(),
-            "docker build of the workload image failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            "docker build of the workload image",
+            Command::new("docker")
+                .args(["build", "-q", "-t", &tag])
+                .arg(&context)
+                .env("DOCKER_BUILDKIT", "0"),
         );
         tag
     }
@@ -447,16 +442,11 @@ impl Session {
     pub fn rotate_image(&mut self) -> String {
         let tag = format!("vaultbridge-e2e-rotate:{}", self.id);
         self.images.push(tag.clone());
-        let output = Command::new(repo_root().join("packaging/rotate/build-image.sh"))
-            .arg(crate::binary())
-            .arg(&tag)
-            .output()
-            .expect("run packaging/rotate/build-image.sh");
-        assert!(
-            output.status.success(),
-            "packaging/rotate/build-image.sh failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            "packaging/rotate/build-image.sh",
+            Command::new(repo_root().join("packaging/rotate/build-image.sh"))
+                .arg(crate::binary())
+                .arg(&tag),
         );
         tag
     }
@@ -464,26 +454,20 @@ impl Session {
     /// `docker stack deploy -c FILE` with `env` for the file's variables.
     pub fn stack_deploy_file(&mut self, stack: &str, file: &Path, env: &[(&str, &str)]) {
         self.stacks.push(stack.to_string());
-        let output = Command::new("docker")
-            .args([
-                "stack",
-                "deploy",
-                "--detach=true",
-                "--resolve-image",
-                "never",
-                "-c",
-            ])
-            .arg(file)
-            .arg(stack)
-            .envs(env.iter().copied())
-            .output()
-            .expect("docker stack deploy");
-        assert!(
-            output.status.success(),
-            "docker stack deploy -c {} failed:\n{}{}",
-            file.display(),
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
+        run_ok(
+            &format!("docker stack deploy -c {}", file.display()),
+            Command::new("docker")
+                .args([
+                    "stack",
+                    "deploy",
+                    "--detach=true",
+                    "--resolve-image",
+                    "never",
+                    "-c",
+                ])
+                .arg(file)
+                .arg(stack)
+                .envs(env.iter().copied()),
         );
     }
 
@@ -503,13 +487,7 @@ impl Session {
             command.args(["--set", kv]);
         }
         self.plugins.push(plugin.clone());
-        let output = command.output().expect("run packaging/build-plugin.sh");
-        assert!(
-            output.status.success(),
-            "packaging/build-plugin.sh failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
+        run_ok("packaging/build-plugin.sh", &mut command);
         self.note_plugin_id(&plugin);
         plugin
     }
@@ -903,6 +881,20 @@ pub fn http_get_status(address: &str, path: &str) -> Option<u16> {
     let mut head = [0u8; 12];
     http_get(address, path)?.read_exact(&mut head).ok()?;
     std::str::from_utf8(&head[9..12]).ok()?.parse().ok()
+}
+
+/// Run `command`, panicking with its output (naming `what` failed) unless
+/// it succeeds.
+fn run_ok(what: &str, command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|err| panic!("{what}: {err}"));
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 /// A plain HTTP GET's body (for the registry's catalog).
