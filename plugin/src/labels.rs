@@ -203,18 +203,14 @@ impl Lookup {
             });
         }
         let rotation = get(ROTATION)?;
-        if let Some(rotation) = &rotation {
-            let plain = rotation.len() <= MAX_ROTATION_BYTES
-                && rotation
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
-            if !plain {
-                return Err(LabelError::BadValue {
-                    label: ROTATION,
-                    value: rotation.clone(),
-                    expected: "the change stamp the rotation controller writes (letters, digits, '.', '_', ':', '-'; at most 128)",
-                });
-            }
+        if let Some(rotation) = &rotation
+            && !is_plain_stamp(rotation)
+        {
+            return Err(LabelError::BadValue {
+                label: ROTATION,
+                value: rotation.clone(),
+                expected: "the change stamp the rotation controller writes (letters, digits, '.', '_', ':', '-'; at most 128)",
+            });
         }
         let version = get(VERSION)?;
         if let Some(version) = &version {
@@ -331,6 +327,15 @@ pub fn is_valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// A change stamp as `vaultbridge.rotation` holds it: short and plain.
+pub fn is_plain_stamp(stamp: &str) -> bool {
+    !stamp.is_empty()
+        && stamp.len() <= MAX_ROTATION_BYTES
+        && stamp
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'))
 }
 
 /// The secret's own name, without the `<stack>_` prefix a stack deploy adds.

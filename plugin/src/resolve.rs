@@ -204,6 +204,12 @@ impl Resolver {
         })
     }
 
+    /// Whether secrets without a path label get theirs from `default_path`
+    /// (which depends on the asking service).
+    pub fn has_default_path(&self) -> bool {
+        self.default_path.is_some()
+    }
+
     /// Every provider behind its request policy.
     pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.providers.values()

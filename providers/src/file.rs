@@ -323,10 +323,20 @@ fn stamp_secret_file(
     let file = open_regular(canonical)?;
     check_opened_inside(&file, root, exact)?;
     let meta = file.metadata()?;
+    // What a read would refuse is not a version to roll onto.
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(ReadError::TooLarge(Some(meta.len())));
+    }
+    let changed = u64::try_from(meta.ctime())
+        .ok()
+        .zip(u32::try_from(meta.ctime_nsec()).ok())
+        .and_then(|(secs, nanos)| {
+            std::time::UNIX_EPOCH.checked_add(std::time::Duration::new(secs, nanos))
+        });
     Ok(Version {
         id: format!("{}.{:09}-{}", meta.ctime(), meta.ctime_nsec(), meta.ino()),
         pin: None,
-        created: meta.modified().ok(),
+        created: changed,
     })
 }
 

@@ -2,7 +2,7 @@
 //! driver, the services that use them, and the three writes (create a
 //! secret, update a service, remove a secret). Nothing here decides.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::SystemTime;
 
 use bollard::Docker;
@@ -27,11 +27,13 @@ pub struct Listed {
 }
 
 /// A service, as listed: what the planner sees and the spec to update.
-#[derive(Debug, Clone)]
+/// (No `Debug`: the spec holds the service's environment.)
 pub struct ListedService {
     pub service: ServiceUse,
-    /// When its last update started (to tell ours from an earlier one).
+    /// When its last update started and when its spec last changed (both
+    /// the engine's clock), to tell our update's status from an earlier one's.
     pub update_started: Option<SystemTime>,
+    pub updated: Option<SystemTime>,
     raw: Service,
 }
 
@@ -47,17 +49,23 @@ impl Engine {
         Ok(Self { docker, drivers })
     }
 
-    /// Every secret whose driver is one of ours.
-    pub async fn secrets(&self) -> Result<Vec<Listed>, String> {
+    /// Every secret whose driver is one of ours, and the names of all
+    /// secrets (taken, whoever made them).
+    pub async fn secrets(&self) -> Result<(Vec<Listed>, BTreeSet<String>), String> {
         let secrets = self
             .docker
             .list_secrets(None::<ListSecretsOptions>)
             .await
             .map_err(|err| format!("listing secrets failed: {err}"))?;
-        Ok(secrets
+        let taken = secrets
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.name.clone())
+            .collect();
+        let ours = secrets
             .into_iter()
             .filter_map(|secret| self.ours(secret))
-            .collect())
+            .collect();
+        Ok((ours, taken))
     }
 
     fn ours(&self, secret: Secret) -> Option<Listed> {
@@ -118,9 +126,11 @@ impl Engine {
                 let update_started = status
                     .and_then(|s| s.started_at.as_deref())
                     .and_then(parse_time);
+                let updated = raw.updated_at.as_deref().and_then(parse_time);
                 Some(ListedService {
                     service,
                     update_started,
+                    updated,
                     raw,
                 })
             })

@@ -22,11 +22,18 @@ use tokio::time::Instant;
 use vaultbridge_providers::text::shown;
 use vaultbridge_providers::{ProviderError, SecretPath, Version};
 
-use crate::labels::{Lookup, ROTATE, ROTATION, VERSION};
+use crate::labels::{Lookup, PATH, ROTATE, ROTATION, VERSION};
 use crate::resolve::Resolver;
 use crate::tuning::Upstream;
 use engine::{Engine, Listed, ListedService};
 use plan::{DriverSecret, ServiceUse, UpdateState};
+
+/// Between a backend's clock and the manager's: added to the time a new
+/// version needs to reach every task.
+const CLOCK_MARGIN: Duration = Duration::from_secs(5);
+/// A secret this young is never removed: `docker stack deploy` creates a
+/// stack's secret a moment before it points the service at it.
+const REMOVAL_GRACE: Duration = Duration::from_secs(60);
 
 /// How the controller runs (the `rotate` command's flags).
 #[derive(Debug, Clone)]
@@ -45,7 +52,6 @@ pub struct Options {
 struct Pending {
     service: String,
     secrets: Vec<String>,
-    issued: SystemTime,
     started: Instant,
 }
 
@@ -149,7 +155,7 @@ impl Controller {
     /// One look at every watched secret whose provider is due: roll what
     /// changed, report the rolls that ended, remove what no roll needs.
     async fn pass(&mut self) -> Result<(), String> {
-        let listed = self.engine.secrets().await?;
+        let (listed, mut taken) = self.engine.secrets().await?;
         let services = self.engine.services().await?;
         self.follow(&services);
         let all: Vec<DriverSecret> = listed.iter().map(|l| l.secret.clone()).collect();
@@ -198,28 +204,38 @@ impl Controller {
                 continue;
             };
             let secret = &w.listed.secret;
-            let current = match answer {
+            let path = w.lookup.path.to_string();
+            let current = match answer
+                .as_ref()
+                .map_err(ToString::to_string)
+                .and_then(checked)
+            {
                 Ok(current) => current,
                 Err(err) => {
                     self.failed = true;
                     tracing::warn!(
-                        secret = %secret.name,
+                        secret = %shown(&secret.name),
                         provider = %w.upstream.name,
-                        path = %w.lookup.path,
-                        error = %err,
+                        path = %shown(&path),
+                        error = %shown(&err),
                         "cannot tell whether the secret changed; it is checked again at the next pass"
                     );
                     continue;
                 }
             };
-            let Some(why) = plan::stale(secret, current) else {
+            let tuning = &w.upstream.tuning;
+            let settle = tuning.cache_ttl + tuning.max_stale + CLOCK_MARGIN;
+            let Some(why) = plan::stale(secret, current, settle) else {
                 continue;
             };
             let users: Vec<&ListedService> = services
                 .iter()
                 .filter(|s| s.service.secrets.contains(&secret.id))
                 .collect();
-            let names: Vec<&str> = users.iter().map(|s| s.service.name.as_str()).collect();
+            let names: Vec<String> = users
+                .iter()
+                .map(|s| shown(&s.service.name).into_owned())
+                .collect();
             let from = secret
                 .labels
                 .get(ROTATION)
@@ -228,28 +244,77 @@ impl Controller {
             if self.options.dry_run {
                 println!(
                     "would roll secret {} ({} {}) from {from} to {} in services {}: {why}",
-                    secret.name,
+                    shown(&secret.name),
                     w.upstream.name,
-                    w.lookup.path,
+                    shown(&path),
                     current.id,
                     names.join(", ")
                 );
                 continue;
             }
             let known: Vec<DriverSecret> = all.iter().chain(&created).cloned().collect();
-            let successor = match plan::existing_successor(secret, current, &known) {
-                Some(existing) => existing.clone(),
+            let existing = plan::existing_successor(secret, &path, current, &known)
+                .filter(|s| self.same_driver(&listed, s, &w.listed.driver))
+                .cloned();
+            // A service whose last update failed is rolled only onto a
+            // successor for a newer value than the one that failed.
+            let rollable: Vec<&ListedService> = users
+                .iter()
+                .copied()
+                .filter(|u| match u.service.update {
+                    UpdateState::Settled => true,
+                    UpdateState::Updating => {
+                        tracing::info!(
+                            service = %shown(&u.service.name),
+                            secret = %shown(&secret.name),
+                            "the service is updating; it is rolled at a later pass"
+                        );
+                        false
+                    }
+                    UpdateState::Failed if existing.is_none() => true,
+                    UpdateState::Failed => {
+                        self.failed = true;
+                        say_once(&self.said, format!("failed:{}:{}", u.service.id, current.id), || {
+                            tracing::error!(
+                                service = %shown(&u.service.name),
+                                secret = %shown(&secret.name),
+                                engine = %shown(u.service.message.as_deref().unwrap_or("")),
+                                outcome = "not_rolled",
+                                "the service's last update was paused or rolled back, so it is not rolled onto this value again (no retry loop); fix the service and `docker service update` it, or the next change of the value rolls it"
+                            )
+                        });
+                        false
+                    }
+                })
+                .collect();
+            if rollable.is_empty() {
+                continue;
+            }
+            let successor = match existing {
+                Some(existing) => existing,
                 None => {
-                    let name = plan::next_name(&secret.name, &known);
-                    let labels = plan::successor_labels(secret, current);
-                    let id = self
+                    let name = plan::next_name(&secret.name, &known, &taken);
+                    let labels = plan::successor_labels(secret, &path, current);
+                    let id = match self
                         .engine
                         .create_secret(&name, labels.clone(), &w.listed.driver)
-                        .await?;
+                        .await
+                    {
+                        Ok(id) => id,
+                        Err(err) => {
+                            self.failed = true;
+                            say_once(
+                                &self.said,
+                                format!("create:{name}"),
+                                || tracing::error!(secret = %shown(&secret.name), error = %shown(&err), "cannot create the new secret; tried again at the next pass"),
+                            );
+                            continue;
+                        }
+                    };
                     tracing::info!(
-                        secret = %secret.name,
+                        secret = %shown(&secret.name),
                         provider = %w.upstream.name,
-                        path = %w.lookup.path,
+                        path = %shown(&path),
                         from,
                         to = %current.id,
                         successor = %name,
@@ -258,46 +323,20 @@ impl Controller {
                     );
                     let made = DriverSecret {
                         id,
-                        name,
+                        name: name.clone(),
                         labels,
                         created: Some(SystemTime::now()),
                     };
+                    taken.insert(name);
                     created.push(made.clone());
                     made
                 }
             };
-            for user in users {
-                let service = &user.service;
-                match service.update {
-                    UpdateState::Settled => {
-                        swaps.entry(service.id.clone()).or_default().insert(
-                            secret.id.clone(),
-                            (successor.id.clone(), successor.name.clone()),
-                        );
-                    }
-                    UpdateState::Updating => tracing::info!(
-                        service = %service.name,
-                        secret = %secret.name,
-                        "the service is updating; it is rolled at a later pass"
-                    ),
-                    UpdateState::Failed => {
-                        self.failed = true;
-                        say_once(
-                            &self.said,
-                            format!("failed:{}:{}", service.id, successor.id),
-                            || {
-                                tracing::error!(
-                                    service = %service.name,
-                                    secret = %secret.name,
-                                    successor = %successor.name,
-                                    engine = %shown(service.message.as_deref().unwrap_or("")),
-                                    outcome = "not_rolled",
-                                    "the service's last update was paused or rolled back, so it is not rolled again (no retry loop); fix the service, then `docker service update` it (or let the next change of the secret roll it)"
-                                )
-                            },
-                        );
-                    }
-                }
+            for user in rollable {
+                swaps.entry(user.service.id.clone()).or_default().insert(
+                    secret.id.clone(),
+                    (successor.id.clone(), successor.name.clone()),
+                );
             }
         }
 
@@ -309,7 +348,7 @@ impl Controller {
             match self.engine.swap_secrets(user, &swaps).await {
                 Ok(()) => {
                     tracing::info!(
-                        service = %user.service.name,
+                        service = %shown(&user.service.name),
                         secrets = %names.join(","),
                         outcome = "rolling",
                         "service update started"
@@ -319,14 +358,17 @@ impl Controller {
                         Pending {
                             service: user.service.name.clone(),
                             secrets: names,
-                            issued: SystemTime::now(),
                             started: Instant::now(),
                         },
                     );
                 }
                 Err(err) => {
                     self.failed = true;
-                    tracing::error!(service = %user.service.name, error = %shown(&err), outcome = "update_refused", "the engine refused the update; tried again at the next pass");
+                    say_once(
+                        &self.said,
+                        format!("update:{service_id}:{}", names.join(",")),
+                        || tracing::error!(service = %shown(&user.service.name), error = %shown(&err), outcome = "update_refused", "the engine refused the update; tried again at the next pass"),
+                    );
                 }
             }
         }
@@ -346,10 +388,12 @@ impl Controller {
                 continue;
             };
             let seconds = pending.started.elapsed().as_secs_f64();
-            // A state from before our update says nothing about it.
-            let ours = listed
-                .update_started
-                .is_some_and(|started| started + Duration::from_secs(1) >= pending.issued);
+            // A state from before our update says nothing about it: ours
+            // started after the spec changed (both times the engine's).
+            let ours = match (listed.update_started, listed.updated) {
+                (Some(started), Some(updated)) => started >= updated,
+                _ => false,
+            };
             if !ours {
                 if pending.started.elapsed() > self.options.roll_timeout {
                     // The engine never reported this update (no tasks to
@@ -392,21 +436,39 @@ impl Controller {
         }
     }
 
+    /// Whether `candidate` (a secret of ours) has `driver`, as its
+    /// predecessor has.
+    fn same_driver(
+        &self,
+        listed: &[Listed],
+        candidate: &DriverSecret,
+        driver: &bollard::models::Driver,
+    ) -> bool {
+        listed
+            .iter()
+            .find(|l| l.secret.id == candidate.id)
+            .is_some_and(|l| &l.driver == driver)
+    }
+
     /// Remove the secrets no service and no possible rollback needs.
     async fn clean_up(&mut self) -> Result<(), String> {
-        let listed = self.engine.secrets().await?;
+        let (listed, _) = self.engine.secrets().await?;
         let services = self.engine.services().await?;
         let all: Vec<DriverSecret> = listed.iter().map(|l| l.secret.clone()).collect();
         let uses: Vec<ServiceUse> = services.iter().map(|s| s.service.clone()).collect();
         let watched = all
             .iter()
             .filter(|s| Lookup::from_labels(&s.name, &s.labels).is_ok_and(|lookup| lookup.rotate));
-        for secret in plan::removable(watched, &all, &uses) {
+        for secret in plan::removable(watched, &all, &uses, SystemTime::now(), REMOVAL_GRACE) {
             match self.engine.remove_secret(secret).await {
                 Ok(()) => {
-                    tracing::info!(secret = %secret.name, "removed: no service uses it any more")
+                    tracing::info!(secret = %shown(&secret.name), "removed: no service uses it any more")
                 }
-                Err(err) => tracing::warn!(error = %shown(&err), "kept for now"),
+                Err(err) => say_once(
+                    &self.said,
+                    format!("remove:{}", secret.id),
+                    || tracing::warn!(error = %shown(&err), "kept for now; tried again at later passes"),
+                ),
             }
         }
         Ok(())
@@ -428,6 +490,14 @@ fn watch<'a>(
     let used = services
         .iter()
         .any(|s| s.service.secrets.contains(&secret.id));
+    if resolver.has_default_path() && !secret.labels.contains_key(PATH) {
+        say_once(
+            said,
+            format!("path:{}", secret.id),
+            || tracing::warn!(secret = %shown(&secret.name), "not watched: its path comes from default_path, which depends on the asking service; give it a vaultbridge.path label"),
+        );
+        return None;
+    }
     let lookup = match Lookup::from_labels(&secret.name, &secret.labels) {
         Ok(lookup) if lookup.rotate && used => lookup,
         Ok(_) => return None,
@@ -435,7 +505,7 @@ fn watch<'a>(
             say_once(
                 said,
                 format!("labels:{}", secret.id),
-                || tracing::warn!(secret = %secret.name, error = %err, "not watched: its labels are refused"),
+                || tracing::warn!(secret = %shown(&secret.name), error = %err, "not watched: its labels are refused"),
             );
             return None;
         }
@@ -450,7 +520,7 @@ fn watch<'a>(
             say_once(
                 said,
                 format!("route:{}", secret.id),
-                || tracing::warn!(secret = %secret.name, error = %err, "not watched: no provider for it"),
+                || tracing::warn!(secret = %shown(&secret.name), error = %err, "not watched: no provider for it"),
             );
             None
         }
@@ -467,4 +537,20 @@ fn say_once(said: &Mutex<HashSet<String>>, key: String, say: impl FnOnce()) {
     if first {
         say();
     }
+}
+
+/// A backend's answer checked before it is written into labels: the
+/// change stamp and the pin must be what the plugin accepts there.
+fn checked(current: &Version) -> Result<&Version, String> {
+    if !crate::labels::is_plain_stamp(&current.id) {
+        return Err(format!(
+            "the backend's version id '{}' cannot be a label value",
+            shown(&current.id)
+        ));
+    }
+    if let Some(pin) = &current.pin {
+        vaultbridge_providers::path::check_version(pin)
+            .map_err(|err| format!("the backend's version '{}' is refused: {err}", shown(pin)))?;
+    }
+    Ok(current)
 }

@@ -7,11 +7,11 @@
 //! run from cron with `--once`, decides exactly as a long-running one.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use vaultbridge_providers::Version;
 
-use crate::labels::{ROTATION, VERSION};
+use crate::labels::{PATH, ROTATION, VERSION};
 
 /// A secret whose driver is this plugin.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,25 +63,41 @@ pub fn family(name: &str) -> (&str, u32) {
     (name, 0)
 }
 
-/// The name of the next generation of `name`'s family, above every
-/// generation that exists; the root is shortened to keep within
-/// [`MAX_NAME`] (names are ASCII: the engine allows `[a-zA-Z0-9_.-]`).
-pub fn next_name<'a>(name: &str, existing: impl IntoIterator<Item = &'a DriverSecret>) -> String {
+/// The name of the next generation of `name`'s family: above every
+/// generation of ours, and not `taken` by any secret (whoever made it). The
+/// root is shortened to keep within [`MAX_NAME`] (names are ASCII: the
+/// engine allows `[a-zA-Z0-9_.-]`); a shortened root is a family of its own
+/// from then on, which only costs the link to older generations.
+pub fn next_name<'a>(
+    name: &str,
+    ours: impl IntoIterator<Item = &'a DriverSecret>,
+    taken: &BTreeSet<String>,
+) -> String {
     let (root, generation) = family(name);
-    let highest = existing
+    let highest = ours
         .into_iter()
         .filter_map(|s| {
             let (r, g) = family(&s.name);
             (r == root).then_some(g)
         })
         .fold(generation, u32::max);
-    let suffix = format!("-r{}", highest.saturating_add(1));
-    let keep = MAX_NAME.saturating_sub(suffix.len()).min(root.len());
-    format!("{}{suffix}", root.get(..keep).unwrap_or(root))
+    let mut next = highest.saturating_add(1);
+    loop {
+        let suffix = format!("-r{next}");
+        let keep = MAX_NAME.saturating_sub(suffix.len()).min(root.len());
+        let candidate = format!("{}{suffix}", root.get(..keep).unwrap_or(root));
+        if !taken.contains(&candidate) || next == u32::MAX {
+            return candidate;
+        }
+        next += 1;
+    }
 }
 
 /// Why a watched secret no longer matches its backend, or `None`.
-pub fn stale(secret: &DriverSecret, current: &Version) -> Option<String> {
+/// `settle` is how long after a version appears a task may still be given
+/// an older value (the plugin's cache lifetime and stale allowance, plus
+/// a margin for the two clocks).
+pub fn stale(secret: &DriverSecret, current: &Version, settle: Duration) -> Option<String> {
     if let Some(made_for) = secret.labels.get(ROTATION) {
         return (made_for != &current.id)
             .then(|| format!("made for {made_for}, the backend is at {}", current.id));
@@ -96,12 +112,14 @@ pub fn stale(secret: &DriverSecret, current: &Version) -> Option<String> {
         });
     }
     // Not made by us and not pinned: its tasks got whatever was current
-    // when they started. If the current version is older than the secret,
-    // every one of them got it; otherwise some may hold an older value.
-    match (current.created, secret.created) {
-        (Some(version), Some(secret)) if version < secret => None,
+    // (or cached) when they started. If the current version had settled
+    // before the secret existed, every one of them got it; otherwise some
+    // may hold an older value.
+    let settled = current.created.and_then(|t| t.checked_add(settle));
+    match (settled, secret.created) {
+        (Some(settled), Some(secret)) if settled < secret => None,
         (Some(_), Some(_)) => Some(format!(
-            "version {} is newer than the secret object",
+            "version {} is not older than the secret object by the cache's lifetime",
             current.id
         )),
         _ => Some(format!(
@@ -112,11 +130,17 @@ pub fn stale(secret: &DriverSecret, current: &Version) -> Option<String> {
 }
 
 /// The labels of the secret that replaces `old` for `current`: the same,
-/// with the change stamp, and the version pinned where the backend has
-/// versions (so that every new task gets exactly that version, whatever
-/// the plugin's cache holds).
-pub fn successor_labels(old: &DriverSecret, current: &Version) -> BTreeMap<String, String> {
+/// with the path the plugin resolved for `old` written out (the new name
+/// must not become the path), the change stamp, and the version pinned
+/// where the backend has versions (so that every new task gets exactly
+/// that version, whatever the plugin's cache holds).
+pub fn successor_labels(
+    old: &DriverSecret,
+    path: &str,
+    current: &Version,
+) -> BTreeMap<String, String> {
     let mut labels = old.labels.clone();
+    labels.insert(PATH.to_string(), path.to_string());
     labels.insert(ROTATION.to_string(), current.id.clone());
     match &current.pin {
         Some(pin) => labels.insert(VERSION.to_string(), pin.clone()),
@@ -126,32 +150,71 @@ pub fn successor_labels(old: &DriverSecret, current: &Version) -> BTreeMap<Strin
 }
 
 /// A secret of `old`'s family already made for `current` (by an earlier
-/// run whose roll is under way or failed): reused, never made twice.
+/// run whose roll is under way or failed): reused, never made twice. Only
+/// one whose labels are exactly those the controller would write: a
+/// look-alike someone else created (another path, provider or field) is
+/// never adopted.
 pub fn existing_successor<'a>(
     old: &DriverSecret,
+    path: &str,
     current: &Version,
     secrets: &'a [DriverSecret],
 ) -> Option<&'a DriverSecret> {
     let (root, _) = family(&old.name);
-    secrets.iter().find(|s| {
-        s.id != old.id && family(&s.name).0 == root && s.labels.get(ROTATION) == Some(&current.id)
-    })
+    let expected = successor_labels(old, path, current);
+    secrets
+        .iter()
+        .find(|s| s.id != old.id && family(&s.name).0 == root && s.labels == expected)
 }
 
-/// Secrets the controller may remove: watched (`rotate`), referenced by no
-/// service, not needed for a rollback still possible (no service using
-/// their family is updating, paused or rolled back), and either made by
-/// the controller or replaced by a secret it made. Secrets an operator
-/// created and nothing replaced are never removed.
+/// Whether `other` is a successor of `secret` the controller made: in its
+/// family, later, and labelled as [`successor_labels`] labels one (for
+/// whichever version it was made for).
+fn is_successor(secret: &DriverSecret, other: &DriverSecret) -> bool {
+    let (root, generation) = family(&secret.name);
+    let (other_root, other_generation) = family(&other.name);
+    let Some(stamp) = other.labels.get(ROTATION) else {
+        return false;
+    };
+    let made_for = Version {
+        id: stamp.clone(),
+        pin: other.labels.get(VERSION).cloned(),
+        created: None,
+    };
+    other_root == root
+        && other_generation > generation
+        && other.labels == successor_labels(secret, &own_path(secret), &made_for)
+}
+
+/// The path the plugin reads for a secret without `default_path` (the
+/// controller does not watch secrets that depend on it): its label, else
+/// its name without a stack's prefix.
+pub fn own_path(secret: &DriverSecret) -> String {
+    match secret.labels.get(PATH) {
+        Some(path) => path.clone(),
+        None => crate::labels::secret_key(&secret.name, &secret.labels).to_string(),
+    }
+}
+
+/// Secrets the controller may remove: watched (`rotate`), older than
+/// `grace` (a `docker stack deploy` creates a secret before it updates the
+/// service), referenced by no service, not needed for a rollback still
+/// possible (no service using their family is updating, paused or rolled
+/// back), and either made by the controller or replaced by a successor it
+/// made. Secrets an operator created and nothing replaced are never
+/// removed.
 pub fn removable<'a>(
     watched: impl IntoIterator<Item = &'a DriverSecret>,
     all: &[DriverSecret],
     services: &[ServiceUse],
+    now: SystemTime,
+    grace: Duration,
 ) -> Vec<&'a DriverSecret> {
     watched
         .into_iter()
         .filter(|secret| {
-            let (root, generation) = family(&secret.name);
+            let young = secret.created.is_none_or(|created| created + grace > now);
+            let root = family(&secret.name).0;
             let in_family: BTreeSet<&str> = all
                 .iter()
                 .filter(|other| family(&other.name).0 == root)
@@ -163,11 +226,8 @@ pub fn removable<'a>(
                         && s.secrets.iter().any(|id| in_family.contains(id.as_str())))
             });
             let ours = secret.labels.contains_key(ROTATION);
-            let replaced = all.iter().any(|other| {
-                let (r, g) = family(&other.name);
-                r == root && g > generation && other.labels.contains_key(ROTATION)
-            });
-            !in_use && (ours || replaced)
+            let replaced = all.iter().any(|other| is_successor(secret, other));
+            !young && !in_use && (ours || replaced)
         })
         .collect()
 }
@@ -216,77 +276,115 @@ mod tests {
         assert_eq!(family("-r2"), ("-r2", 0));
         assert_eq!(family("db-r99999999999"), ("db-r99999999999", 0));
         let all = [secret("1", "db", &[]), secret("2", "db-r4", &[])];
-        assert_eq!(next_name("db", &all), "db-r5");
-        assert_eq!(next_name("db-r4", &all), "db-r5");
-        assert_eq!(next_name("other", &all), "other-r1");
+        let none = BTreeSet::new();
+        assert_eq!(next_name("db", &all, &none), "db-r5");
+        assert_eq!(next_name("db-r4", &all, &none), "db-r5");
+        assert_eq!(next_name("other", &all, &none), "other-r1");
+        // A name someone else holds (a plain secret, another driver) is skipped.
+        let taken: BTreeSet<String> = ["db-r5".to_string(), "db-r6".to_string()].into();
+        assert_eq!(next_name("db", &all, &taken), "db-r7");
         let long = "a".repeat(64);
-        let next = next_name(&long, &[]);
+        let next = next_name(&long, &[], &none);
         assert_eq!(next.len(), 64);
         assert!(next.ends_with("-r1"), "{next}");
         assert_eq!(family(&next).0.len(), 61);
     }
 
+    const NO_SETTLE: Duration = Duration::ZERO;
+
     #[test]
     fn a_made_secret_is_stale_when_its_stamp_differs() {
         let made = secret("1", "db-r1", &[(ROTATION, "7"), (VERSION, "7")]);
-        assert_eq!(stale(&made, &version("7", Some("7"), Some(5000))), None);
-        let why = stale(&made, &version("8", Some("8"), Some(5000))).unwrap();
+        assert_eq!(
+            stale(&made, &version("7", Some("7"), Some(5000)), NO_SETTLE),
+            None
+        );
+        let why = stale(&made, &version("8", Some("8"), Some(5000)), NO_SETTLE).unwrap();
         assert!(why.contains("made for 7") && why.contains("at 8"), "{why}");
     }
 
     #[test]
     fn a_pinned_secret_is_stale_when_the_pin_is_not_current() {
         let pinned = secret("1", "db", &[(VERSION, "3")]);
-        assert_eq!(stale(&pinned, &version("3", Some("3"), Some(1))), None);
-        assert!(stale(&pinned, &version("4", Some("4"), Some(1))).is_some());
-    }
-
-    #[test]
-    fn an_unpinned_secret_is_stale_when_the_version_is_newer_than_it() {
-        let plain = secret("1", "db", &[]);
-        assert_eq!(stale(&plain, &version("3", Some("3"), Some(999))), None);
-        assert!(stale(&plain, &version("3", Some("3"), Some(1001))).is_some());
-        // Unknown times: rolled once, to pin a version every replica holds.
-        assert!(stale(&plain, &version("3", Some("3"), None)).is_some());
-    }
-
-    #[test]
-    fn successors_pin_versions_and_stamp_files() {
-        let old = secret(
-            "1",
-            "db",
-            &[("vaultbridge.path", "db"), (VERSION, "2"), ("team", "x")],
+        assert_eq!(
+            stale(&pinned, &version("3", Some("3"), Some(1)), NO_SETTLE),
+            None
         );
-        let labels = successor_labels(&old, &version("5", Some("5"), None));
+        assert!(stale(&pinned, &version("4", Some("4"), Some(1)), NO_SETTLE).is_some());
+    }
+
+    #[test]
+    fn an_unpinned_secret_is_stale_unless_the_version_settled_before_it() {
+        let plain = secret("1", "db", &[]);
+        assert_eq!(
+            stale(&plain, &version("3", Some("3"), Some(999)), NO_SETTLE),
+            None
+        );
+        assert!(stale(&plain, &version("3", Some("3"), Some(1001)), NO_SETTLE).is_some());
+        // Within the cache's lifetime of the secret: a task may have been
+        // given the older value from the cache.
+        let settle = Duration::from_secs(32);
+        assert!(stale(&plain, &version("3", Some("3"), Some(990)), settle).is_some());
+        assert_eq!(
+            stale(&plain, &version("3", Some("3"), Some(960)), settle),
+            None
+        );
+        // Unknown times: rolled once, to pin a version every replica holds.
+        assert!(stale(&plain, &version("3", Some("3"), None), NO_SETTLE).is_some());
+    }
+
+    #[test]
+    fn successors_write_the_path_pin_versions_and_stamp_files() {
+        let old = secret("1", "db", &[(VERSION, "2"), ("team", "x")]);
+        let labels = successor_labels(&old, "db", &version("5", Some("5"), None));
+        assert_eq!(labels.get(PATH).map(String::as_str), Some("db"));
         assert_eq!(labels.get(VERSION).map(String::as_str), Some("5"));
         assert_eq!(labels.get(ROTATION).map(String::as_str), Some("5"));
         assert_eq!(labels.get("team").map(String::as_str), Some("x"));
-        let file = successor_labels(&old, &version("1.2-3", None, None));
+        let file = successor_labels(&old, "db", &version("1.2-3", None, None));
         assert_eq!(file.get(VERSION), None);
         assert_eq!(file.get(ROTATION).map(String::as_str), Some("1.2-3"));
     }
 
     #[test]
-    fn a_successor_made_earlier_is_reused() {
-        let old = secret("1", "db", &[]);
-        let next = secret("2", "db-r1", &[(ROTATION, "5")]);
-        let all = [old.clone(), next.clone()];
-        let found = existing_successor(&old, &version("5", Some("5"), None), &all);
-        assert_eq!(found, Some(&next));
+    fn only_an_exact_successor_is_reused() {
+        let old = secret("1", "db", &[(PATH, "apps/db")]);
+        let v5 = version("5", Some("5"), None);
+        let made = DriverSecret {
+            labels: successor_labels(&old, "apps/db", &v5),
+            ..secret("2", "db-r1", &[])
+        };
+        // Same family and stamp, another path: planted, never adopted.
+        let planted = secret(
+            "3",
+            "db-r7",
+            &[(PATH, "apps/other"), (ROTATION, "5"), (VERSION, "5")],
+        );
+        let all = [old.clone(), planted.clone(), made.clone()];
+        assert_eq!(existing_successor(&old, "apps/db", &v5, &all), Some(&made));
         assert_eq!(
-            existing_successor(&old, &version("6", Some("6"), None), &all),
+            existing_successor(&old, "apps/db", &version("6", Some("6"), None), &all),
+            None
+        );
+        assert_eq!(
+            existing_successor(&old, "apps/db", &v5, &[old.clone(), planted]),
             None
         );
     }
 
     #[test]
     fn only_replaced_or_made_secrets_no_one_needs_are_removed() {
-        let original = secret("1", "db", &[]);
-        let made = secret("2", "db-r1", &[(ROTATION, "5")]);
+        let original = secret("1", "db", &[(PATH, "db")]);
+        let made = DriverSecret {
+            labels: successor_labels(&original, "db", &version("5", Some("5"), None)),
+            ..secret("2", "db-r1", &[])
+        };
         let lonely = secret("3", "other", &[]);
         let all = [original.clone(), made.clone(), lonely.clone()];
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(2000);
+        let grace = Duration::from_secs(30);
         let ids = |services: &[ServiceUse]| -> Vec<String> {
-            removable(&all, &all, services)
+            removable(&all, &all, services, now, grace)
                 .into_iter()
                 .map(|s| s.id.clone())
                 .collect()
@@ -307,5 +405,21 @@ mod tests {
             service("t", &["3"], UpdateState::Updating),
         ];
         assert_eq!(ids(&busy), ["1"]);
+        // Just created (a stack deploy about to use it): kept.
+        assert!(
+            removable(
+                &all,
+                &all,
+                &done,
+                SystemTime::UNIX_EPOCH + Duration::from_secs(1010),
+                grace
+            )
+            .is_empty()
+        );
+        // A planted "successor" (another path) does not get the original removed.
+        let planted = secret("9", "db-r99", &[(PATH, "x"), (ROTATION, "1")]);
+        let with_plant = [original.clone(), planted];
+        let unused: Vec<ServiceUse> = Vec::new();
+        assert!(removable(&with_plant[..1], &with_plant, &unused, now, grace).is_empty());
     }
 }

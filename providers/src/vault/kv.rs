@@ -176,15 +176,14 @@ impl VaultProvider {
             }
         };
         let current = metadata.current_version;
-        let created = metadata
-            .versions
-            .get(&current.to_string())
-            .and_then(|v| humantime::parse_rfc3339_weak(&v.created_time).ok());
-        if current == 0 {
+        let entry = metadata.versions.get(&current.to_string());
+        if current == 0 || entry.is_some_and(|v| v.destroyed || !v.deletion_time.is_empty()) {
+            // Pinning it would fail every new task: report, roll nothing.
             return Err(ProviderError::NotFound(format!(
-                "no version of '{path}' in KV v2 mount '{mount}'"
+                "the current version ({current}) of '{path}' in KV v2 mount '{mount}' is deleted or destroyed; write a new version or undelete it"
             )));
         }
+        let created = entry.and_then(|v| humantime::parse_rfc3339_weak(&v.created_time).ok());
         Ok(Version {
             id: current.to_string(),
             pin: Some(current.to_string()),
