@@ -565,9 +565,10 @@ struct Rotated<'a> {
 
 type Change<'a> = Box<dyn Fn() + 'a>;
 
-/// The rotated secrets of step 9, one per backend, each with its first value
-/// in place.
+/// The rotated secrets of step 9, one per backend that can tell versions,
+/// each with its first value in place (and the failing service's file).
 fn rotated_secrets<'a>(backends: &'a [BackendCase], conf_dir: &Path, id: &str) -> Vec<Rotated<'a>> {
+    std::fs::write(conf_dir.join(format!("secrets/rot-fail-{id}")), b"good").expect("write secret");
     let mut list = Vec::new();
     for backend in backends {
         let provider = backend.provider.clone();
@@ -701,7 +702,7 @@ fn running_count(service: &str) -> usize {
 fn rotation_step(
     s: &mut Session,
     plugin: &str,
-    backends: &[BackendCase],
+    rotated: Vec<Rotated<'_>>,
     conf_dir: &Path,
     id: &str,
 ) -> Vec<Vec<u8>> {
@@ -722,7 +723,6 @@ fn rotation_step(
         .collect();
     std::fs::write(conf_dir.join("rotate.toml"), rotate_config).expect("rotate.toml");
     let image = s.workload_image();
-    let rotated = rotated_secrets(backends, conf_dir, id);
     for r in &rotated {
         s.secret_create(&r.secret, plugin, &r.labels);
         docker_ok(&[
@@ -758,7 +758,6 @@ fn rotation_step(
     }
     // A service whose new tasks exit: its roll fails and is rolled back.
     let failing_file = conf_dir.join(format!("secrets/rot-fail-{id}"));
-    std::fs::write(&failing_file, b"good").expect("write secret");
     let failing = format!("vbrot-fail-{id}");
     s.secret_create(
         &failing,
@@ -1032,6 +1031,10 @@ fn docker_engine_end_to_end() {
     let id = s.id.clone();
     let backends = backends(&mut s);
     let conf_dir = s.path("config");
+    // Step 9's first values, written now: a secret created within the
+    // plugin's cache lifetime of its value's change is rolled once, as a
+    // task may have been given an older cached value.
+    let rotated = rotated_secrets(&backends, &conf_dir, &id);
     std::fs::write(conf_dir.join("config.toml"), config_toml(&backends)).expect("config.toml");
     let conf_source = format!("config.source={}", conf_dir.display());
 
@@ -1578,7 +1581,7 @@ secrets:
         "rotation: values change in every backend; the controller rolls each service",
         started,
     );
-    let rotation_values = rotation_step(&mut s, &plugin, &backends, &conf_dir, &id);
+    let rotation_values = rotation_step(&mut s, &plugin, rotated, &conf_dir, &id);
 
     // ------------------------------------------------- values never logged
     let log = s.all_plugin_lines().join("\n");
