@@ -93,6 +93,10 @@ pub const VARIABLES: &[Variable] = &[
         name: "GCE_METADATA_HOST",
         meaning: "metadata server host[:port] (read by Google's client; overrides any metadata endpoint)",
     },
+    Variable {
+        name: "GOOGLE_CLOUD_UNIVERSE_DOMAIN",
+        meaning: "universe domain (read by Google's client; the provider pins googleapis.com, so another value fails its start-up)",
+    },
 ];
 
 impl GcpConfig {

@@ -186,7 +186,6 @@ fn credential_error(err: &GaxError, cx: &Context<'_>) -> ProviderError {
     let credentials = find::<google_cloud_gax::error::CredentialsError>(err);
     let is_transient = credentials.is_some_and(|c| c.is_transient());
     let status = http_status(err);
-    let text = credentials.map(ToString::to_string).unwrap_or_default();
 
     // Our own subject token reader's words: the file, never its content.
     if let Some(ours) = find::<super::SubjectTokenError>(err) {
@@ -196,7 +195,14 @@ fn credential_error(err: &GaxError, cx: &Context<'_>) -> ProviderError {
         ));
     }
 
-    let said = oauth_error(&text)
+    // The client quotes the body in one of the chain's errors.
+    let mut chain: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut found = None;
+    while let Some(e) = chain {
+        found = found.or_else(|| oauth_error(&e.to_string()));
+        chain = e.source();
+    }
+    let said = found
         .map(|(code, description)| {
             if description.is_empty() {
                 format!(": {code}")

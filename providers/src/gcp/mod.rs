@@ -17,7 +17,9 @@
 //!   whether to ask again ([`errors`]).
 //!
 //! `build` asks no server: a service account key is tried locally (it signs
-//! a token), the other credentials on the first lookup or `vaultbridge check`.
+//! a token), the other credentials are made on the first lookup or
+//! `vaultbridge check` ([`Renewing`], which also replaces credentials that
+//! Google's client gave up on).
 
 mod config;
 mod errors;
@@ -158,6 +160,84 @@ fn credentials(valid: &ValidCredential) -> Result<Credentials, String> {
     built.map_err(|err| errors::first_line(&crate::text::cause_chain(&err)))
 }
 
+/// Google's credentials fetch their first token as soon as they are made,
+/// then keep it fresh in a background task (every 10 s after a transient
+/// failure) — but after a refused token (a wrong subject token, a metadata
+/// server without a service account) that task ends and the credentials
+/// answer that refusal forever, even once the cause is fixed. This wrapper
+/// makes them on first use (so `build` asks no server) and makes new ones
+/// after a refusal: the next lookup asks again, at most once per
+/// [`RENEW_AFTER`] (lookups, not a loop, drive it).
+struct Renewing {
+    credential: ValidCredential,
+    held: std::sync::Mutex<Held>,
+}
+
+#[derive(Default)]
+struct Held {
+    current: Option<Credentials>,
+    made: Option<std::time::Instant>,
+    /// `current` answered a refusal: replace it once it is old enough.
+    refused: bool,
+}
+
+const RENEW_AFTER: Duration = Duration::from_secs(1);
+
+impl std::fmt::Debug for Renewing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Renewing")
+            .field("credential", &self.credential.describe())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Renewing {
+    fn current(&self) -> Result<Credentials, google_cloud_gax::error::CredentialsError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let due = held.refused && held.made.is_none_or(|made| made.elapsed() >= RENEW_AFTER);
+        if let Some(current) = &held.current
+            && !due
+        {
+            return Ok(current.clone());
+        }
+        let made = credentials(&self.credential)
+            .map_err(|m| google_cloud_gax::error::CredentialsError::from_msg(false, m))?;
+        held.current = Some(made.clone());
+        held.made = Some(std::time::Instant::now());
+        held.refused = false;
+        Ok(made)
+    }
+
+    /// After a refusal: new credentials on the next use that comes at
+    /// least [`RENEW_AFTER`] after these were made.
+    fn refused(&self) {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).refused = true;
+    }
+}
+
+impl google_cloud_auth::credentials::CredentialsProvider for Renewing {
+    async fn headers(
+        &self,
+        extensions: http::Extensions,
+    ) -> Result<
+        google_cloud_auth::credentials::CacheableResource<http::HeaderMap>,
+        google_cloud_gax::error::CredentialsError,
+    > {
+        let current = self.current()?;
+        let result = current.headers(extensions).await;
+        if let Err(err) = &result
+            && !err.is_transient()
+        {
+            self.refused();
+        }
+        result
+    }
+
+    async fn universe_domain(&self) -> Option<String> {
+        Some(UNIVERSE.to_string())
+    }
+}
+
 impl GcpProvider {
     pub async fn new(config: &GcpConfig, key: &str) -> Result<Self, ConfigError> {
         let Validated {
@@ -168,9 +248,20 @@ impl GcpProvider {
             credential,
         } = config.validate(key)?;
         let credential_key = format!("{key}.credential");
-        let credentials =
-            credentials(&credential).map_err(|m| ConfigError::new(&credential_key, m))?;
-        if let ValidCredential::ServiceAccountKey { file, .. } = &credential {
+        let (identity, token_source, fix_hint) = (
+            credential.describe(),
+            credential.token_source(),
+            credential.fix_hint(),
+        );
+        let key_file = match &credential {
+            ValidCredential::ServiceAccountKey { file, .. } => Some(file.clone()),
+            _ => None,
+        };
+        let credentials = Credentials::from(Renewing {
+            credential,
+            held: Default::default(),
+        });
+        if let Some(file) = key_file {
             // Signing a token is local: a key that cannot sign stops the
             // start-up here instead of failing every lookup.
             credentials
@@ -208,9 +299,9 @@ impl GcpProvider {
             project,
             location,
             endpoint,
-            identity: credential.describe(),
-            token_source: credential.token_source(),
-            fix_hint: credential.fix_hint(),
+            identity,
+            token_source,
+            fix_hint,
             timeout,
         })
     }
