@@ -57,8 +57,8 @@ pub(super) fn classify(err: &GaxError, cx: &Context<'_>) -> ProviderError {
         target,
         endpoint,
         identity,
-        token_source,
         fix_hint,
+        ..
     } = cx;
 
     if err.is_authentication() {
@@ -142,7 +142,6 @@ pub(super) fn classify(err: &GaxError, cx: &Context<'_>) -> ProviderError {
         ))
         .without_retry();
     }
-    let _ = token_source;
     ProviderError::unavailable(format!(
         "request to Secret Manager at {endpoint} for {target} failed: {}",
         first_line(&crate::text::cause_chain(err))
