@@ -11,7 +11,7 @@ use crate::labels::PROVIDER;
 /// prints: what to set, one line (the engine logs each line separately).
 pub const NOT_CONFIGURED: &str = "vaultbridge is not configured: there is no config file \
 (/etc/vaultbridge/config.toml, --config or VAULTBRIDGE_CONFIG), no backend variable \
-(VAULT_ADDR, AWS_REGION, AZURE_KEYVAULT_URL or VAULTBRIDGE_FILE_DIR) and no \
+(VAULT_ADDR, AWS_REGION, AZURE_KEYVAULT_URL, GOOGLE_CLOUD_PROJECT or VAULTBRIDGE_FILE_DIR) and no \
 /etc/vaultbridge/secrets folder for the file provider. As a managed plugin: put a \
 config.toml (or a secrets/ folder) in a host directory, then `docker plugin disable \
 <plugin>`, `docker plugin set <plugin> config.source=<that directory>` (or set the \

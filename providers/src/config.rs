@@ -62,7 +62,7 @@ macro_rules! backends {
 
             /// The providers implied by the ecosystem's standard environment
             /// variables, used when there is no config file, each named after
-            /// its backend (`file`, `vault`, `aws`, `azure`).
+            /// its backend (`file`, `vault`, `aws`, `azure`, `gcp`).
             pub fn from_env(env: EnvLookup<'_>) -> Vec<(String, ProviderConfig)> {
                 #[allow(unused_mut)]
                 let mut found = Vec::new();
@@ -82,6 +82,7 @@ backends! {
     "vault" => Vault(vault::VaultConfig),
     "aws" => Aws(aws::AwsConfig),
     "azure" => Azure(azure::AzureConfig),
+    "gcp" => Gcp(gcp::GcpConfig),
 }
 
 /// A configuration problem, with the key path it concerns. Both may quote
@@ -102,7 +103,7 @@ pub struct ConfigError {
 /// A setting still read in an old form: one warning at start-up, naming
 /// the key and what to write instead, so the operator can update the file
 /// before the old form goes.
-#[cfg(any(feature = "vault", feature = "aws", feature = "azure"))]
+#[cfg(any(feature = "vault", feature = "aws", feature = "azure", feature = "gcp"))]
 pub(crate) fn deprecated(key: &str, advice: &str) {
     tracing::warn!(key = %key, "{}: {}", crate::text::shown(key), advice);
 }
@@ -141,7 +142,10 @@ impl ConfigError {
 }
 
 // Only the backends with deprecated forms log from here.
-#[cfg(all(test, any(feature = "vault", feature = "aws", feature = "azure")))]
+#[cfg(all(
+    test,
+    any(feature = "vault", feature = "aws", feature = "azure", feature = "gcp")
+))]
 pub(crate) mod tests {
     use std::sync::{Arc, Mutex};
 

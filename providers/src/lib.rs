@@ -17,11 +17,12 @@
 //!   validation, and the providers implied by standard environment variables.
 //! - one module per backend, each behind a Cargo feature:
 //!   `file` (a directory; the embedded default), `vault` (Vault/OpenBao),
-//!   `aws` (AWS Secrets Manager), `azure` (Azure Key Vault).
+//!   `aws` (AWS Secrets Manager), `azure` (Azure Key Vault), `gcp` (Google
+//!   Cloud Secret Manager).
 
 pub mod backoff;
 pub mod config;
-#[cfg(any(feature = "vault", feature = "aws", feature = "azure"))]
+#[cfg(any(feature = "vault", feature = "aws", feature = "azure", feature = "gcp"))]
 pub mod duration;
 pub mod path;
 pub mod provider;
@@ -35,6 +36,8 @@ pub mod aws;
 pub mod azure;
 #[cfg(feature = "file")]
 pub mod file;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "vault")]
 pub mod vault;
 

@@ -10,6 +10,7 @@
 pub mod azure_double;
 pub mod conformance;
 pub mod docker;
+pub mod gcp_double;
 pub mod moto;
 pub mod openbao;
 pub mod prometheus;

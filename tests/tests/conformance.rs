@@ -35,3 +35,9 @@ fn aws() {
 fn azure() {
     conformance::run(&mut conformance::azure::AzureFixture::start());
 }
+
+#[cfg(feature = "gcp")]
+#[test]
+fn gcp() {
+    conformance::run(&mut conformance::gcp::GcpFixture::start());
+}

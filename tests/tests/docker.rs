@@ -218,6 +218,57 @@ fn azure_backend(session: &mut Session) -> BackendCase {
     }
 }
 
+/// Google Cloud Secret Manager through its double on the host's loopback
+/// (plain http, which the provider allows to loopback only), with a real
+/// service account key as a file in the mount; Google's Rust client signs
+/// its own token with it.
+#[cfg(feature = "gcp")]
+fn gcp_backend(session: &mut Session) -> BackendCase {
+    use vaultbridge_tests::gcp_double::GcpDouble;
+    let double = GcpDouble::start();
+    let project = format!("e2e-project-{}", session.id);
+    double.add_project(&project, 424_242);
+    let account = double.add_service_account(&format!("e2e-sa-{}", session.id), &project);
+    let password = format!("gcp-pw-{}", session.id);
+    double.add_version(
+        &project,
+        None,
+        "app-db",
+        format!(r#"{{"user":"app","password":"{password}"}}"#).as_bytes(),
+    );
+    std::fs::copy(&account.key_file, session.path("config/gcp-key.json")).expect("copy key");
+    let key_body = account
+        .private_key
+        .lines()
+        .nth(2)
+        .expect("a PEM body line")
+        .to_string();
+    BackendCase {
+        provider: "gsm".into(),
+        config_toml: format!(
+            "[providers.gsm]\ntype = \"gcp\"\nproject = \"{project}\"\nendpoint = \"{}\"\n\
+             [providers.gsm.credential]\ntype = \"service_account_key\"\n\
+             key_file = \"/etc/vaultbridge/gcp-key.json\"\n",
+            double.url()
+        ),
+        secret: labels(&[
+            ("vaultbridge.provider", "gsm"),
+            ("vaultbridge.path", "app-db"),
+            ("vaultbridge.field", "password"),
+        ]),
+        expected: password.clone().into_bytes(),
+        per_task: None,
+        missing: labels(&[
+            ("vaultbridge.provider", "gsm"),
+            ("vaultbridge.path", "does-not-exist"),
+        ]),
+        missing_reason: vec!["outcome=\"not_found\"".into(), "does-not-exist".into()],
+        values: vec![password.into_bytes(), key_body.into_bytes()],
+        settings: Vec::new(),
+        server: Some(Box::new(double)),
+    }
+}
+
 /// Every backend the tests crate is built with (tests/run: all of them),
 /// each reached by the plugin over the host network.
 fn backends(session: &mut Session) -> Vec<BackendCase> {
@@ -229,9 +280,11 @@ fn backends(session: &mut Session) -> Vec<BackendCase> {
     list.push(aws_backend(session));
     #[cfg(feature = "azure")]
     list.push(azure_backend(session));
+    #[cfg(feature = "gcp")]
+    list.push(gcp_backend(session));
     let names: Vec<&str> = list.iter().map(|b| b.provider.as_str()).collect();
     eprintln!(
-        "[docker e2e] backends: {} (vault, aws and azure join with the tests crate's \
+        "[docker e2e] backends: {} (vault, aws, azure and gcp join with the tests crate's \
          features of the same names; tests/run enables them all)",
         names.join(", ")
     );

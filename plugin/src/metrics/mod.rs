@@ -484,6 +484,7 @@ fn backends_built_in() -> String {
         ("vault", cfg!(feature = "vault")),
         ("aws", cfg!(feature = "aws")),
         ("azure", cfg!(feature = "azure")),
+        ("gcp", cfg!(feature = "gcp")),
     ];
     built
         .iter()

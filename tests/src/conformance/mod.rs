@@ -33,6 +33,8 @@ pub mod file;
 pub mod aws;
 #[cfg(feature = "azure")]
 pub mod azure;
+#[cfg(feature = "gcp")]
+pub mod gcp;
 #[cfg(feature = "vault")]
 pub mod vault;
 
