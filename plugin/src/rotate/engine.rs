@@ -30,10 +30,9 @@ pub struct Listed {
 /// (No `Debug`: the spec holds the service's environment.)
 pub struct ListedService {
     pub service: ServiceUse,
-    /// When its last update started and when its spec last changed (both
-    /// the engine's clock), to tell our update's status from an earlier one's.
+    /// When its last update started, to tell our update's status from an
+    /// earlier one's.
     pub update_started: Option<SystemTime>,
-    pub updated: Option<SystemTime>,
     raw: Service,
 }
 
@@ -126,11 +125,9 @@ impl Engine {
                 let update_started = status
                     .and_then(|s| s.started_at.as_deref())
                     .and_then(parse_time);
-                let updated = raw.updated_at.as_deref().and_then(parse_time);
                 Some(ListedService {
                     service,
                     update_started,
-                    updated,
                     raw,
                 })
             })

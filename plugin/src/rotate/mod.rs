@@ -52,6 +52,8 @@ pub struct Options {
 struct Pending {
     service: String,
     secrets: Vec<String>,
+    /// When the update was issued, by our clock.
+    issued: SystemTime,
     started: Instant,
 }
 
@@ -358,6 +360,7 @@ impl Controller {
                         Pending {
                             service: user.service.name.clone(),
                             secrets: names,
+                            issued: SystemTime::now(),
                             started: Instant::now(),
                         },
                     );
@@ -388,12 +391,13 @@ impl Controller {
                 continue;
             };
             let seconds = pending.started.elapsed().as_secs_f64();
-            // A state from before our update says nothing about it: ours
-            // started after the spec changed (both times the engine's).
-            let ours = match (listed.update_started, listed.updated) {
-                (Some(started), Some(updated)) => started >= updated,
-                _ => false,
-            };
+            // A state from before our update says nothing about it. The
+            // engine's start time against our clock: the controller runs
+            // on a manager, on its local socket (the service's UpdatedAt
+            // cannot serve: status changes move it too).
+            let ours = listed
+                .update_started
+                .is_some_and(|started| started + Duration::from_secs(1) >= pending.issued);
             if !ours {
                 if pending.started.elapsed() > self.options.roll_timeout {
                     // The engine never reported this update (no tasks to
