@@ -126,10 +126,11 @@ impl Node {
             "fuse-overlayfs".into(),
             "--cgroup-parent".into(),
             format!("/{}", self.name),
-            // Local bridges exist only in this node's namespace; distinct
-            // ranges keep `docker network inspect` output unambiguous.
+            // A /24: each task takes an address on it (a /28 ran out at 13
+            // tasks per node). Distinct per node, so that addresses in the
+            // daemons' logs say which node they are on.
             "--bip".into(),
-            format!("172.31.{}.1/28", self.index + 1),
+            format!("172.31.{}.1/24", self.index + 1),
             "--default-address-pool".into(),
             format!("base=10.{}.0.0/16,size=24", 220 + self.index),
         ];
@@ -470,7 +471,7 @@ impl Swarm {
             .filter(|&i| i != target && self.nodes[i].manager)
             .collect();
         for &other in &others {
-            node.ok(&["node", "demote", &self.nodes[other].name]);
+            node_role_change(node, "demote", &self.nodes[other].name);
             poll(
                 &format!("{} to be demoted", self.nodes[other].name),
                 Duration::from_secs(60),
@@ -495,7 +496,7 @@ impl Swarm {
             || self.node_table().join("\n"),
         );
         for &other in &others {
-            node.ok(&["node", "promote", &self.nodes[other].name]);
+            node_role_change(node, "promote", &self.nodes[other].name);
         }
         for &other in &others {
             self.wait_reachable(other, Duration::from_secs(90));
@@ -620,6 +621,22 @@ impl Swarm {
     }
 }
 
+/// `docker node demote|promote NAME` via `node`. The node object changes
+/// under the command while the cluster reconfigures ("update out of
+/// sequence"): that answer is retried.
+fn node_role_change(node: &Node, verb: &str, name: &str) {
+    poll(
+        &format!("docker node {verb} {name}"),
+        Duration::from_secs(60),
+        || match node.try_docker(&["node", verb, name]) {
+            Ok(_) => Some(()),
+            Err(err) if err.contains("update out of sequence") => None,
+            Err(err) => panic!("{err}"),
+        },
+        || format!("the engine kept answering 'update out of sequence' to {verb} {name}"),
+    );
+}
+
 /// One row of `docker service ps`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Task {
@@ -725,7 +742,7 @@ pub fn sweep() -> Vec<String> {
         .collect();
     let cgroups = our_cgroups();
     // Kill until nothing is left: a dying containerd may still reap shims.
-    let mut killed = 0;
+    let mut killed = std::collections::BTreeSet::new();
     for _round in 0..20 {
         let pids = our_processes(&namespace_ids, &cgroups);
         if pids.is_empty() {
@@ -734,11 +751,11 @@ pub fn sweep() -> Vec<String> {
         for pid in &pids {
             signal(*pid, "KILL");
         }
-        killed += pids.len();
+        killed.extend(pids);
         std::thread::sleep(Duration::from_millis(250));
     }
-    if killed > 0 {
-        found.push(format!("{killed} process(es) killed"));
+    if !killed.is_empty() {
+        found.push(format!("{} process(es) killed", killed.len()));
     }
     let mounts = our_mounts();
     for mount in &mounts {
