@@ -14,7 +14,8 @@
 //! then [`sweep`]s: it kills every process in those namespaces, cgroups or
 //! directories, unmounts, deletes the namespaces, the cgroups and the
 //! directories. `up` sweeps first too, so a run that was killed (no `Drop`)
-//! is cleaned up by the next one. One swarm at a time: a lock file.
+//! is cleaned up by the next one. One swarm at a time: a lock file holding
+//! the owner's process id.
 //!
 //! Each daemon's stderr is a file of its own; its plugin's lines are there,
 //! tagged `plugin=<id>` ([`Node::plugin_lines`]). Each daemon also has its
@@ -219,7 +220,8 @@ pub struct Swarm {
     /// every manager, as configuration management would lay it out).
     pub config_dir: PathBuf,
     registry: Option<Registry>,
-    lock: Option<File>,
+    /// Whether this swarm holds [`LOCK_FILE`] (removed on drop).
+    locked: bool,
     pub started: Instant,
 }
 
@@ -229,13 +231,7 @@ impl Swarm {
     pub fn up() -> Swarm {
         let started = Instant::now();
         preconditions();
-        let lock = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(LOCK_FILE)
-            .expect("open the swarm lock file");
-        lock.lock().expect("lock the swarm lock file");
+        take_lock();
         let leftovers = sweep();
         if !leftovers.is_empty() {
             eprintln!(
@@ -251,7 +247,7 @@ impl Swarm {
             registry_address: format!("{HUB_IP}:{REGISTRY_PORT}"),
             config_dir: Path::new(STATE_ROOT).join("config"),
             registry: None,
-            lock: Some(lock),
+            locked: true,
             started,
         };
         std::fs::create_dir_all(&swarm.config_dir).expect("mkdir config");
@@ -659,9 +655,8 @@ impl Drop for Swarm {
         });
         self.registry = None;
         let left = sweep();
-        if let Some(lock) = self.lock.take() {
+        if std::mem::take(&mut self.locked) {
             let _ = std::fs::remove_file(LOCK_FILE);
-            drop(lock);
         }
         eprintln!(
             "[swarm] torn down in {:.1}s{}",
@@ -672,6 +667,45 @@ impl Drop for Swarm {
                 format!(" (after the daemons stopped: {})", left.join("; "))
             }
         );
+    }
+}
+
+/// Create [`LOCK_FILE`] holding this process's id, waiting (up to 30 min)
+/// while another live process holds it; a holder that died (a killed run)
+/// no longer counts, and its leftovers are swept next.
+fn take_lock() {
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        match File::options().write(true).create_new(true).open(LOCK_FILE) {
+            Ok(mut file) => {
+                use std::io::Write as _;
+                file.write_all(std::process::id().to_string().as_bytes())
+                    .expect("write the swarm lock file");
+                return;
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => {
+                let holder = std::fs::read_to_string(LOCK_FILE).unwrap_or_default();
+                let alive = holder
+                    .trim()
+                    .parse::<u32>()
+                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+                if !alive {
+                    // Dead, or still writing its pid: look again shortly.
+                    std::thread::sleep(Duration::from_millis(200));
+                    if std::fs::read_to_string(LOCK_FILE).unwrap_or_default() == holder {
+                        let _ = std::fs::remove_file(LOCK_FILE);
+                    }
+                    continue;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "process {} has held {LOCK_FILE} (another swarm of this harness) for 30 min",
+                    holder.trim()
+                );
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            Err(err) => panic!("cannot create {LOCK_FILE}: {err}"),
+        }
     }
 }
 
