@@ -862,8 +862,19 @@ fn collect_dirs(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// Processes in the harness's network namespaces or cgroups, or whose
-/// command line names its directories (the daemons' own helpers).
+/// What the harness runs outside containers (`comm` prefixes).
+const DAEMONS: [&str; 7] = [
+    "dockerd",
+    "containerd",
+    "docker-proxy",
+    "docker-registry",
+    "fuse-overlayfs",
+    "bao",
+    "runc",
+];
+
+/// Processes in the harness's network namespaces or cgroups, or daemons
+/// whose command line names its directories.
 fn our_processes(namespaces: &[(u64, u64)], cgroups: &[PathBuf]) -> Vec<u32> {
     let me = std::process::id();
     let mut pids: Vec<u32> = cgroups
@@ -889,10 +900,14 @@ fn our_processes(namespaces: &[(u64, u64)], cgroups: &[PathBuf]) -> Vec<u32> {
             }
             let in_namespace = std::fs::metadata(entry.path().join("ns/net"))
                 .is_ok_and(|m| namespaces.contains(&(m.dev(), m.ino())));
+            // A daemon (or its helper) of ours whose namespace is gone; never
+            // anyone's shell or pager that merely names the directories.
+            let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+            let daemon = DAEMONS.iter().any(|d| comm.trim().starts_with(d));
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline);
-            let names_ours =
-                cmdline.contains(&format!("{RUN_ROOT}/")) || cmdline.contains(STATE_ROOT);
+            let names_ours = daemon
+                && (cmdline.contains(&format!("{RUN_ROOT}/")) || cmdline.contains(STATE_ROOT));
             if in_namespace || names_ours {
                 pids.push(pid);
             }

@@ -18,7 +18,10 @@
 //! 6. The killed manager comes back, rejoins, is made leader again, and its
 //!    plugin serves new tasks.
 //! 7. A manager whose plugin is set up differently is reported by
-//!    `check-managers.sh`; made leader, it fails new tasks, as shown.
+//!    `check-managers.sh`; made leader, it fails new tasks, as shown; so
+//!    does a leader whose plugin is disabled.
+//!
+//! Rotation (issue 19) joins after step 6, at the place marked in the test.
 //!
 //! `failover_reask_burst` (gated by `VAULTBRIDGE_FAILOVER_BENCH=1`) measures
 //! the re-ask burst for 50 tasks and 5 secrets, for BENCHMARKS.md.
@@ -722,6 +725,41 @@ fn failover_across_managers() {
     eprintln!(
         "  {failed_reasks} re-asks for running tasks failed (not_configured); all {} kept running",
         app_running.len()
+    );
+
+    // The leader's plugin disabled (as good as missing): named by the
+    // check, and a new task fails the same way, with nothing in any log.
+    swarm.nodes[odd].ok(&["plugin", "disable", ALIAS]);
+    let (code, report) = check_managers(&swarm, false);
+    assert_eq!(code, 1, "check-managers.sh:\n{report}");
+    assert!(
+        report.contains(&format!(
+            "DIFFERS {}: plugin disabled",
+            swarm.nodes[odd].host
+        )),
+        "{report}"
+    );
+    let mut orphan = ServiceSpec::new("orphan", "vbfo_file", "conf");
+    orphan.no_restart = true;
+    swarm.service_create(odd, &orphan);
+    let failed = poll(
+        "the task scheduled by a leader without its plugin to fail",
+        CONVERGE,
+        || {
+            swarm
+                .tasks(odd, "orphan")
+                .into_iter()
+                .find(|t| t.current.starts_with("Failed") || t.current.starts_with("Rejected"))
+        },
+        || swarm.describe(odd, "orphan"),
+    );
+    eprintln!(
+        "  a task scheduled by {odd_name} without its plugin sees: {}",
+        failed.error
+    );
+    assert!(
+        failed.error.contains("secret") && failed.error.contains("not found"),
+        "{failed:?}"
     );
 
     // ---------------------------------------------- values never logged
