@@ -270,6 +270,8 @@ fn field_lookup(field: &str) -> Lookup {
         version: None,
         decode: Decode::None,
         reuse: true,
+        rotate: false,
+        rotation: None,
     }
 }
 

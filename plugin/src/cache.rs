@@ -36,6 +36,9 @@ pub struct Key {
     pub version: Option<String>,
     pub field: Option<String>,
     pub decode: Decode,
+    /// The rotation controller's change stamp: a rotated secret's first
+    /// read is never served a value cached for the one it replaces.
+    pub rotation: Option<String>,
 }
 
 /// What a fetch produced: the value, and whether it is unique to one task.
@@ -420,6 +423,7 @@ mod tests {
             version: None,
             field: None,
             decode: Decode::None,
+            rotation: None,
         }
     }
 

@@ -17,6 +17,7 @@ use crate::metrics;
 use crate::metrics_listener;
 use crate::protocol::GetSecretRequest;
 use crate::resolve::Resolver;
+use crate::rotate;
 use crate::server;
 use crate::stack::{self, Check};
 use vaultbridge_providers::text::shown;
@@ -90,6 +91,28 @@ pub enum Command {
         caller: CallerArgs,
         /// The Docker secret's name.
         name: String,
+    },
+    /// The rotation controller: when a watched secret's backend value
+    /// changes (`--label vaultbridge.rotate=true`), roll every service that
+    /// uses it onto a new secret object pinned to the new version. Runs as
+    /// a service on a manager with the Docker socket (docs/rotation.md).
+    Rotate {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// One pass: roll what changed, wait for those rolls, remove the
+        /// secrets they replaced, exit (non-zero if anything failed).
+        #[arg(long)]
+        once: bool,
+        /// List what would roll, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The plugin's name, as installed or its `--alias`; repeatable.
+        #[arg(long = "driver", value_name = "NAME", default_value = "vaultbridge")]
+        drivers: Vec<String>,
+        /// How long a roll it started is followed (with --once: waited for)
+        /// before it is reported as not ended.
+        #[arg(long, value_name = "DURATION", default_value = "10m", value_parser = humantime::parse_duration)]
+        roll_timeout: Duration,
     },
 }
 
@@ -316,7 +339,51 @@ pub async fn run(cli: Cli) -> ExitCode {
             caller,
             name,
         } => get(config, caller.request(name, labels)).await,
+        Command::Rotate {
+            config,
+            once,
+            dry_run,
+            drivers,
+            roll_timeout,
+        } => {
+            let options = rotate::Options {
+                once: once || dry_run,
+                dry_run,
+                drivers,
+                roll_timeout,
+            };
+            rotate(config, options).await
+        }
     }
+}
+
+async fn rotate(config: ConfigArg, options: rotate::Options) -> ExitCode {
+    let (resolver, source) = match load(&config).await {
+        Ok(loaded) => loaded,
+        Err(message) => {
+            tracing::error!("{message}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let once = options.once;
+    let controller = match rotate::Controller::connect(resolver, options).await {
+        Ok(controller) => controller,
+        Err(message) => {
+            tracing::error!("{}", shown(&message));
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(config = %source, once, "rotation controller started");
+    if once {
+        return if controller.once().await {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
+    controller.run(shutdown_signal()).await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
 }
 
 async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode {

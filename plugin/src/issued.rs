@@ -178,6 +178,7 @@ mod tests {
                 version: None,
                 field: None,
                 decode: Decode::None,
+                rotation: None,
             },
             reuse: true,
         }

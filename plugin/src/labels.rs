@@ -21,7 +21,19 @@ pub const FIELD: &str = "vaultbridge.field";
 pub const VERSION: &str = "vaultbridge.version";
 pub const DECODE: &str = "vaultbridge.decode";
 pub const REUSE: &str = "vaultbridge.reuse";
-const KNOWN: [&str; 6] = [PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE];
+/// `true`: the rotation controller (`vaultbridge rotate`) watches this
+/// secret and rolls the services that use it when its value changes.
+pub const ROTATE: &str = "vaultbridge.rotate";
+/// Written by the rotation controller on the secrets it creates: the
+/// backend's change stamp of the value this secret was made for. Part of
+/// the cache key, so that the new secret's first task reads the backend
+/// afresh even where no version can be pinned (a file).
+pub const ROTATION: &str = "vaultbridge.rotation";
+const KNOWN: [&str; 8] = [
+    PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE, ROTATE, ROTATION,
+];
+/// A change stamp is a version id or a file's change time: short and plain.
+const MAX_ROTATION_BYTES: usize = 128;
 
 /// What one GetSecret asks for, parsed from its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -36,6 +48,10 @@ pub struct Lookup {
     pub decode: Decode,
     /// False for `vaultbridge.reuse=false`: the value is per task.
     pub reuse: bool,
+    /// True for `vaultbridge.rotate=true` (read by the rotation controller).
+    pub rotate: bool,
+    /// `vaultbridge.rotation`: the change stamp the secret was made for.
+    pub rotation: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -167,6 +183,38 @@ impl Lookup {
                 });
             }
         };
+        let rotate = match get(ROTATE)?.as_deref() {
+            None | Some("false") => false,
+            Some("true") => true,
+            Some(other) => {
+                return Err(LabelError::BadValue {
+                    label: ROTATE,
+                    value: other.to_string(),
+                    expected: "'true' or 'false'",
+                });
+            }
+        };
+        if rotate && !reuse {
+            return Err(LabelError::BadValue {
+                label: ROTATE,
+                value: "true".into(),
+                expected: "no vaultbridge.rotate on a per-task secret (vaultbridge.reuse=false): each task already gets a new value",
+            });
+        }
+        let rotation = get(ROTATION)?;
+        if let Some(rotation) = &rotation {
+            let plain = rotation.len() <= MAX_ROTATION_BYTES
+                && rotation
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+            if !plain {
+                return Err(LabelError::BadValue {
+                    label: ROTATION,
+                    value: rotation.clone(),
+                    expected: "the change stamp the rotation controller writes (letters, digits, '.', '_', ':', '-'; at most 128)",
+                });
+            }
+        }
         let version = get(VERSION)?;
         if let Some(version) = &version {
             check_version(version).map_err(|reason| LabelError::BadVersion {
@@ -205,6 +253,8 @@ impl Lookup {
             version,
             decode,
             reuse,
+            rotate,
+            rotation,
         })
     }
 }
@@ -252,6 +302,8 @@ mod tests {
                 version: Some("3".into()),
                 decode: Decode::Base64,
                 reuse: false,
+                rotate: false,
+                rotation: None,
             }
         );
     }

@@ -21,7 +21,8 @@
 //!   `/healthz` and `/readyz`.
 //! - [`config`]: the TOML file / environment / embedded default.
 //! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
-//! - [`cli`]: `serve`, `check` (also `check --stack`), `get`.
+//! - [`cli`]: `serve`, `check` (also `check --stack`), `get`, `rotate`.
+//! - [`rotate`]: the rotation controller (the one part with a Docker socket).
 //!
 //! Backends live in the `vaultbridge-providers` crate; unit tests use an
 //! in-memory one (`memory`, compiled for tests only).
@@ -40,6 +41,7 @@ pub mod metrics;
 mod metrics_listener;
 pub mod protocol;
 pub mod resolve;
+pub mod rotate;
 mod server;
 mod stack;
 pub mod tuning;

@@ -164,6 +164,11 @@ impl Resolver {
         })
     }
 
+    /// Every provider behind its request policy.
+    pub fn upstreams(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.providers.values()
+    }
+
     pub fn providers(&self) -> impl Iterator<Item = (&str, &Arc<dyn Provider>)> {
         self.providers
             .iter()
@@ -171,7 +176,7 @@ impl Resolver {
     }
 
     /// The provider a lookup is routed to, by name.
-    pub fn route<'a>(&'a self, lookup: &'a Lookup) -> Result<&'a Arc<Upstream>, ResolveError> {
+    pub fn route(&self, lookup: &Lookup) -> Result<&Arc<Upstream>, ResolveError> {
         if self.providers.is_empty() {
             return Err(ResolveError::NotConfigured);
         }
@@ -371,6 +376,7 @@ fn cache_key(upstream: &Upstream, lookup: &Lookup) -> Key {
         version: lookup.version.clone(),
         field: lookup.field.clone(),
         decode: lookup.decode,
+        rotation: lookup.rotation.clone(),
     }
 }
 
@@ -493,6 +499,8 @@ mod tests {
             version: None,
             decode,
             reuse: true,
+            rotate: false,
+            rotation: None,
         }
     }
 

@@ -278,7 +278,7 @@ fn plan(
 
 /// A plugin reference as the engine compares them: `vaultbridge`,
 /// `vaultbridge:latest` and `docker.io/library/vaultbridge:latest` are one.
-fn plugin_ref(name: &str) -> String {
+pub(crate) fn plugin_ref(name: &str) -> String {
     let name = name.strip_prefix("docker.io/").unwrap_or(name);
     let name = name.strip_prefix("library/").unwrap_or(name);
     let last = name.rsplit('/').next().unwrap_or(name);

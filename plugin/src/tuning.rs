@@ -8,7 +8,9 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use vaultbridge_providers::{ConfigError, Provider, ProviderError, SecretRef, SecretValue};
+use vaultbridge_providers::{
+    ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue, Version,
+};
 
 use crate::metrics::{Metrics, ProviderMetrics};
 
@@ -34,6 +36,10 @@ pub struct Tuning {
     pub deadline: Duration,
     /// At most this many backend calls in flight for this provider.
     pub max_concurrency: usize,
+    /// How often the rotation controller (`vaultbridge rotate`) asks this
+    /// backend whether a watched secret changed. Unused by the plugin.
+    #[serde(with = "humantime_serde")]
+    pub rotate_interval: Duration,
 }
 
 impl Default for Tuning {
@@ -43,6 +49,7 @@ impl Default for Tuning {
             max_stale: Duration::ZERO,
             deadline: Duration::from_secs(10),
             max_concurrency: 16,
+            rotate_interval: DEFAULT_ROTATE_INTERVAL,
         }
     }
 }
@@ -56,6 +63,12 @@ pub const MAX_DEADLINE: Duration = Duration::from_secs(30);
 pub const MAX_CACHE_TTL: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_STALE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_CONCURRENCY: usize = 1024;
+/// A minute: a rotated password reaches every replica within a minute plus
+/// the roll, at one metadata call per watched secret per minute.
+pub const DEFAULT_ROTATE_INTERVAL: Duration = Duration::from_secs(60);
+/// A second at least (a busy loop otherwise), a day at most.
+const ROTATE_INTERVAL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
 impl Tuning {
     /// Check every bound; `key` is the table (`providers.<name>`) or, for
@@ -107,6 +120,14 @@ impl Tuning {
             self.max_stale,
             Duration::ZERO,
             MAX_STALE,
+            "",
+        )?;
+        range(
+            "rotate_interval",
+            "rotate_interval",
+            self.rotate_interval,
+            ROTATE_INTERVAL_RANGE.0,
+            ROTATE_INTERVAL_RANGE.1,
             "",
         )?;
         if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency) {
@@ -167,6 +188,25 @@ impl Upstream {
     /// backend's `Retry-After`, and not at all when the wait would end past
     /// the deadline — then the failure is reported at once.
     pub async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
+        let provider = &*self.provider;
+        self.call(secret.path, move || provider.fetch(secret)).await
+    }
+
+    /// The current version of a secret (the rotation controller's question),
+    /// under the same deadline, retries and concurrency limit as a fetch.
+    pub async fn current_version(&self, path: &SecretPath) -> Result<Version, ProviderError> {
+        let provider = &*self.provider;
+        self.call(path, move || provider.current_version(path))
+            .await
+    }
+
+    /// One backend call, `op`, under this provider's policy (see
+    /// [`Self::fetch`]).
+    async fn call<T, F, Fut>(&self, path: &SecretPath, op: F) -> Result<T, ProviderError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, ProviderError>>,
+    {
         let deadline = Instant::now() + self.tuning.deadline;
         let mut backoff = FIRST_BACKOFF;
         let mut attempts = 0u32;
@@ -176,7 +216,7 @@ impl Upstream {
                 let _permit = self.permits.acquire().await;
                 // Timed from the permit: waiting for one is ours, not the backend's.
                 let started = Instant::now();
-                let result = self.provider.fetch(secret).await;
+                let result = op().await;
                 self.metrics
                     .backend
                     .attempt(started.elapsed(), result.as_ref().err());
@@ -215,7 +255,7 @@ impl Upstream {
                 };
                 return Err(with_note(error, &why));
             }
-            tracing::debug!(provider = %self.name, path = %secret.path, attempts, error = %error, "retrying");
+            tracing::debug!(provider = %self.name, path = %path, attempts, error = %error, "retrying");
             self.metrics.backend.retried();
             tokio::time::sleep(pause).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);

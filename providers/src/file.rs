@@ -9,7 +9,10 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use serde::Deserialize;
 
-use crate::{ConfigError, EnvLookup, Provider, ProviderError, SecretRef, SecretValue, Variable};
+use crate::{
+    ConfigError, EnvLookup, Provider, ProviderError, SecretPath, SecretRef, SecretValue, Variable,
+    Version,
+};
 
 /// Where the embedded default looks when nothing else is configured.
 pub const DEFAULT_ROOT: &str = "/etc/vaultbridge/secrets";
@@ -307,6 +310,26 @@ fn read_secret_file(
     read_capped(file, MAX_FILE_BYTES)
 }
 
+/// One secret file's change stamp, checked like a read (inside the root,
+/// a regular file) but without reading it: its inode and change time,
+/// which every write and every replacement by rename moves (and which,
+/// unlike the modification time, no one can set back).
+fn stamp_secret_file(
+    canonical: &Path,
+    root: &Path,
+    exact: Option<&Path>,
+) -> Result<Version, ReadError> {
+    use std::os::unix::fs::MetadataExt;
+    let file = open_regular(canonical)?;
+    check_opened_inside(&file, root, exact)?;
+    let meta = file.metadata()?;
+    Ok(Version {
+        id: format!("{}.{:09}-{}", meta.ctime(), meta.ctime_nsec(), meta.ino()),
+        pin: None,
+        created: meta.modified().ok(),
+    })
+}
+
 #[async_trait]
 impl Provider for FileProvider {
     fn kind(&self) -> &'static str {
@@ -333,6 +356,16 @@ impl Provider for FileProvider {
                 })?
                 .map_err(|err| err.into_provider_error(secret.path, &self.root))?;
         Ok(SecretValue::new(bytes))
+    }
+
+    async fn current_version(&self, path: &SecretPath) -> Result<Version, ProviderError> {
+        let full = self.locate(path).await?;
+        let root = self.root.clone();
+        let exact = self.exact(path.as_str());
+        tokio::task::spawn_blocking(move || stamp_secret_file(&full, &root, exact.as_deref()))
+            .await
+            .map_err(|err| ProviderError::unavailable(format!("reading '{path}' failed: {err}")))?
+            .map_err(|err| err.into_provider_error(path, &self.root))
     }
 
     async fn check(&self) -> Result<String, ProviderError> {

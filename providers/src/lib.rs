@@ -40,4 +40,4 @@ pub mod vault;
 
 pub use config::{ConfigError, EnvLookup, ProviderConfig, Variable};
 pub use path::{PathError, SecretPath};
-pub use provider::{Credential, Outage, Provider, ProviderError, SecretRef, SecretValue};
+pub use provider::{Credential, Outage, Provider, ProviderError, SecretRef, SecretValue, Version};

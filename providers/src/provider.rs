@@ -238,6 +238,22 @@ pub struct Credential {
     pub renewed_at: Option<std::time::SystemTime>,
 }
 
+/// A secret's current version as its backend describes it, read without
+/// the value where the backend allows: what the rotation controller
+/// compares to tell that a value changed. Metadata only — never derived
+/// from the value (not even a hash), since it ends up in secret labels.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Version {
+    /// Names the current content: it differs whenever the value may have
+    /// changed (a version number or id, a file's change time).
+    pub id: String,
+    /// This version as a `vaultbridge.version` label that pins it; `None`
+    /// when the backend keeps no versions (a file).
+    pub pin: Option<String>,
+    /// When this version was created, if the backend says.
+    pub created: Option<std::time::SystemTime>,
+}
+
 /// A read-only secret backend.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -265,6 +281,18 @@ pub trait Provider: Send + Sync {
     /// is nothing to say (a file, static keys, nothing obtained yet).
     fn credential(&self) -> Option<Credential> {
         None
+    }
+
+    /// The current version of the secret at `path` (see [`Version`]), for
+    /// the rotation controller. One attempt, like [`Self::fetch`]; a read,
+    /// so an outage is safe to retry. Backends that cannot tell say
+    /// `Invalid`, with what to do instead.
+    async fn current_version(&self, path: &SecretPath) -> Result<Version, ProviderError> {
+        Err(ProviderError::Invalid(format!(
+            "the {} provider cannot tell when '{}' changes, so it cannot be rotated; remove the vaultbridge.rotate label",
+            self.kind(),
+            path.path()
+        )))
     }
 }
 

@@ -395,6 +395,8 @@ pub struct Session {
     pub dir: tempfile::TempDir,
     swarm_initialised: bool,
     image: Option<String>,
+    /// Other images built this run (removed on drop).
+    images: Vec<String>,
     services: Vec<String>,
     stacks: Vec<String>,
     secrets: Vec<String>,
@@ -454,6 +456,7 @@ impl Session {
                 .expect("tempdir"),
             swarm_initialised: false,
             image: None,
+            images: Vec::new(),
             services: Vec::new(),
             stacks: Vec::new(),
             secrets: Vec::new(),
@@ -480,6 +483,51 @@ impl Session {
         self.image = Some(tag.clone());
         build_workload_image(None, &self.path("workload-image"), &tag);
         tag
+    }
+
+    /// The rotation controller's image, built by
+    /// `packaging/rotate/build-image.sh` from the binary under test.
+    pub fn rotate_image(&mut self) -> String {
+        let tag = format!("vaultbridge-e2e-rotate:{}", self.id);
+        self.images.push(tag.clone());
+        let output = Command::new(repo_root().join("packaging/rotate/build-image.sh"))
+            .arg(crate::binary())
+            .arg(&tag)
+            .output()
+            .expect("run packaging/rotate/build-image.sh");
+        assert!(
+            output.status.success(),
+            "packaging/rotate/build-image.sh failed:\n{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        tag
+    }
+
+    /// `docker stack deploy -c FILE` with `env` for the file's variables.
+    pub fn stack_deploy_file(&mut self, stack: &str, file: &Path, env: &[(&str, &str)]) {
+        self.stacks.push(stack.to_string());
+        let output = Command::new("docker")
+            .args([
+                "stack",
+                "deploy",
+                "--detach=true",
+                "--resolve-image",
+                "never",
+                "-c",
+            ])
+            .arg(file)
+            .arg(stack)
+            .envs(env.iter().copied())
+            .output()
+            .expect("docker stack deploy");
+        assert!(
+            output.status.success(),
+            "docker stack deploy -c {} failed:\n{}{}",
+            file.display(),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
 
     /// `packaging/build-plugin.sh` (the documented offline path) with the
@@ -562,6 +610,11 @@ impl Session {
         let args = spec.create_args(&image);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker_ok(&args);
+    }
+
+    /// Record a service created some other way, for cleanup.
+    pub fn track_service(&mut self, service: &str) {
+        self.services.push(service.to_string());
     }
 
     /// `docker stack deploy` of a compose file's text.
@@ -715,7 +768,13 @@ impl Session {
                 problems.push(format!("remove plugin {plugin}: {err}"));
             }
         }
-        if let Some(image) = self.image.take() {
+        let images: Vec<String> = self
+            .image
+            .take()
+            .into_iter()
+            .chain(self.images.drain(..))
+            .collect();
+        for image in images {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 match docker_try(&["image", "rm", "-f", &image]) {

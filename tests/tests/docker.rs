@@ -7,6 +7,7 @@
 //! `tests/setup.sh` installs (busybox-static, docker-registry). Backends
 //! other than `file` join by adding a [`BackendCase`] to `backends()`.
 
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -464,6 +465,459 @@ services:
         &trail,
         &values.iter().map(Vec::as_slice).collect::<Vec<_>>(),
     );
+    values
+}
+
+/// One watched secret of step 9: its backend, labels, and how to change it.
+struct Rotated<'a> {
+    provider: String,
+    secret: String,
+    service: String,
+    labels: Vec<(String, String)>,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    /// Puts `new` in the backend (a new version where it has versions).
+    change: Box<dyn Fn() + 'a>,
+}
+
+/// The rotated secrets of step 9, one per backend, each with its first value
+/// in place.
+fn rotated_secrets<'a>(backends: &'a [BackendCase], conf_dir: &Path, id: &str) -> Vec<Rotated<'a>> {
+    let mut list = Vec::new();
+    for backend in backends {
+        let provider = backend.provider.clone();
+        let old = format!("{provider}-rot-v1-{id}").into_bytes();
+        let new = format!("{provider}-rot-v2-{id}").into_bytes();
+        let base = |path: &str| {
+            vec![
+                ("vaultbridge.provider".to_string(), provider.clone()),
+                ("vaultbridge.path".to_string(), path.to_string()),
+                ("vaultbridge.rotate".to_string(), "true".to_string()),
+            ]
+        };
+        let server = backend.server.as_ref();
+        let (labels, change): (Vec<(String, String)>, Box<dyn Fn() + 'a>) = match provider.as_str()
+        {
+            "local" => {
+                let file = conf_dir.join(format!("secrets/rot-{id}"));
+                std::fs::write(&file, &old).expect("write secret");
+                let value = new.clone();
+                (
+                    base(&format!("rot-{id}")),
+                    Box::new(move || std::fs::write(&file, &value).expect("write secret")),
+                )
+            }
+            #[cfg(feature = "vault")]
+            "bao" => {
+                use vaultbridge_tests::openbao::OpenBao;
+                let bao = server
+                    .and_then(|s| s.downcast_ref::<OpenBao>())
+                    .expect("the bao backend's server");
+                let put = move |value: &[u8]| {
+                    let pair = format!("value={}", String::from_utf8_lossy(value));
+                    let output = bao
+                        .command(&["kv", "put", "secret/rot/db", &pair])
+                        .output()
+                        .expect("bao kv put");
+                    assert!(output.status.success(), "bao kv put failed");
+                };
+                put(&old);
+                let mut labels = base("rot/db");
+                labels.push(("vaultbridge.field".into(), "value".into()));
+                let value = new.clone();
+                (labels, Box::new(move || put(&value)))
+            }
+            #[cfg(feature = "aws")]
+            "aws" => {
+                use vaultbridge_tests::moto::Moto;
+                let moto = server
+                    .and_then(|s| s.downcast_ref::<Moto>())
+                    .expect("the aws backend's server");
+                moto.create_string("eu-west-1", "rot/db", &String::from_utf8_lossy(&old));
+                let value = String::from_utf8_lossy(&new).to_string();
+                (
+                    base("rot/db"),
+                    Box::new(move || {
+                        moto.put_string("eu-west-1", "rot/db", &value, &["AWSCURRENT"]);
+                    }),
+                )
+            }
+            #[cfg(feature = "azure")]
+            "kv" => {
+                use vaultbridge_tests::azure_double::AzureDouble;
+                let double = server
+                    .and_then(|s| s.downcast_ref::<AzureDouble>())
+                    .expect("the azure backend's server");
+                double.add_version("vbtest", "rot-db", &String::from_utf8_lossy(&old));
+                let value = String::from_utf8_lossy(&new).to_string();
+                (
+                    base("rot-db"),
+                    Box::new(move || {
+                        double.add_version("vbtest", "rot-db", &value);
+                    }),
+                )
+            }
+            other => panic!("step 9 does not know backend {other}"),
+        };
+        list.push(Rotated {
+            secret: format!("vbrot-{provider}-{id}"),
+            service: format!("vbrot-{provider}-{id}"),
+            provider,
+            labels,
+            old,
+            new,
+            change,
+        });
+    }
+    list
+}
+
+/// What every running task of `service` reads at `/run/secrets/<target>`
+/// (single node: every task's container is local).
+fn running_values(service: &str, target: &str) -> Vec<Vec<u8>> {
+    let ids = docker_try(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ])
+    .unwrap_or_default();
+    ids.lines()
+        .filter_map(|container| {
+            let output = std::process::Command::new("docker")
+                .args(["exec", container, "/bin/busybox", "cat"])
+                .arg(format!("/run/secrets/{target}"))
+                .output()
+                .ok()?;
+            output.status.success().then_some(output.stdout)
+        })
+        .collect()
+}
+
+/// Tasks of `service` whose desired and current state are both running.
+fn running_count(service: &str) -> usize {
+    docker_try(&[
+        "service",
+        "ps",
+        "--filter",
+        "desired-state=running",
+        "--format",
+        "{{.CurrentState}}",
+        service,
+    ])
+    .map(|text| text.lines().filter(|l| l.starts_with("Running")).count())
+    .unwrap_or(0)
+}
+
+/// Step 9: the rotation controller, deployed from `packaging/rotate/` as a
+/// service, rolls a 3-replica `start-first` service per backend when its
+/// value changes; a service whose new tasks fail is rolled back by its own
+/// failure action and not rolled again. Returns the values, which no log
+/// may contain.
+fn rotation_step(
+    s: &mut Session,
+    plugin: &str,
+    backends: &[BackendCase],
+    conf_dir: &Path,
+    id: &str,
+) -> Vec<Vec<u8>> {
+    const REPLICAS: usize = 3;
+    const INTERVAL: &str = "2s";
+    let plugin_config = std::fs::read_to_string(conf_dir.join("config.toml")).expect("config.toml");
+    // The plugin's configuration, with the controller's interval.
+    let rotate_config: String = plugin_config
+        .lines()
+        .map(|line| {
+            let header = line.starts_with("[providers.") && line.matches('.').count() == 1;
+            if header {
+                format!("{line}\nrotate_interval = \"{INTERVAL}\"\n")
+            } else {
+                format!("{line}\n")
+            }
+        })
+        .collect();
+    std::fs::write(conf_dir.join("rotate.toml"), rotate_config).expect("rotate.toml");
+    let image = s.workload_image();
+    let rotated = rotated_secrets(backends, conf_dir, id);
+    for r in &rotated {
+        s.secret_create(&r.secret, plugin, &r.labels);
+        docker_ok(&[
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--no-resolve-image",
+            "--name",
+            &r.service,
+            "--replicas",
+            &REPLICAS.to_string(),
+            "--update-order",
+            "start-first",
+            "--update-parallelism",
+            "1",
+            "--update-delay",
+            "0s",
+            "--stop-grace-period",
+            "2s",
+            "--env",
+            "VB_SLOT={{.Task.Slot}}",
+            "--env",
+            "VB_TARGETS=app",
+            "--secret",
+            &format!("source={},target=app,mode=0440,uid=7", r.secret),
+            &image,
+            "sh",
+            "-c",
+            vaultbridge_tests::docker::WORKLOAD_SCRIPT,
+        ]);
+        s.track_service(&r.service);
+    }
+    // A service whose new tasks exit: its roll fails and is rolled back.
+    let failing_file = conf_dir.join(format!("secrets/rot-fail-{id}"));
+    std::fs::write(&failing_file, b"good").expect("write secret");
+    let failing = format!("vbrot-fail-{id}");
+    s.secret_create(
+        &failing,
+        plugin,
+        &labels(&[
+            ("vaultbridge.provider", "local"),
+            ("vaultbridge.path", &format!("rot-fail-{id}")),
+            ("vaultbridge.rotate", "true"),
+        ]),
+    );
+    docker_ok(&[
+        "service",
+        "create",
+        "--detach",
+        "--quiet",
+        "--no-resolve-image",
+        "--name",
+        &failing,
+        "--update-order",
+        "start-first",
+        "--update-failure-action",
+        "rollback",
+        "--update-monitor",
+        "5s",
+        "--stop-grace-period",
+        "2s",
+        "--secret",
+        &format!("source={failing},target=f"),
+        &image,
+        "sh",
+        "-c",
+        "grep -q bad /run/secrets/f && exit 3; trap 'exit 0' TERM; sleep 86400 & wait",
+    ]);
+    s.track_service(&failing);
+    for r in &rotated {
+        poll(
+            &format!(
+                "{} to run {REPLICAS} tasks reading the first value",
+                r.service
+            ),
+            CONVERGE,
+            || {
+                let values = running_values(&r.service, "app");
+                (values.len() == REPLICAS && values.iter().all(|v| v == &r.old)).then_some(())
+            },
+            || s.describe_service(&r.service),
+        );
+    }
+    poll(
+        &format!("{failing} to run"),
+        CONVERGE,
+        || (running_count(&failing) == 1).then_some(()),
+        || s.describe_service(&failing),
+    );
+
+    // The controller, as an operator deploys it.
+    let rotate_image = s.rotate_image();
+    let controller_stack = format!("vbrotc{id}");
+    let conf = conf_dir.display().to_string();
+    s.stack_deploy_file(
+        &controller_stack,
+        &vaultbridge_tests::docker::repo_root().join("packaging/rotate/stack.yml"),
+        &[
+            ("VB_ROTATE_IMAGE", rotate_image.as_str()),
+            ("VB_CONFIG_DIR", conf.as_str()),
+            ("VB_CONFIG_FILE", "rotate.toml"),
+            ("VB_DRIVER", plugin),
+        ],
+    );
+    let controller = format!("{controller_stack}_rotate");
+    let controller_log =
+        || docker_try(&["service", "logs", "--raw", "--no-trunc", &controller]).unwrap_or_default();
+    poll(
+        "the controller to start",
+        CONVERGE,
+        || {
+            controller_log()
+                .contains("rotation controller started")
+                .then_some(())
+        },
+        || format!("{}\n{}", s.describe_service(&controller), controller_log()),
+    );
+    // Nothing changed yet: nothing rolls (the secrets are newer than their versions).
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        !controller_log().contains("change detected"),
+        "rolled before any change:\n{}",
+        controller_log()
+    );
+
+    // Change every value at once; watch the services while they roll.
+    let changed = Instant::now();
+    for r in &rotated {
+        (r.change)();
+    }
+    std::fs::write(&failing_file, b"bad").expect("write secret");
+    let services: Vec<String> = rotated.iter().map(|r| r.service.clone()).collect();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let stop = stop.clone();
+        let services = services.clone();
+        std::thread::spawn(move || {
+            let mut fewest = vec![usize::MAX; services.len()];
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (i, service) in services.iter().enumerate() {
+                    fewest[i] = fewest[i].min(running_count(service));
+                }
+            }
+            fewest
+        })
+    };
+    let mut converged = Vec::new();
+    for r in &rotated {
+        poll(
+            &format!("every task of {} to read the new value", r.service),
+            Duration::from_secs(180),
+            || {
+                let values = running_values(&r.service, "app");
+                (values.len() == REPLICAS && values.iter().all(|v| v == &r.new)).then_some(())
+            },
+            || {
+                format!(
+                    "{}\ncontroller:\n{}",
+                    s.describe_service(&r.service),
+                    controller_log()
+                )
+            },
+        );
+        converged.push((r.provider.clone(), changed.elapsed()));
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let fewest = watcher.join().expect("watcher");
+    for (r, fewest) in rotated.iter().zip(&fewest) {
+        assert!(
+            *fewest >= REPLICAS,
+            "{} had only {fewest} running task(s) during its roll",
+            r.service
+        );
+        let states = s.task_states(&r.service);
+        assert!(
+            !states
+                .iter()
+                .any(|t| t.contains("Failed") || t.contains("Rejected")),
+            "{}: a task failed:\n{}",
+            r.service,
+            states.join("\n")
+        );
+    }
+    for (provider, took) in &converged {
+        eprintln!(
+            "  {provider}: change to every replica on the new value: {:.1}s",
+            took.as_secs_f64()
+        );
+    }
+    // The replaced secrets are removed once their rolls end; what remains
+    // has no data of its own.
+    for r in &rotated {
+        poll(
+            &format!("{} to be removed", r.secret),
+            Duration::from_secs(60),
+            || {
+                docker_try(&["secret", "inspect", &r.secret])
+                    .is_err()
+                    .then_some(())
+            },
+            controller_log,
+        );
+    }
+    let listed = docker_ok(&["secret", "ls", "-q"]);
+    for secret in listed.lines() {
+        let spec: Value = serde_json::from_str(&docker_ok(&[
+            "secret",
+            "inspect",
+            "-f",
+            "{{json .Spec}}",
+            secret,
+        ]))
+        .expect("spec JSON");
+        assert!(
+            spec["Data"].is_null(),
+            "secret {} has data of its own",
+            spec["Name"]
+        );
+        assert!(
+            spec["Driver"]["Name"]
+                .as_str()
+                .is_some_and(|d| !d.is_empty()),
+            "secret {} has no driver",
+            spec["Name"]
+        );
+    }
+
+    // The failing service: rolled back by its own failure action, reported
+    // once, and not rolled again at later passes.
+    poll(
+        "the failed roll to be reported",
+        Duration::from_secs(120),
+        || {
+            controller_log()
+                .lines()
+                .any(|l| l.contains(&failing) && l.contains("outcome=failed"))
+                .then_some(())
+        },
+        || {
+            format!(
+                "{}\ncontroller:\n{}",
+                s.describe_service(&failing),
+                controller_log()
+            )
+        },
+    );
+    std::thread::sleep(Duration::from_secs(8));
+    let log = controller_log();
+    let started = log
+        .lines()
+        .filter(|l| {
+            l.contains(&format!("service={failing} ")) && l.contains("service update started")
+        })
+        .count();
+    assert_eq!(started, 1, "the failed roll was retried:\n{log}");
+    assert_eq!(
+        running_count(&failing),
+        1,
+        "{}",
+        s.describe_service(&failing)
+    );
+    assert!(
+        docker_try(&["secret", "inspect", &failing]).is_ok(),
+        "the secret a rolled-back service uses was removed"
+    );
+    eprintln!(
+        "  controller log:\n{}",
+        log.lines()
+            .map(|l| format!("    {l}"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let mut values: Vec<Vec<u8>> = rotated
+        .iter()
+        .flat_map(|r| [r.old.clone(), r.new.clone()])
+        .collect();
+    assert_log_has_no_values(&log, &values.iter().map(Vec::as_slice).collect::<Vec<_>>());
+    values.push(b"good".to_vec());
     values
 }
 
@@ -1002,6 +1456,14 @@ secrets:
     );
     let policy_values = access_policy_step(&mut s, &id);
 
+    // ---------------------------------------------------------------- 9
+    step(
+        9,
+        "rotation: values change in every backend; the controller rolls each service",
+        started,
+    );
+    let rotation_values = rotation_step(&mut s, &plugin, &backends, &conf_dir, &id);
+
     // ------------------------------------------------- values never logged
     let log = s.all_plugin_lines().join("\n");
     assert!(log.contains("secret served"), "no plugin log collected");
@@ -1010,6 +1472,7 @@ secrets:
         .flat_map(|b| b.values.iter().map(Vec::as_slice))
         .chain(issued.iter().map(Vec::as_slice))
         .chain(policy_values.iter().map(Vec::as_slice))
+        .chain(rotation_values.iter().map(Vec::as_slice))
         .collect();
     assert_log_has_no_values(&log, &values);
 

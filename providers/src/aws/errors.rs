@@ -25,6 +25,8 @@ pub(crate) struct Context<'a> {
     pub timeout: Duration,
     /// The configured `role_arn`, if any.
     pub role: Option<&'a str>,
+    /// The IAM action the call needs, for "allow ..." advice.
+    pub action: &'static str,
 }
 
 impl Context<'_> {
@@ -276,9 +278,10 @@ fn classify(
             ))
         }
         Some("AccessDeniedException" | "AccessDenied") => ProviderError::Denied(format!(
-            "{what}: AWS refused access (AWS {}); allow secretsmanager:GetSecretValue on this secret \
+            "{what}: AWS refused access (AWS {}); allow {} on this secret \
              to the principal named (and kms:Decrypt on its key if it uses a customer-managed KMS key)",
-            aws(code_text)
+            aws(code_text),
+            context.action
         )),
         Some(c) if c == "DecryptionFailure" || c.starts_with("KMS") => {
             ProviderError::Denied(format!(
@@ -314,8 +317,9 @@ fn classify(
             )),
             Some(403) => ProviderError::Denied(format!(
                 "{what}: Secrets Manager at {endpoint} answered HTTP 403 ({}); check the credentials and \
-                 that the principal may call secretsmanager:GetSecretValue",
-                aws(code_text)
+                 that the principal may call {}",
+                aws(code_text),
+                context.action
             )),
             Some(404) => {
                 ProviderError::NotFound(format!("{what} does not exist (AWS {})", aws(code_text)))
@@ -349,6 +353,7 @@ mod tests {
             endpoint: "http://127.0.0.1:1",
             timeout: Duration::from_secs(2),
             role: None,
+            action: "secretsmanager:GetSecretValue",
         }
     }
 

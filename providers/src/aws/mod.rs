@@ -306,7 +306,37 @@ impl AwsProvider {
             endpoint: &self.endpoint,
             timeout: self.timeout,
             role: self.role_arn.as_deref(),
+            action: "secretsmanager:GetSecretValue",
         }
+    }
+
+    /// A name, or an ARN of a Secrets Manager secret in our region.
+    fn check_addressable(&self, path: &str) -> Result<(), ProviderError> {
+        if path.trim().is_empty() {
+            return Err(ProviderError::Invalid(
+                "the secret name or ARN is empty".into(),
+            ));
+        }
+        if path.starts_with("arn:") {
+            match parse_arn(path) {
+                Some(arn) if arn.service == "secretsmanager" => {
+                    if arn.region != self.region {
+                        return Err(ProviderError::Invalid(format!(
+                            "the ARN is in region {}, but this provider reads region {}; \
+                             configure a provider for {} and select it with vaultbridge.provider",
+                            arn.region, self.region, arn.region
+                        )));
+                    }
+                }
+                _ => {
+                    return Err(ProviderError::Invalid(format!(
+                        "'{path}' is not a Secrets Manager ARN \
+                         (arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
+                    )));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// A hard bound over the SDK's own timeouts, in case a credentials
@@ -344,30 +374,7 @@ impl Provider for AwsProvider {
 
     async fn fetch(&self, secret: SecretRef<'_>) -> Result<SecretValue, ProviderError> {
         let path: &str = secret.path;
-        if path.trim().is_empty() {
-            return Err(ProviderError::Invalid(
-                "the secret name or ARN is empty".into(),
-            ));
-        }
-        if path.starts_with("arn:") {
-            match parse_arn(path) {
-                Some(arn) if arn.service == "secretsmanager" => {
-                    if arn.region != self.region {
-                        return Err(ProviderError::Invalid(format!(
-                            "the ARN is in region {}, but this provider reads region {}; \
-                             configure a provider for {} and select it with vaultbridge.provider",
-                            arn.region, self.region, arn.region
-                        )));
-                    }
-                }
-                _ => {
-                    return Err(ProviderError::Invalid(format!(
-                        "'{path}' is not a Secrets Manager ARN \
-                         (arn:aws:secretsmanager:<region>:<account>:secret:<name>)"
-                    )));
-                }
-            }
-        }
+        self.check_addressable(path)?;
         let version = secret.version.map(VersionSelector::parse).transpose()?;
         let mut request = self.client.get_secret_value().secret_id(path);
         request = match version {
@@ -391,6 +398,44 @@ impl Provider for AwsProvider {
             version.map_or_else(|| "version stage AWSCURRENT".to_string(), |v| v.describe()),
             self.region
         )))
+    }
+
+    /// The version holding `AWSCURRENT`, from `ListSecretVersionIds` (no
+    /// value is read; the principal needs that action).
+    async fn current_version(
+        &self,
+        path: &crate::SecretPath,
+    ) -> Result<crate::Version, ProviderError> {
+        let path: &str = path;
+        self.check_addressable(path)?;
+        let mut context = self.context(Some(path), None);
+        context.action = "secretsmanager:ListSecretVersionIds";
+        let output = self
+            .bounded(
+                self.client
+                    .list_secret_version_ids()
+                    .secret_id(path)
+                    .max_results(100)
+                    .send(),
+            )
+            .await?
+            .map_err(|err| errors::map(&err, &context))?;
+        let current = output
+            .versions()
+            .iter()
+            .find(|v| v.version_stages().iter().any(|stage| stage == "AWSCURRENT"));
+        let Some(current) = current.and_then(|v| Some((v.version_id()?, v.created_date()))) else {
+            return Err(ProviderError::NotFound(format!(
+                "secret '{path}' in region {} has no version labelled AWSCURRENT",
+                self.region
+            )));
+        };
+        let (id, created) = current;
+        Ok(crate::Version {
+            id: id.to_string(),
+            pin: Some(id.to_string()),
+            created: created.and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+        })
     }
 
     /// One `ListSecrets` call for at most one entry: it proves the endpoint

@@ -37,7 +37,8 @@ use azure_identity::{
     ManagedIdentityCredentialOptions, UserAssignedId,
 };
 use azure_security_keyvault_secrets::{
-    SecretClient, SecretClientOptions, models::SecretClientGetSecretOptions,
+    SecretClient, SecretClientOptions,
+    models::{Secret, SecretClientGetSecretOptions},
 };
 use secrecy::ExposeSecret;
 
@@ -292,7 +293,7 @@ impl AzureProvider {
         name: &str,
         version: Option<&str>,
         target: &str,
-    ) -> Result<String, ProviderError> {
+    ) -> Result<Secret, ProviderError> {
         let cx = Context {
             vault: &self.vault,
             target,
@@ -320,19 +321,13 @@ impl AzureProvider {
                     let seen = self.seen.clone();
                     tokio::spawn(keep_token_fresh(credential, scope, vault, seen)).abort_handle()
                 });
-                let secret = response.into_model().map_err(|err| {
+                response.into_model().map_err(|err| {
                     ProviderError::unavailable(format!(
                         "vault {} sent an unreadable answer for {target}: {}",
                         self.vault,
                         errors::first_line(&err.to_string())
                     ))
                     .without_retry()
-                })?;
-                secret.value.ok_or_else(|| {
-                    ProviderError::NotFound(format!(
-                        "{target} in vault {} has no value",
-                        self.vault
-                    ))
                 })
             }
             Ok(Err(err)) => Err(errors::classify(&err, &cx).into_error()),
@@ -488,8 +483,45 @@ impl Provider for AzureProvider {
             Some(version) => format!("secret '{}' version {version}", secret.path),
             None => format!("secret '{}'", secret.path),
         };
-        let value = self.get(secret.path, secret.version, &target).await?;
+        let secret_answer = self.get(secret.path, secret.version, &target).await?;
+        let value = secret_answer.value.ok_or_else(|| {
+            ProviderError::NotFound(format!("{target} in vault {} has no value", self.vault))
+        })?;
         Ok(SecretValue::new(value.into_bytes()))
+    }
+
+    /// The version id of the secret's current version. Key Vault has no
+    /// call that names the current version without its value: the value
+    /// read along is dropped here, unused.
+    async fn current_version(
+        &self,
+        path: &crate::SecretPath,
+    ) -> Result<crate::Version, ProviderError> {
+        check_name(path)?;
+        let target = format!("secret '{path}'");
+        let current = self.get(path, None, &target).await?;
+        let id = current
+            .id
+            .as_deref()
+            .and_then(|id| id.rsplit('/').next())
+            .filter(|version| check_version(version).is_ok())
+            .ok_or_else(|| {
+                ProviderError::unavailable(format!(
+                    "vault {} answered for {target} without a version id",
+                    self.vault
+                ))
+                .without_retry()
+            })?
+            .to_string();
+        let created = current
+            .attributes
+            .and_then(|attributes| attributes.created)
+            .map(std::time::SystemTime::from);
+        Ok(crate::Version {
+            pin: Some(id.clone()),
+            id,
+            created,
+        })
     }
 
     /// Reads a secret name that no one uses: "not found" proves the vault

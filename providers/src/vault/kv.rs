@@ -7,7 +7,7 @@ use super::VaultProvider;
 use super::auth::quiet;
 use super::errors::{CallError, no_route, unavailable};
 use super::http::Failure;
-use crate::{ProviderError, SecretValue};
+use crate::{ProviderError, SecretValue, Version};
 
 /// The envelope of every Vault answer: only what we use. `data` and `auth`
 /// stay raw text, so a secret comes back byte for byte as Vault sent it
@@ -145,6 +145,51 @@ impl VaultProvider {
             }
             Err(CallError::Vault(f)) => Err(self.kv_error(&what, &api_path, mount, f).await),
         }
+    }
+
+    /// The current version of a KV v2 secret, from its metadata (which
+    /// holds no value); the token needs `read` on `<mount>/metadata/<path>`.
+    pub(super) async fn current_kv_version(
+        &self,
+        mount: &str,
+        path: &str,
+        kv_version: u8,
+    ) -> Result<Version, ProviderError> {
+        if kv_version == 1 {
+            return Err(ProviderError::Invalid(format!(
+                "'{path}' in KV v1 mount '{mount}': KV v1 keeps no versions, so a change cannot be told without reading the value; keep rotated secrets in a KV v2 mount"
+            )));
+        }
+        let what = format!("the metadata of '{path}' in KV v2 mount '{mount}'");
+        let api_path = format!("{mount}/metadata/{path}");
+        let metadata = self
+            .with_token(|c| async move {
+                let client = self.session.http.vault(&c.token);
+                quiet(vaultrs::kv2::read_metadata(&client, mount, path)).await
+            })
+            .await;
+        let metadata = match metadata {
+            Ok(metadata) => metadata,
+            Err(CallError::Provider(e)) => return Err(e),
+            Err(CallError::Vault(f)) => {
+                return Err(self.kv_error(&what, &api_path, mount, f).await);
+            }
+        };
+        let current = metadata.current_version;
+        let created = metadata
+            .versions
+            .get(&current.to_string())
+            .and_then(|v| humantime::parse_rfc3339_weak(&v.created_time).ok());
+        if current == 0 {
+            return Err(ProviderError::NotFound(format!(
+                "no version of '{path}' in KV v2 mount '{mount}'"
+            )));
+        }
+        Ok(Version {
+            id: current.to_string(),
+            pin: Some(current.to_string()),
+            created,
+        })
     }
 
     /// A KV v2 read said 404: tell a deleted or destroyed version from a

@@ -384,6 +384,20 @@ impl Provider for VaultProvider {
         }
     }
 
+    async fn current_version(&self, path: &SecretPath) -> Result<crate::Version, ProviderError> {
+        match self.target(path)? {
+            Target::Kv {
+                mount,
+                path,
+                version,
+            } => self.current_kv_version(mount, path, version).await,
+            // A dynamic credential is minted per task: nothing to roll.
+            Target::Logical { .. } => Err(ProviderError::Invalid(format!(
+                "'{path}' is not a KV path: a dynamic credential is new for every task and is never rotated by rolling services; remove the vaultbridge.rotate label"
+            ))),
+        }
+    }
+
     /// Log in (if needed) and look the token up; say what could not be
     /// verified (a least-privilege token may not look itself up).
     async fn check(&self) -> Result<String, ProviderError> {
