@@ -391,3 +391,43 @@ pub fn config(text: &str) {
         );
     }
 }
+
+/// A template of any source, rendered with `value` for every lookup it
+/// makes: no panic, no hang (fuel), the output within the limit, errors
+/// clean and bounded. Rendered again with a marker value: no error quotes
+/// any 6 bytes of it that the source does not hold (errors about the
+/// source as written may quote the source).
+pub fn template(source: &str, value: &[u8]) {
+    use vaultbridge::template::Template;
+    const LIMIT: usize = 4096;
+    const MARKER: &str = "Zq7VALUExK9w";
+    let template = match Template::compile("t", source, &["p"]) {
+        Ok(template) => template,
+        Err(err) => return assert_clean_message(&err.message),
+    };
+    let render = |value: &[u8]| {
+        let values: Vec<_> = template
+            .plan()
+            .inputs
+            .iter()
+            .map(|_| std::sync::Arc::new(secrecy::SecretSlice::from(value.to_vec())))
+            .collect();
+        template.render(&values, LIMIT)
+    };
+    for value in [value, MARKER.as_bytes()] {
+        match render(value) {
+            Ok(out) => assert!(out.len() <= LIMIT, "{} bytes rendered", out.len()),
+            Err(err) => assert_clean_message(&err.message),
+        }
+    }
+    if let Err(err) = render(MARKER.as_bytes()) {
+        for at in 0..=MARKER.len() - 6 {
+            let piece = &MARKER[at..at + 6];
+            assert!(
+                source.contains(piece) || !err.message.contains(piece),
+                "a render error quotes the value: {:?}",
+                err.message
+            );
+        }
+    }
+}

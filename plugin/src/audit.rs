@@ -95,7 +95,7 @@ impl AuditConfig {
 
 /// One decision. Request-controlled fields are escaped and bounded before
 /// they get here (see [`Record::field`]); JSON encoding does the rest.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Clone, Serialize)]
 pub struct Record<'a> {
     /// Marks the line as audit on a shared stream (stdout).
     pub log_type: &'static str,
@@ -107,6 +107,10 @@ pub struct Record<'a> {
     pub task_name: String,
     pub image: String,
     pub secret: String,
+    /// The template the secret is rendered from; its inputs have a record
+    /// each, with this field, before the template's own record.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub template: Option<&'a str>,
     pub provider: Option<&'a str>,
     pub path: Option<&'a str>,
     pub version: Option<String>,
@@ -278,6 +282,7 @@ mod tests {
             task_name: "billing_api.1.t1".into(),
             image: "app:1".into(),
             secret: Record::field(secret),
+            template: None,
             provider: Some("vault"),
             path: Some("apps/billing/db"),
             version: None,

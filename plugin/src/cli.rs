@@ -532,6 +532,27 @@ async fn check(config: ConfigArg) -> ExitCode {
     }
     // A policy whose rules never decide is a mistake to fix before it matters.
     failed += warn_findings(&resolver, |line| println!("WARN  {line}"));
+    // Compiled and their lookups checked when the configuration loaded.
+    for template in resolver.templates().iter() {
+        let lookups: Vec<String> = template
+            .plan()
+            .inputs
+            .iter()
+            .map(crate::template::describe_lookup)
+            .collect();
+        println!(
+            "template {}: {} lookup(s): {}",
+            template.name(),
+            lookups.len(),
+            lookups.join("; ")
+        );
+        if let Some(stopped) = template.stopped() {
+            println!(
+                "note  template {}: without values it stops at {stopped}; a lookup after that is refused",
+                template.name()
+            );
+        }
+    }
     for (name, provider) in resolver.providers() {
         let result = tokio::time::timeout(CHECK_TIMEOUT, provider.check()).await;
         match result {
@@ -605,13 +626,19 @@ async fn check_stack(
             match answer.result {
                 Ok(resolved) => {
                     ok += 1;
-                    let provider = answer.provider.as_deref().unwrap_or("-");
-                    let path = answer.path.as_deref().unwrap_or("-");
+                    let source = match &answer.template {
+                        Some(template) => {
+                            format!("template {template}, {} lookup(s)", answer.inputs.len())
+                        }
+                        None => format!(
+                            "{}, {}",
+                            answer.provider.as_deref().unwrap_or("-"),
+                            answer.path.as_deref().unwrap_or("-")
+                        ),
+                    };
                     let bytes = resolved.value.expose_secret().len();
                     let per_task = if resolved.per_task { ", per task" } else { "" };
-                    println!(
-                        "ok    {name}{asking} ({provider}, {path}): {bytes} bytes{per_task}{unused}"
-                    );
+                    println!("ok    {name}{asking} ({source}): {bytes} bytes{per_task}{unused}");
                 }
                 Err(failure) => {
                     failed += 1;

@@ -23,6 +23,7 @@ use crate::access::pattern::Pattern;
 use crate::access::{AccessConfig, Policy};
 use crate::audit::AuditConfig;
 use crate::cache::Limits;
+use crate::template::{TemplateConfig, Templates};
 use crate::tuning::Tuning;
 
 /// Where the managed plugin's settable mount puts the config file.
@@ -50,6 +51,10 @@ pub struct Config {
     /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this
     /// address (`127.0.0.1:9469`); off when absent.
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Named templates (`vaultbridge.template=<name>`): one file from
+    /// several lookups.
+    #[serde(default)]
+    pub templates: BTreeMap<String, TemplateConfig>,
 }
 
 /// One `[providers.<name>]` table: the backend's keys plus the plugin's
@@ -226,7 +231,13 @@ impl Config {
             access: None,
             audit: None,
             metrics_listen: None,
+            templates: BTreeMap::new(),
         }
+    }
+
+    /// The templates, compiled, their lookups checked against the providers.
+    pub fn templates(&self) -> Result<Templates, ConfigError> {
+        Templates::compile(&self.templates, &self.names())
     }
 
     /// The access policy, when `[access]` is configured.
@@ -324,6 +335,7 @@ impl Config {
         }
         self.policy()?;
         self.default_path()?;
+        self.templates()?;
         if let Some(audit) = &self.audit {
             audit.validate()?;
         }

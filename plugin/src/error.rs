@@ -38,6 +38,19 @@ impl Failure {
         }
     }
 
+    /// The same failure, its message after `prefix` (text already safe to
+    /// show: it is not escaped again), still bounded.
+    pub(crate) fn prefixed(&self, prefix: &str) -> Self {
+        let message: String = format!("{prefix}{}", self.message)
+            .chars()
+            .take(MAX_ERROR_CHARS)
+            .collect();
+        Self {
+            outcome: self.outcome,
+            message,
+        }
+    }
+
     /// Docker's `Err` for the secret `secret` (already shown escaped).
     pub fn docker_err(&self, secret: &str) -> String {
         format!("vaultbridge: secret '{secret}': {}", self.message)

@@ -29,11 +29,16 @@ pub const ROTATE: &str = "vaultbridge.rotate";
 /// the cache key, so that the new secret's first task reads the backend
 /// afresh even where no version can be pinned (a file).
 pub const ROTATION: &str = "vaultbridge.rotation";
-const KNOWN: [&str; 8] = [
-    PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE, ROTATE, ROTATION,
+/// A named template (`[templates.<name>]`) instead of a single lookup.
+pub const TEMPLATE: &str = "vaultbridge.template";
+const KNOWN: [&str; 9] = [
+    PROVIDER, PATH, FIELD, VERSION, DECODE, REUSE, ROTATE, ROTATION, TEMPLATE,
 ];
 /// A change stamp is a version id or a file's change time: short and plain.
 const MAX_ROTATION_BYTES: usize = 128;
+/// What a template names in each of its lookups, so not a label beside it;
+/// and rotation, which rolls single lookups only.
+const NOT_WITH_TEMPLATE: [&str; 7] = [PROVIDER, PATH, FIELD, VERSION, DECODE, ROTATE, ROTATION];
 
 /// What one GetSecret asks for, parsed from its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -59,6 +64,15 @@ pub enum Decode {
     #[default]
     None,
     Base64,
+}
+
+/// A secret rendered from a named template (`vaultbridge.template`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateRef {
+    pub name: String,
+    /// False for `vaultbridge.reuse=false`: every input, and so the whole
+    /// result, is per task.
+    pub reuse: bool,
 }
 
 /// JSON keys and provider names are short; anything longer is a mistake
@@ -95,6 +109,13 @@ pub enum LabelError {
     /// path that is refused (the reason says which).
     #[error("the secret has no '{PATH}' label and {reason}; add --label {PATH}=<path>")]
     DefaultPath { reason: String },
+    #[error(
+        "label '{label}' cannot be combined with '{TEMPLATE}': a template names the provider, path, field, version and decode of each of its lookups, and is not rotated; remove the label"
+    )]
+    WithTemplate { label: &'static str },
+    /// A caller asked for a single lookup of a secret that names a template.
+    #[error("label '{TEMPLATE}' selects a template, not a single lookup")]
+    IsTemplate,
 }
 
 /// Fills `default_path` in for a secret key; `Err`: why it cannot.
@@ -117,21 +138,11 @@ impl Lookup {
         labels: &BTreeMap<String, String>,
         default_path: Option<&DefaultPath<'_>>,
     ) -> Result<Self, LabelError> {
-        if let Some(label) = labels
-            .keys()
-            .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
-        {
-            return Err(LabelError::Unknown {
-                label: label.clone(),
-            });
+        refuse_unknown(labels)?;
+        if labels.contains_key(TEMPLATE) {
+            return Err(LabelError::IsTemplate);
         }
-        let get = |label: &'static str| -> Result<Option<String>, LabelError> {
-            match labels.get(label) {
-                None => Ok(None),
-                Some(value) if value.is_empty() => Err(LabelError::Empty { label }),
-                Some(value) => Ok(Some(value.clone())),
-            }
-        };
+        let get = |label: &'static str| get(labels, label);
 
         let path = match get(PATH)? {
             Some(path) => SecretPath::parse(&path).map_err(|reason| LabelError::BadPath {
@@ -172,17 +183,7 @@ impl Lookup {
                 });
             }
         };
-        let reuse = match get(REUSE)?.as_deref() {
-            None | Some("true") => true,
-            Some("false") => false,
-            Some(other) => {
-                return Err(LabelError::BadValue {
-                    label: REUSE,
-                    value: other.to_string(),
-                    expected: "'true' or 'false'",
-                });
-            }
-        };
+        let reuse = reuse(labels)?;
         let rotate = match get(ROTATE)?.as_deref() {
             None | Some("false") => false,
             Some("true") => true,
@@ -224,27 +225,23 @@ impl Lookup {
         }
         let field = get(FIELD)?;
         if let Some(field) = &field
-            && (field.len() > MAX_FIELD_BYTES || field.chars().any(is_unsafe_char))
+            && !is_valid_field(field)
         {
             return Err(LabelError::BadValue {
                 label: FIELD,
                 value: field.clone(),
-                expected: "a JSON key of at most 256 bytes without control characters",
+                expected: FIELD_EXPECTED,
             });
         }
         let provider = get(PROVIDER)?;
-        if let Some(provider) = &provider {
-            let valid = provider.len() <= MAX_PROVIDER_BYTES
-                && provider
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
-            if !valid {
-                return Err(LabelError::BadValue {
-                    label: PROVIDER,
-                    value: provider.clone(),
-                    expected: "a configured provider name (letters, digits, '-' and '_')",
-                });
-            }
+        if let Some(provider) = &provider
+            && !is_valid_name(provider)
+        {
+            return Err(LabelError::BadValue {
+                label: PROVIDER,
+                value: provider.clone(),
+                expected: "a configured provider name (letters, digits, '-' and '_')",
+            });
         }
         Ok(Lookup {
             provider,
@@ -257,6 +254,83 @@ impl Lookup {
             rotation,
         })
     }
+}
+
+/// The template a secret's labels select, if any: `vaultbridge.template`,
+/// with `vaultbridge.reuse` and no label a template's lookups name.
+pub fn template_of(labels: &BTreeMap<String, String>) -> Result<Option<TemplateRef>, LabelError> {
+    refuse_unknown(labels)?;
+    let Some(name) = get(labels, TEMPLATE)? else {
+        return Ok(None);
+    };
+    if let Some(label) = NOT_WITH_TEMPLATE
+        .into_iter()
+        .find(|label| labels.contains_key(*label))
+    {
+        return Err(LabelError::WithTemplate { label });
+    }
+    if !is_valid_name(&name) {
+        return Err(LabelError::BadValue {
+            label: TEMPLATE,
+            value: name,
+            expected: "a configured template name (letters, digits, '-' and '_')",
+        });
+    }
+    Ok(Some(TemplateRef {
+        name,
+        reuse: reuse(labels)?,
+    }))
+}
+
+fn refuse_unknown(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
+    match labels
+        .keys()
+        .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
+    {
+        Some(label) => Err(LabelError::Unknown {
+            label: label.clone(),
+        }),
+        None => Ok(()),
+    }
+}
+
+fn get(
+    labels: &BTreeMap<String, String>,
+    label: &'static str,
+) -> Result<Option<String>, LabelError> {
+    match labels.get(label) {
+        None => Ok(None),
+        Some(value) if value.is_empty() => Err(LabelError::Empty { label }),
+        Some(value) => Ok(Some(value.clone())),
+    }
+}
+
+fn reuse(labels: &BTreeMap<String, String>) -> Result<bool, LabelError> {
+    match get(labels, REUSE)?.as_deref() {
+        None | Some("true") => Ok(true),
+        Some("false") => Ok(false),
+        Some(other) => Err(LabelError::BadValue {
+            label: REUSE,
+            value: other.to_string(),
+            expected: "'true' or 'false'",
+        }),
+    }
+}
+
+/// What a valid `vaultbridge.field` (or a template's `field=`) is.
+pub const FIELD_EXPECTED: &str = "a JSON key of at most 256 bytes without control characters";
+
+pub fn is_valid_field(field: &str) -> bool {
+    field.len() <= MAX_FIELD_BYTES && !field.chars().any(is_unsafe_char)
+}
+
+/// Provider and template names: short, plain, safe in any log line.
+pub fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_PROVIDER_BYTES
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 /// The secret's own name, without the `<stack>_` prefix a stack deploy adds.
@@ -381,6 +455,47 @@ mod tests {
                 }
             ),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn a_template_label_combines_with_reuse_only() {
+        assert_eq!(template_of(&labels(&[("team", "x")])), Ok(None));
+        assert_eq!(
+            template_of(&labels(&[
+                (TEMPLATE, "pg"),
+                (REUSE, "false"),
+                ("team", "x")
+            ])),
+            Ok(Some(TemplateRef {
+                name: "pg".into(),
+                reuse: false
+            }))
+        );
+        for label in NOT_WITH_TEMPLATE {
+            let err = template_of(&labels(&[(TEMPLATE, "pg"), (label, "x")])).unwrap_err();
+            assert_eq!(err, LabelError::WithTemplate { label });
+            assert!(err.to_string().contains("remove the label"), "{err}");
+        }
+        let err = template_of(&labels(&[(TEMPLATE, "a/../b")])).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                LabelError::BadValue {
+                    label: TEMPLATE,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        let err = template_of(&labels(&[(TEMPLATE, "")])).unwrap_err();
+        assert_eq!(err, LabelError::Empty { label: TEMPLATE });
+        let err = template_of(&labels(&[(TEMPLATE, "pg"), ("vaultbridge.tempalte", "x")]));
+        assert!(matches!(err, Err(LabelError::Unknown { .. })), "{err:?}");
+        // A single lookup is never made of a template's secret.
+        assert_eq!(
+            Lookup::from_labels("x", &labels(&[(TEMPLATE, "pg")])),
+            Err(LabelError::IsTemplate)
         );
     }
 

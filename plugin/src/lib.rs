@@ -10,6 +10,7 @@
 //! - [`protocol`]: the JSON Docker sends and expects.
 //! - [`labels`]: `vaultbridge.*` labels -> a [`labels::Lookup`].
 //! - [`resolve`]: route a lookup to a provider, pick a field, decode, check size.
+//! - [`template`]: `vaultbridge.template`: one file rendered from several lookups.
 //! - [`access`]: the access policy (which service may read which paths).
 //! - [`audit`]: one record per decision, to its own sink.
 //! - [`error`]: how a request fails: outcome word, message, Docker's `Err`.
@@ -44,4 +45,5 @@ pub mod resolve;
 pub mod rotate;
 mod server;
 mod stack;
+pub mod template;
 pub mod tuning;

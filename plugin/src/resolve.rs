@@ -18,9 +18,10 @@ use crate::cache::{self, Cache, Fetched, Key, Lifetimes, Source};
 use crate::config::Config;
 pub use crate::error::{Failure, MAX_ERROR_CHARS, ResolveError};
 use crate::issued::{Issued, TaskSecret};
-use crate::labels::{self, Decode, FIELD, Lookup};
+use crate::labels::{self, Decode, FIELD, Lookup, TemplateRef};
 use crate::metrics::{Metrics, Scrape};
 use crate::protocol::GetSecretRequest;
+use crate::template::Templates;
 use crate::tuning::{Tuning, Upstream};
 use vaultbridge_providers::text::shown;
 
@@ -40,6 +41,8 @@ pub struct Resolver {
     policy: Option<Policy>,
     /// `default_path`: the path of a secret without a path label.
     default_path: Option<Pattern>,
+    /// `[templates.<name>]`, for secrets labelled `vaultbridge.template`.
+    templates: Templates,
     metrics: Arc<Metrics>,
 }
 
@@ -75,7 +78,31 @@ pub struct Answer {
     /// The access policy's verdict, when there is a policy and the request
     /// got as far as a provider and a path.
     pub verdict: Option<Verdict>,
+    /// The template the labels named (then provider, path and verdict are
+    /// each input's, in `inputs`).
+    pub template: Option<String>,
+    /// A template's lookups, as judged and fetched for this request.
+    pub inputs: Vec<Input>,
     pub result: Result<Resolved, Failure>,
+}
+
+/// One lookup of a template, for the log and the audit trail.
+#[derive(Debug)]
+pub struct Input {
+    pub provider: String,
+    pub path: String,
+    pub version: Option<String>,
+    pub verdict: Option<Verdict>,
+    /// `ok`, a failure's outcome word, or `skipped` (not fetched: another
+    /// input was refused first).
+    pub outcome: &'static str,
+    pub source: Option<Source>,
+}
+
+/// Whether the policy lets the caller read a lookup, and its verdict.
+struct Judged {
+    verdict: Option<Verdict>,
+    refused: Option<Failure>,
 }
 
 impl Resolver {
@@ -88,7 +115,19 @@ impl Resolver {
             providers.insert(name.clone(), (provider, entry.tuning));
         }
         let resolver = Self::new(providers, config.default_provider.clone(), config.cache);
-        Ok(resolver.with_access(config.policy()?, config.default_path()?))
+        Ok(resolver
+            .with_access(config.policy()?, config.default_path()?)
+            .with_templates(config.templates()?))
+    }
+
+    /// Serve `templates` for secrets labelled `vaultbridge.template`.
+    pub fn with_templates(mut self, templates: Templates) -> Self {
+        self.templates = templates;
+        self
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.templates
     }
 
     /// Check `policy` on every request; fill `default_path` in for secrets
@@ -135,6 +174,7 @@ impl Resolver {
             issued: Issued::default(),
             policy: None,
             default_path: None,
+            templates: Templates::default(),
             metrics,
         }
     }
@@ -213,8 +253,18 @@ impl Resolver {
             path: None,
             version: None,
             verdict: None,
+            template: None,
+            inputs: Vec::new(),
             result: Err(Failure::new("internal", "not answered")),
         };
+        match labels::template_of(&request.secret_labels) {
+            Ok(None) => {}
+            Ok(Some(template)) => return self.answer_template(request, template, answer).await,
+            Err(err) => {
+                answer.result = Err(Failure::new("bad_labels", &err.to_string()));
+                return answer;
+            }
+        }
         let render = self.default_path.as_ref().map(|template| {
             move |key: &str| -> Result<String, String> {
                 let caller = Caller {
@@ -253,45 +303,180 @@ impl Resolver {
             }
         };
         answer.provider = Some(upstream.name.clone());
-        if let Some(policy) = &self.policy {
-            let caller = Caller {
-                request,
-                secret: labels::secret_key(&request.secret_name, &request.secret_labels),
-            };
-            // The backend's one spelling of the path, so that no other
-            // spelling of the same secret passes a glob this one is held to.
-            let name = match upstream.provider.policy_name(&lookup.path) {
-                Ok(name) => name,
-                Err(error) => {
-                    let err = ResolveError::Provider {
-                        provider: upstream.name.clone(),
-                        kind: upstream.provider.kind(),
-                        path: lookup.path.path().to_string(),
-                        error,
-                    };
-                    answer.result = Err(Failure::from(&err));
-                    return answer;
-                }
-            };
-            let verdict = policy.decide(&caller, &upstream.name, &name);
-            let denied = verdict.decision == Decision::Deny;
-            answer.verdict = Some(verdict);
-            if denied {
-                // Not which rule would allow it: that is the operator's map.
-                let message = format!(
-                    "the access policy does not allow {} to read path '{}' from provider '{}'",
-                    caller.describe(),
-                    shown(&name),
-                    upstream.name
-                );
-                answer.result = Err(Failure::new("policy_denied", &message));
-                return answer;
-            }
+        let judged = self.judge(request, upstream, &lookup);
+        answer.verdict = judged.verdict;
+        if let Some(failure) = judged.refused {
+            answer.result = Err(failure);
+            return answer;
         }
         answer.result = self
             .resolve_for_task(upstream, &lookup, &request.task_id, &request.secret_name)
             .await
             .map_err(|err| Failure::from(&err));
+        answer
+    }
+
+    /// Whether the access policy lets `request`'s caller read `lookup` from
+    /// `upstream` (always, without a policy).
+    fn judge(&self, request: &GetSecretRequest, upstream: &Upstream, lookup: &Lookup) -> Judged {
+        let Some(policy) = &self.policy else {
+            return Judged {
+                verdict: None,
+                refused: None,
+            };
+        };
+        let caller = Caller {
+            request,
+            secret: labels::secret_key(&request.secret_name, &request.secret_labels),
+        };
+        // The backend's one spelling of the path, so that no other
+        // spelling of the same secret passes a glob this one is held to.
+        let name = match upstream.provider.policy_name(&lookup.path) {
+            Ok(name) => name,
+            Err(error) => {
+                let err = ResolveError::Provider {
+                    provider: upstream.name.clone(),
+                    kind: upstream.provider.kind(),
+                    path: lookup.path.path().to_string(),
+                    error,
+                };
+                return Judged {
+                    verdict: None,
+                    refused: Some(Failure::from(&err)),
+                };
+            }
+        };
+        let verdict = policy.decide(&caller, &upstream.name, &name);
+        let refused = (verdict.decision == Decision::Deny).then(|| {
+            // Not which rule would allow it: that is the operator's map.
+            let message = format!(
+                "the access policy does not allow {} to read path '{}' from provider '{}'",
+                caller.describe(),
+                shown(&name),
+                upstream.name
+            );
+            Failure::new("policy_denied", &message)
+        });
+        Judged {
+            verdict: Some(verdict),
+            refused,
+        }
+    }
+
+    /// A secret rendered from a template: every input judged by the policy
+    /// before any is fetched, then all fetched at once through the same
+    /// cache and per-task rules as a single lookup, then the render.
+    async fn answer_template(
+        &self,
+        request: &GetSecretRequest,
+        wanted: TemplateRef,
+        mut answer: Answer,
+    ) -> Answer {
+        answer.template = Some(wanted.name.clone());
+        let Some(template) = self.templates.get(&wanted.name) else {
+            let message = format!(
+                "template '{}' is not configured (label {}); configured: {}",
+                wanted.name,
+                labels::TEMPLATE,
+                self.templates.names()
+            );
+            answer.result = Err(Failure::new("bad_labels", &message));
+            return answer;
+        };
+        let prefix = format!("template '{}': ", wanted.name);
+        let mut routed = Vec::new();
+        let mut refused = None;
+        for planned in &template.plan().inputs {
+            let lookup = Lookup {
+                reuse: wanted.reuse,
+                ..planned.clone()
+            };
+            let upstream = match self.route(&lookup).map(Arc::clone) {
+                Ok(upstream) => upstream,
+                Err(err) => {
+                    // The providers were checked at start: not reached.
+                    answer.result = Err(Failure::from(&err).prefixed(&prefix));
+                    return answer;
+                }
+            };
+            let judged = self.judge(request, &upstream, &lookup);
+            let outcome = judged.refused.as_ref().map_or("skipped", |f| f.outcome);
+            answer.inputs.push(Input {
+                provider: upstream.name.clone(),
+                path: lookup.path.path().to_string(),
+                version: lookup.version.clone(),
+                verdict: judged.verdict,
+                outcome,
+                source: None,
+            });
+            if refused.is_none() {
+                refused = judged.refused;
+            }
+            routed.push((upstream, lookup));
+        }
+        if let Some(failure) = refused {
+            answer.result = Err(failure.prefixed(&prefix));
+            return answer;
+        }
+        let fetches = routed.iter().map(|(upstream, lookup)| {
+            self.resolve_for_task(upstream, lookup, &request.task_id, &request.secret_name)
+        });
+        let results = futures::future::join_all(fetches).await;
+        let mut values = Vec::with_capacity(results.len());
+        let (mut per_task, mut lease, mut sources) = (false, None, Vec::new());
+        let mut failed = None;
+        for (input, result) in answer.inputs.iter_mut().zip(results) {
+            match result {
+                Ok(resolved) => {
+                    input.outcome = "ok";
+                    input.source = Some(resolved.source);
+                    sources.push(resolved.source);
+                    if resolved.per_task {
+                        per_task = true;
+                        // The whole file lasts as long as its shortest lease.
+                        lease = match (lease, resolved.lease) {
+                            (Some(a), Some(b)) => Some(std::cmp::min(a, b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    values.push(resolved.value);
+                }
+                Err(err) => {
+                    let mut failure = Failure::from(&err);
+                    if let ResolveError::Shape { .. } = err {
+                        // Said of the labels; here `secret()` set them.
+                        for label in [labels::FIELD, labels::DECODE] {
+                            let label = format!("label {label}=");
+                            let argument = label.trim_start_matches("label vaultbridge.");
+                            failure.message = failure.message.replace(&label, argument);
+                        }
+                        failure.message =
+                            failure.message.replace("remove the label", "remove field=");
+                    }
+                    input.outcome = failure.outcome;
+                    failed.get_or_insert(failure);
+                }
+            }
+        }
+        if let Some(failure) = failed {
+            answer.result = Err(failure.prefixed(&prefix));
+            return answer;
+        }
+        answer.result = template
+            .render(&values, MAX_VALUE_BYTES)
+            .map_err(|err| Failure::new("bad_value", &err.message))
+            .and_then(|rendered| {
+                check_size(rendered.len())
+                    .map_err(|message| Failure::new("bad_value", &format!("{prefix}{message}")))?;
+                // Exactly its length: the boxed slice is this allocation.
+                let value = SecretSlice::from(rendered.as_slice().to_vec());
+                Ok(Resolved {
+                    value: Arc::new(value),
+                    per_task: per_task || !wanted.reuse,
+                    source: combined(&sources),
+                    lease,
+                })
+            });
         answer
     }
 
@@ -366,6 +551,21 @@ impl Resolver {
         }
         Ok(resolved)
     }
+}
+
+/// Where a template's answer came from, for its log line: the most
+/// notable of its inputs' (a stale one above all).
+fn combined(sources: &[Source]) -> Source {
+    [
+        Source::Stale,
+        Source::Bypass,
+        Source::Reissued,
+        Source::Miss,
+        Source::Coalesced,
+    ]
+    .into_iter()
+    .find(|wanted| sources.contains(wanted))
+    .unwrap_or(Source::Hit)
 }
 
 /// Everything that makes two lookups on `upstream` return the same bytes.
@@ -724,6 +924,198 @@ mod tests {
             (first, Source::Reissued)
         );
         assert_eq!(memory.calls(), 2);
+    }
+
+    /// A resolver with two in-memory providers, `mem` and `other`, and
+    /// templates made of `(name, source)`.
+    fn with_templates(
+        memory: &Arc<Memory>,
+        other: &Arc<Memory>,
+        templates: &[(&str, &str)],
+        policy: Option<&str>,
+    ) -> Resolver {
+        let mem: Arc<dyn Provider> = memory.clone();
+        let other: Arc<dyn Provider> = other.clone();
+        let tuning = Tuning {
+            cache_ttl: TTL,
+            ..Tuning::default()
+        };
+        let providers = BTreeMap::from([
+            ("mem".to_string(), (mem, tuning)),
+            ("other".to_string(), (other, tuning)),
+        ]);
+        let configs = templates
+            .iter()
+            .map(|(name, source)| {
+                let config = crate::template::TemplateConfig {
+                    source: source.to_string(),
+                };
+                (name.to_string(), config)
+            })
+            .collect();
+        let compiled = Templates::compile(&configs, &["mem", "other"]).unwrap();
+        let policy = policy.map(|text| {
+            let config: crate::access::AccessConfig = toml::from_str(text).unwrap();
+            Policy::compile(&config, &["mem", "other"]).unwrap()
+        });
+        Resolver::new(providers, Some("mem".into()), cache::Limits::default())
+            .with_access(policy, None)
+            .with_templates(compiled)
+    }
+
+    const PGPASS: &str = "{{ secret('mem', 'app/db', field='host') }}:5432:*:\
+{{ secret('mem', 'app/db', field='user') }}:{{ secret('other', 'db-pw') }}\n";
+
+    #[tokio::test]
+    async fn a_template_renders_its_inputs_through_the_cache() {
+        let memory = Arc::new(Memory::new().with("app/db", br#"{"host":"db","user":"app"}"#));
+        let other = Arc::new(Memory::new().with("db-pw", b"s3cret"));
+        let resolver = with_templates(&memory, &other, &[("pgpass", PGPASS)], None);
+        let labels = [("vaultbridge.template", "pgpass")];
+        let (value, source) = ask(&resolver, &labels, "t1").await.unwrap();
+        assert_eq!(value, b"db:5432:*:app:s3cret\n");
+        assert_eq!(source, Source::Miss);
+        // Two fields of one document are two cache entries, one call each.
+        assert_eq!((memory.calls(), other.calls()), (2, 1));
+        let (again, source) = ask(&resolver, &labels, "t2").await.unwrap();
+        assert_eq!((again, source), (value, Source::Hit));
+        assert_eq!((memory.calls(), other.calls()), (2, 1));
+        // A single lookup of the same input shares its cache entry.
+        let single = [
+            ("vaultbridge.provider", "other"),
+            ("vaultbridge.path", "db-pw"),
+        ];
+        assert_eq!(ask(&resolver, &single, "t3").await.unwrap().1, Source::Hit);
+    }
+
+    #[tokio::test]
+    async fn one_per_task_input_makes_the_file_per_task_and_reissued() {
+        let memory = Arc::new(Memory::new().with("app/db", br#"{"host":"db","user":"app"}"#));
+        let other = Arc::new(Memory::new().with_per_task("db-pw", b"lease"));
+        let resolver = with_templates(&memory, &other, &[("pgpass", PGPASS)], None);
+        let request = |task: &str| GetSecretRequest {
+            secret_name: "pg".into(),
+            secret_labels: [("vaultbridge.template".to_string(), "pgpass".to_string())].into(),
+            task_id: task.into(),
+            ..GetSecretRequest::default()
+        };
+        let first = resolver.answer(&request("t1")).await.result.unwrap();
+        let second = resolver.answer(&request("t2")).await.result.unwrap();
+        assert!(first.per_task && second.per_task);
+        assert_ne!(first.value.expose_secret(), second.value.expose_secret());
+        // The engine asks again for t1: the same file, no new lease.
+        let again = resolver.answer(&request("t1")).await;
+        let again_value = again.result.unwrap();
+        assert_eq!(
+            again_value.value.expose_secret(),
+            first.value.expose_secret()
+        );
+        assert_eq!(again_value.source, Source::Reissued);
+        assert_eq!(other.calls(), 2);
+        assert_eq!(again.inputs.len(), 3);
+        assert_eq!(again.inputs[2].source, Some(Source::Reissued));
+        // `vaultbridge.reuse=false`: every input is the task's own.
+        let labels = [
+            ("vaultbridge.template", "pgpass"),
+            ("vaultbridge.reuse", "false"),
+        ];
+        let (_, source) = ask(&resolver, &labels, "t9").await.unwrap();
+        assert_eq!(source, Source::Bypass);
+    }
+
+    #[tokio::test]
+    async fn the_policy_judges_every_input_before_any_is_fetched() {
+        let memory = Arc::new(Memory::new().with("app/db", br#"{"host":"db","user":"app"}"#));
+        let other = Arc::new(Memory::new().with("db-pw", b"s3cret"));
+        let policy = "default = \"deny\"\n[[rules]]\nservice = \"api\"\nproviders = [\"mem\"]\npaths = [\"app/**\"]\n";
+        let resolver = with_templates(&memory, &other, &[("pgpass", PGPASS)], Some(policy));
+        let request = GetSecretRequest {
+            secret_name: "pg".into(),
+            secret_labels: [("vaultbridge.template".to_string(), "pgpass".to_string())].into(),
+            service_name: "api".into(),
+            ..GetSecretRequest::default()
+        };
+        let answer = resolver.answer(&request).await;
+        let failure = answer.result.unwrap_err();
+        assert_eq!(failure.outcome, "policy_denied");
+        assert!(
+            failure.message.starts_with("template 'pgpass': the access policy does not allow service 'api' to read path 'db-pw' from provider 'other'"),
+            "{}",
+            failure.message
+        );
+        assert_eq!((memory.calls(), other.calls()), (0, 0));
+        let outcomes: Vec<_> = answer.inputs.iter().map(|i| i.outcome).collect();
+        assert_eq!(outcomes, ["skipped", "skipped", "policy_denied"]);
+        assert!(answer.inputs.iter().all(|i| i.verdict.is_some()));
+    }
+
+    #[tokio::test]
+    async fn template_labels_and_failures_say_what_to_fix() {
+        let memory = Arc::new(Memory::new().with("app/db", br#"{"host":"db"}"#));
+        let other = Arc::new(Memory::new().with("db-pw", b"s3cret"));
+        let resolver = with_templates(
+            &memory,
+            &other,
+            &[
+                ("pgpass", PGPASS),
+                (
+                    "big",
+                    "{% for i in range(3) %}{{ secret('other', 'db-pw') * 30000 }}{% endfor %}",
+                ),
+            ],
+            None,
+        );
+        let failure = ask(
+            &resolver,
+            &[
+                ("vaultbridge.template", "pgpass"),
+                ("vaultbridge.path", "x"),
+            ],
+            "t1",
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(failure.outcome, "bad_labels");
+        assert!(
+            failure.message.contains(
+                "label 'vaultbridge.path' cannot be combined with 'vaultbridge.template'"
+            ),
+            "{}",
+            failure.message
+        );
+        let failure = ask(&resolver, &[("vaultbridge.template", "nope")], "t1")
+            .await
+            .unwrap_err();
+        assert!(
+            failure
+                .message
+                .contains("template 'nope' is not configured")
+                && failure.message.contains("configured: big, pgpass"),
+            "{}",
+            failure.message
+        );
+        // An input's own failure, named; nothing of the other values.
+        let failure = ask(&resolver, &[("vaultbridge.template", "pgpass")], "t1")
+            .await
+            .unwrap_err();
+        assert_eq!(failure.outcome, "bad_value");
+        assert!(
+            failure.message.starts_with(
+                "template 'pgpass': provider 'mem', path 'app/db': field=user: the JSON object has no key 'user'"
+            ),
+            "{}",
+            failure.message
+        );
+        assert!(!failure.message.contains("s3cret"), "{}", failure.message);
+        let failure = ask(&resolver, &[("vaultbridge.template", "big")], "t1")
+            .await
+            .unwrap_err();
+        assert_eq!(failure.outcome, "bad_value");
+        assert!(
+            failure.message.contains("larger than 511999 bytes"),
+            "{}",
+            failure.message
+        );
     }
 
     #[test]

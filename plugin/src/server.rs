@@ -148,8 +148,11 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     let policy = policy.as_deref().unwrap_or("-");
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
+    let template = answer.template.as_deref().unwrap_or("-");
     if let Some(audit) = &state.audit
-        && let Err(err) = audit.record(&audit_record(request, &answer, duration_ms))
+        && let Err(err) = audit_records(request, &answer, duration_ms)
+            .iter()
+            .try_for_each(|record| audit.record(record))
     {
         // Fail closed, as Vault's audit devices do: no record, no secret.
         tracing::error!(
@@ -179,6 +182,8 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
                 %task,
                 provider,
                 path,
+                template,
+                inputs = answer.inputs.len(),
                 policy,
                 outcome = "ok",
                 bytes = value.len(),
@@ -202,6 +207,8 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
                 %task,
                 provider,
                 path,
+                template,
+                inputs = answer.inputs.len(),
                 policy,
                 outcome = failure.outcome,
                 duration_ms,
@@ -216,19 +223,20 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     }
 }
 
-/// The audit record of one answer: who asked, for what, what was decided
-/// and how it ended. Never the value.
-fn audit_record<'a>(
+/// The audit records of one answer: who asked, for what, what was decided
+/// and how it ended; for a template, one per input and then one for the
+/// whole. Never a value.
+fn audit_records<'a>(
     request: &GetSecretRequest,
     answer: &'a Answer,
     duration_ms: f64,
-) -> Record<'a> {
+) -> Vec<Record<'a>> {
     let field = Record::field;
     let (outcome, cache) = match &answer.result {
         Ok(resolved) => ("ok", Some(resolved.source.as_str())),
         Err(failure) => (failure.outcome, None),
     };
-    Record {
+    let record = Record {
         log_type: "audit",
         time: Record::now(),
         node: field(&request.node_id),
@@ -239,6 +247,7 @@ fn audit_record<'a>(
         // Long enough for a registry, a repository, a tag and the digest.
         image: vaultbridge_providers::text::shown_max(&request.task_image, 512).into_owned(),
         secret: field(&request.secret_name),
+        template: answer.template.as_deref(),
         provider: answer.provider.as_deref(),
         path: answer.path.as_deref(),
         version: answer.version.as_deref().map(field),
@@ -250,7 +259,26 @@ fn audit_record<'a>(
         outcome,
         cache,
         duration_ms,
-    }
+    };
+    let mut records: Vec<Record<'a>> = answer
+        .inputs
+        .iter()
+        .map(|input| Record {
+            provider: Some(&input.provider),
+            path: Some(&input.path),
+            version: input.version.as_deref().map(field),
+            decision: input
+                .verdict
+                .as_ref()
+                .map_or("none", |v| v.decision.as_str()),
+            rule: input.verdict.as_ref().map(|v| &*v.by),
+            outcome: input.outcome,
+            cache: input.source.map(|source| source.as_str()),
+            ..record.clone()
+        })
+        .collect();
+    records.push(record);
+    records
 }
 
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {

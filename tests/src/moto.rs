@@ -200,13 +200,13 @@ impl Moto {
         reply.json()
     }
 
-    /// Two IAM users, five IAM calls: `reader` (may call GetSecretValue and
-    /// ListSecrets on every secret) and `nobody` (no policy). Returns their
+    /// Two IAM users, five IAM calls: `reader` (may call GetSecretValue,
+    /// ListSecrets and DescribeSecret on every secret) and `nobody` (no policy). Returns their
     /// `CreateAccessKey` answers (XML), reader's first.
     pub fn reader_and_nobody(&self) -> (String, String) {
         self.iam(&[("Action", "CreateUser"), ("UserName", "reader")]);
         let policy = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
-            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets"], "Resource": "*"}]});
+            "Action": ["secretsmanager:GetSecretValue", "secretsmanager:ListSecrets", "secretsmanager:DescribeSecret"], "Resource": "*"}]});
         self.iam(&[
             ("Action", "PutUserPolicy"),
             ("UserName", "reader"),

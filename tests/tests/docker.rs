@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vaultbridge_tests::assert_log_has_no_values;
 use vaultbridge_tests::docker::{
-    ALIAS, BackendCase, PerTaskCase, ServiceSpec, Session, TaskReport, docker_ok, docker_try,
-    http_get_body, labels, poll, workload_compose_command,
+    ALIAS, BackendCase, Labels, PerTaskCase, ServiceSpec, Session, TaskReport, docker_ok,
+    docker_try, http_get_body, labels, poll, workload_compose_command,
 };
 
 /// Converging a service: image is local, so seconds; generous for slow CI.
@@ -244,7 +244,90 @@ fn config_toml(backends: &[BackendCase]) -> String {
         text.push_str(&backend.config_toml);
         text.push('\n');
     }
+    #[cfg(all(feature = "vault", feature = "aws"))]
+    text.push_str(TEMPLATES);
     text
+}
+
+/// One file from the Vault and AWS cases' values (step 2), and one whose
+/// AWS input does not exist.
+#[cfg(all(feature = "vault", feature = "aws"))]
+const TEMPLATES: &str = r#"
+[templates.combo]
+source = '''
+{%- set user = secret("bao", "app/db", field="user") -%}
+user={{ user }}
+vault={{ secret("bao", "app/db", field="password") }}
+aws={{ secret("aws", "app/db", field="password")|urlencode }}
+'''
+
+[templates.broken]
+source = '''{{ secret("bao", "app/db", field="user") }}:{{ secret("aws", "app/does-not-exist") }}'''
+"#;
+
+/// Step 2 for templates: a secret labelled `vaultbridge.template=combo`
+/// mounts the rendered file, built from OpenBao and moto values through
+/// the real engine; one with a missing input fails its task, and the
+/// plugin's line names the template and the input. Returns the file,
+/// which no log may contain.
+#[cfg(all(feature = "vault", feature = "aws"))]
+fn template_step(
+    s: &mut Session,
+    plugin: &str,
+    plugin_id: &str,
+    backends: &[BackendCase],
+) -> Vec<Vec<u8>> {
+    let id = s.id.clone();
+    let expected_of = |provider: &str| {
+        let case = backends
+            .iter()
+            .find(|b| b.provider == provider)
+            .expect("backend");
+        String::from_utf8(case.expected.clone()).expect("text")
+    };
+    let rendered = format!(
+        "user=app\nvault={}\naws={}\n",
+        expected_of("bao"),
+        expected_of("aws")
+    );
+    let secret = format!("vb_{id}_template");
+    s.secret_create(
+        &secret,
+        plugin,
+        &labels(&[("vaultbridge.template", "combo")]),
+    );
+    let service = format!("vb-{id}-template");
+    s.service_create(&ServiceSpec::new(&service, &secret, "combo"));
+    let reports = s.wait_reports(&service, 1, CONVERGE);
+    assert_reports(&service, &reports, "444:0:0", rendered.as_bytes());
+    let served = lines_for(s, plugin_id, &secret);
+    assert!(
+        served.iter().any(|l| l.contains("secret served")
+            && l.contains("template=\"combo\"")
+            && l.contains("inputs=3")),
+        "no 'secret served' line for the template:\n{}",
+        served.join("\n")
+    );
+    let broken = format!("vb_{id}_template_broken");
+    s.secret_create(
+        &broken,
+        plugin,
+        &labels(&[("vaultbridge.template", "broken")]),
+    );
+    let broken_service = format!("vb-{id}-template-broken");
+    let mut spec = ServiceSpec::new(&broken_service, &broken, "broken");
+    spec.no_restart = true;
+    s.service_create(&spec);
+    let line = failed_for(s, plugin_id, &broken_service, &broken);
+    for wanted in [
+        "template=\"broken\"",
+        "outcome=\"not_found\"",
+        "template 'broken': provider 'aws' (aws), path 'app/does-not-exist'",
+    ] {
+        assert!(line.contains(wanted), "missing '{wanted}' in: {line}");
+    }
+    eprintln!("  plugin: {line}");
+    vec![rendered.into_bytes()]
 }
 
 fn assert_reports(what: &str, reports: &[TaskReport], stat: &str, expected: &[u8]) {
@@ -473,12 +556,14 @@ struct Rotated<'a> {
     provider: String,
     secret: String,
     service: String,
-    labels: Vec<(String, String)>,
+    labels: Labels,
     old: Vec<u8>,
     new: Vec<u8>,
     /// Puts `new` in the backend (a new version where it has versions).
-    change: Box<dyn Fn() + 'a>,
+    change: Change<'a>,
 }
+
+type Change<'a> = Box<dyn Fn() + 'a>;
 
 /// The rotated secrets of step 9, one per backend, each with its first value
 /// in place.
@@ -496,8 +581,7 @@ fn rotated_secrets<'a>(backends: &'a [BackendCase], conf_dir: &Path, id: &str) -
             ]
         };
         let server = backend.server.as_ref();
-        let (labels, change): (Vec<(String, String)>, Box<dyn Fn() + 'a>) = match provider.as_str()
-        {
+        let (labels, change): (Labels, Change<'a>) = match provider.as_str() {
             "local" => {
                 let file = conf_dir.join(format!("secrets/rot-{id}"));
                 std::fs::write(&file, &old).expect("write secret");
@@ -745,8 +829,28 @@ fn rotation_step(
         ],
     );
     let controller = format!("{controller_stack}_rotate");
-    let controller_log =
-        || docker_try(&["service", "logs", "--raw", "--no-trunc", &controller]).unwrap_or_default();
+    // The controller's containers' own logs (`docker service logs` lags).
+    let controller_log = || {
+        let filter = format!("label=com.docker.swarm.service.name={controller}");
+        let ids = docker_try(&["ps", "-aq", "--filter", &filter]).unwrap_or_default();
+        ids.lines()
+            .rev()
+            .map(|id| {
+                let output = std::process::Command::new("docker")
+                    .args(["logs", id])
+                    .output();
+                output
+                    .map(|o| {
+                        format!(
+                            "{}{}",
+                            String::from_utf8_lossy(&o.stdout),
+                            String::from_utf8_lossy(&o.stderr)
+                        )
+                    })
+                    .unwrap_or_default()
+            })
+            .collect::<String>()
+    };
     poll(
         "the controller to start",
         CONVERGE,
@@ -875,7 +979,7 @@ fn rotation_step(
         || {
             controller_log()
                 .lines()
-                .any(|l| l.contains(&failing) && l.contains("outcome=failed"))
+                .any(|l| l.contains(&failing) && l.contains("outcome=\"failed\""))
                 .then_some(())
         },
         || {
@@ -1153,6 +1257,18 @@ fn docker_engine_end_to_end() {
         );
         step2_services.push((service, secret));
     }
+
+    #[cfg(all(feature = "vault", feature = "aws"))]
+    let rendered = {
+        step(
+            2,
+            "template: one file from OpenBao and moto values",
+            started,
+        );
+        template_step(&mut s, &plugin, &plugin_id, &backends)
+    };
+    #[cfg(not(all(feature = "vault", feature = "aws")))]
+    let rendered: Vec<Vec<u8>> = Vec::new();
 
     // ---------------------------------------------------------------- 3
     let file = &backends[0];
@@ -1473,6 +1589,7 @@ secrets:
         .chain(issued.iter().map(Vec::as_slice))
         .chain(policy_values.iter().map(Vec::as_slice))
         .chain(rotation_values.iter().map(Vec::as_slice))
+        .chain(rendered.iter().map(Vec::as_slice))
         .collect();
     assert_log_has_no_values(&log, &values);
 

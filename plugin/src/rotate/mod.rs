@@ -137,11 +137,11 @@ impl Controller {
             );
             self.failed = true;
         }
-        if self.pending.is_empty() {
-            if let Err(err) = self.clean_up().await {
-                tracing::error!(error = %shown(&err), "cleaning up failed");
-                self.failed = true;
-            }
+        if self.pending.is_empty()
+            && let Err(err) = self.clean_up().await
+        {
+            tracing::error!(error = %shown(&err), "cleaning up failed");
+            self.failed = true;
         }
         !self.failed
     }

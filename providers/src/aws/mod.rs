@@ -400,8 +400,12 @@ impl Provider for AwsProvider {
         )))
     }
 
-    /// The version holding `AWSCURRENT`, from `ListSecretVersionIds` (no
-    /// value is read; the principal needs that action).
+    /// The version holding `AWSCURRENT`, from `DescribeSecret` (no value
+    /// is read; the principal needs that action). Its time is the secret's
+    /// `LastChangedDate`, no earlier than the version's creation: at worst
+    /// an unpinned secret whose tags changed is rolled once more than
+    /// needed. (`ListSecretVersionIds` has each version's `CreatedDate`,
+    /// but moto answers it with the current time.)
     async fn current_version(
         &self,
         path: &crate::SecretPath,
@@ -409,32 +413,31 @@ impl Provider for AwsProvider {
         let path: &str = path;
         self.check_addressable(path)?;
         let mut context = self.context(Some(path), None);
-        context.action = "secretsmanager:ListSecretVersionIds";
+        context.action = "secretsmanager:DescribeSecret";
         let output = self
-            .bounded(
-                self.client
-                    .list_secret_version_ids()
-                    .secret_id(path)
-                    .max_results(100)
-                    .send(),
-            )
+            .bounded(self.client.describe_secret().secret_id(path).send())
             .await?
             .map_err(|err| errors::map(&err, &context))?;
-        let current = output
-            .versions()
-            .iter()
-            .find(|v| v.version_stages().iter().any(|stage| stage == "AWSCURRENT"));
-        let Some(current) = current.and_then(|v| Some((v.version_id()?, v.created_date()))) else {
+        let current = output.version_ids_to_stages().and_then(|versions| {
+            versions
+                .iter()
+                .find(|(_, stages)| stages.iter().any(|stage| stage == "AWSCURRENT"))
+                .map(|(id, _)| id.clone())
+        });
+        let Some(id) = current else {
             return Err(ProviderError::NotFound(format!(
                 "secret '{path}' in region {} has no version labelled AWSCURRENT",
                 self.region
             )));
         };
-        let (id, created) = current;
+        let changed = output
+            .last_changed_date()
+            .or(output.created_date())
+            .and_then(|t| std::time::SystemTime::try_from(*t).ok());
         Ok(crate::Version {
-            id: id.to_string(),
-            pin: Some(id.to_string()),
-            created: created.and_then(|t| std::time::SystemTime::try_from(*t).ok()),
+            pin: Some(id.clone()),
+            id,
+            created: changed,
         })
     }
 

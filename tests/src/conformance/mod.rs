@@ -42,8 +42,10 @@ use std::time::{Duration, Instant};
 
 use tokio::runtime::Runtime;
 use vaultbridge::config::{Config, Source};
+use vaultbridge::labels::Lookup;
 use vaultbridge::protocol::GetSecretRequest;
 use vaultbridge::resolve::Resolver;
+use vaultbridge_providers::{ProviderError, Version};
 
 use crate::proxy::ThrottleProxy;
 use crate::{Plugin, assert_log_has_no_values, engine_request};
@@ -366,6 +368,15 @@ impl<'a> Suite<'a> {
         self.fixture.never_logged()
     }
 
+    /// The rotation controller's question for the secret `labels` name,
+    /// through the provider's request policy, as `vaultbridge rotate` asks.
+    pub fn current(&self, labels: &Labels) -> Result<Version, ProviderError> {
+        let labels = labels.iter().cloned().collect();
+        let lookup = Lookup::from_labels("s", &labels).expect("labels parse");
+        let upstream = self.resolver.route(&lookup).expect("a provider");
+        self.rt.block_on(upstream.current_version(&lookup.path))
+    }
+
     /// `vaultbridge check` on the tables of `roles`: (success, output).
     pub fn check_cli(&self, roles: &[Role]) -> (Option<i32>, String) {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -460,6 +471,7 @@ pub const CASES: &[(&str, Case)] = &[
     ("check", check),
     ("check_unauth", check_unauth),
     ("environment", environment),
+    ("current_version", current_version),
 ];
 
 /// The cases run after [`Fixture::stop`].
@@ -613,6 +625,52 @@ fn version(suite: &Suite<'_>, via: Via) -> Supported<()> {
             Err(reason)
         }
     }
+}
+
+/// The rotation controller's question: the current version, told without
+/// the value and stable while nothing changes; its pin reads the latest
+/// value; a miss and a denial are sorted as for a read.
+fn current_version(suite: &Suite<'_>, via: Via) -> Supported<()> {
+    if via == Via::Socket {
+        return Err("the rotation controller asks backends directly: there is no socket form");
+    }
+    let seed = suite.fixture.text();
+    let current = suite.current(&seed.labels).expect("the current version");
+    assert!(!current.id.is_empty(), "an empty change stamp");
+    no_secrets(&format!("{current:?}"), &suite.never_logged());
+    assert_eq!(
+        suite.current(&seed.labels).expect("asked again").id,
+        current.id,
+        "nothing changed, yet the change stamp did"
+    );
+    let pinned = |labels: &Labels, pin: &str| {
+        let mut labels = labels.clone();
+        labels.push(("vaultbridge.version".into(), pin.to_string()));
+        suite.ask(via, &labels)
+    };
+    if let Some(pin) = &current.pin {
+        assert_eq!(pinned(&seed.labels, pin).value(), seed.value.as_slice());
+    }
+    if let Ok([older, latest]) = suite.fixture.versions() {
+        let now = suite.current(&latest.labels).expect("the current version");
+        let pin = now.pin.expect("a backend with versions pins one");
+        assert_eq!(
+            pinned(&latest.labels, &pin).value(),
+            latest.value.as_slice()
+        );
+        assert_ne!(pinned(&latest.labels, &pin).value(), older.value.as_slice());
+    }
+    match suite.current(&suite.fixture.missing()) {
+        Err(ProviderError::NotFound(_)) => {}
+        other => panic!("a missing secret's version: {other:?}"),
+    }
+    if let Ok(denied) = suite.fixture.denied() {
+        match suite.current(&denied) {
+            Err(ProviderError::Denied(message)) => no_secrets(&message, &suite.never_logged()),
+            other => panic!("a denied secret's version: {other:?}"),
+        }
+    }
+    Ok(())
 }
 
 fn binary(suite: &Suite<'_>, via: Via) -> Supported<()> {

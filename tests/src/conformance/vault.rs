@@ -35,6 +35,7 @@ impl VaultFixture {
         bao.bao_stdin(
             &["policy", "write", "conformance", "-"],
             r#"path "secret/data/conf/*" { capabilities = ["read"] }
+               path "secret/metadata/conf/*" { capabilities = ["read"] }
                path "sys/tools/random/*" { capabilities = ["update"] }"#,
         );
         let token = bao
