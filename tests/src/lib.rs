@@ -5,7 +5,8 @@
 //! Prometheus) have their own modules; each starts its server, polls until
 //! it is ready and stops it by PID on drop. [`proxy`] puts a hung, lossy or
 //! throttling peer in front of any of them; [`conformance`] is the one
-//! suite every provider runs, each backend supplying a fixture.
+//! suite every provider runs, each backend supplying a fixture; [`swarm`]
+//! is a real three-manager swarm on this machine, in network namespaces.
 
 pub mod azure_double;
 pub mod conformance;
@@ -15,6 +16,7 @@ pub mod moto;
 pub mod openbao;
 pub mod prometheus;
 pub mod proxy;
+pub mod swarm;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;

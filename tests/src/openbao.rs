@@ -51,8 +51,11 @@ pub fn free_port() -> u16 {
 pub struct OpenBao {
     child: Option<Child>,
     pub port: u16,
-    /// `http://127.0.0.1:<port>` or `https://…`.
+    /// `http://127.0.0.1:<port>` or `https://…`: where clients reach it.
     pub addr: String,
+    /// Where this process's `bao` CLI and health checks reach it: `addr`,
+    /// or for a server inside a network namespace its Unix-socket listener.
+    cli_addr: String,
     /// The dev TLS CA (`-dev-tls` only).
     pub ca_cert: Option<PathBuf>,
     /// The file audit log: one JSON line per request and response.
@@ -64,41 +67,65 @@ pub struct OpenBao {
 
 impl OpenBao {
     pub fn start() -> OpenBao {
-        Self::launch(false)
+        Self::launch(false, None)
     }
 
     /// With `-dev-tls`: HTTPS with a CA written to `dir`.
     pub fn start_tls() -> OpenBao {
-        Self::launch(true)
+        Self::launch(true, None)
     }
 
-    fn launch(tls: bool) -> OpenBao {
+    /// Inside the network namespace `netns`, listening on `ip:port` (an
+    /// address that exists only there, for peers in other namespaces), and
+    /// on a Unix socket in its temp dir for this process's CLI calls.
+    pub fn start_in_netns(netns: &str, ip: &str, port: u16) -> OpenBao {
+        Self::launch(false, Some((netns, ip, port)))
+    }
+
+    fn launch(tls: bool, netns: Option<(&str, &str, u16)>) -> OpenBao {
         let bao = bao_binary();
         // A free port can be taken between our probe and bao's bind: retry.
         for _attempt in 0..5 {
             let dir = tempfile::tempdir().expect("tempdir");
             let log_path = dir.path().join("bao.log");
-            let port = free_port();
+            let (ip, port) = match netns {
+                Some((_, ip, port)) => (ip, port),
+                None => ("127.0.0.1", free_port()),
+            };
             let log = std::fs::File::create(&log_path).expect("bao log");
             // Every server audits to a file (OpenBao refuses enabling audit
             // devices over the API: they are declared in a config file).
             let audit = dir.path().join("audit.log");
             let config = dir.path().join("audit.hcl");
-            std::fs::write(
-                &config,
-                format!(
-                    "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
-                    audit.display()
-                ),
-            )
-            .expect("write audit config");
-            let mut command = Command::new(&bao);
+            let mut config_text = format!(
+                "audit \"file\" \"file\" {{\n  options {{\n    file_path = \"{}\"\n  }}\n}}\n",
+                audit.display()
+            );
+            let socket = dir.path().join("bao.sock");
+            if netns.is_some() {
+                // Unix sockets are not namespaced: this process reaches the
+                // server there, where it cannot reach `ip`.
+                config_text.push_str(&format!(
+                    "listener \"unix\" {{\n  address = \"{}\"\n}}\n",
+                    socket.display()
+                ));
+            }
+            std::fs::write(&config, config_text).expect("write audit config");
+            let mut command = match netns {
+                Some((netns, _, _)) => {
+                    // `ip netns exec` execs bao: the child's PID is bao's.
+                    let mut ip = Command::new("ip");
+                    ip.args(["netns", "exec", netns]).arg(&bao);
+                    ip
+                }
+                None => Command::new(&bao),
+            };
             command
                 .args([
                     "server",
                     "-dev",
                     "-dev-root-token-id=root",
-                    &format!("-dev-listen-address=127.0.0.1:{port}"),
+                    &format!("-dev-listen-address={ip}:{port}"),
                     &format!("-config={}", config.display()),
                 ])
                 .env_clear()
@@ -116,10 +143,16 @@ impl OpenBao {
             }
             let child = command.spawn().expect("spawn bao server");
             let scheme = if tls { "https" } else { "http" };
+            let addr = format!("{scheme}://{ip}:{port}");
+            let cli_addr = match netns {
+                Some(_) => format!("unix://{}", socket.display()),
+                None => addr.clone(),
+            };
             let mut server = OpenBao {
                 child: Some(child),
                 port,
-                addr: format!("{scheme}://127.0.0.1:{port}"),
+                addr,
+                cli_addr,
                 ca_cert: tls.then(|| certs.join("vault-ca.pem")),
                 audit,
                 dir,
@@ -151,6 +184,11 @@ impl OpenBao {
 
     /// The status of `GET /v1/sys/health`, None when nothing answers.
     pub fn health(&self) -> Option<u16> {
+        if let Some(socket) = self.cli_addr.strip_prefix("unix://") {
+            let answer =
+                crate::raw_request(Path::new(socket), "GET", "/v1/sys/health", b"").ok()?;
+            return Some(answer.status);
+        }
         if self.ca_cert.is_some() {
             // HTTPS: ask the CLI (it trusts the dev CA via BAO_CACERT).
             let out = self
@@ -182,7 +220,7 @@ impl OpenBao {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("HOME", self.dir.path())
-            .env("BAO_ADDR", &self.addr)
+            .env("BAO_ADDR", &self.cli_addr)
             .env("BAO_TOKEN", "root")
             .stdin(Stdio::null());
         if let Some(ca) = &self.ca_cert {
