@@ -146,7 +146,7 @@ impl Controller {
             self.failed = true;
         }
         if self.pending.is_empty()
-            && let Err(err) = self.clean_up().await
+            && let Err(err) = self.relist_and_clean_up().await
         {
             tracing::error!(error = %shown(&err), "cleaning up failed");
             self.failed = true;
@@ -376,7 +376,7 @@ impl Controller {
             }
         }
         if self.pending.is_empty() && !self.options.dry_run {
-            self.clean_up().await?;
+            self.clean_up(&listed, &services).await?;
         }
         Ok(())
     }
@@ -454,10 +454,21 @@ impl Controller {
             .is_some_and(|l| &l.driver == driver)
     }
 
-    /// Remove the secrets no service and no possible rollback needs.
-    async fn clean_up(&mut self) -> Result<(), String> {
+    /// [`Self::clean_up`] on fresh lists (after waiting for rolls).
+    async fn relist_and_clean_up(&mut self) -> Result<(), String> {
         let (listed, _) = self.engine.secrets().await?;
         let services = self.engine.services().await?;
+        self.clean_up(&listed, &services).await
+    }
+
+    /// Remove the secrets no service and no possible rollback needs.
+    /// `listed` and `services`: the engine's current lists (a pass that
+    /// started no roll passes its own; nothing changed since).
+    async fn clean_up(
+        &mut self,
+        listed: &[Listed],
+        services: &[ListedService],
+    ) -> Result<(), String> {
         let all: Vec<DriverSecret> = listed.iter().map(|l| l.secret.clone()).collect();
         let uses: Vec<ServiceUse> = services.iter().map(|s| s.service.clone()).collect();
         let watched = all
