@@ -16,6 +16,8 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use tokio::time::Instant;
 
+use vaultbridge_providers::TaskKey;
+
 use crate::cache::{Key, Value};
 
 /// How long a per-task value is kept when the backend gave no lease: long
@@ -43,6 +45,36 @@ pub struct TaskSecret {
 const MAX_TASK_ID_BYTES: usize = 64;
 
 impl TaskSecret {
+    /// Its name where the managers' plugins share per-task values
+    /// ([`vaultbridge_providers::Provider::recall`]): the task id, and a
+    /// digest of the rest, each part length-prefixed so that no two
+    /// requests name the same record. `None` for a task id that is not the
+    /// engine's.
+    pub fn shared_key(&self) -> Option<TaskKey> {
+        use sha2::{Digest as _, Sha256};
+        let lookup = &self.lookup;
+        let mut hasher = Sha256::new();
+        let mut part = |bytes: &[u8]| {
+            hasher.update((bytes.len() as u64).to_be_bytes());
+            hasher.update(bytes);
+        };
+        // An absent part is one byte, a present one that byte's opposite
+        // and the text: `None` and `Some("")` differ.
+        let mut optional = |text: Option<&str>| match text {
+            None => part(b"-"),
+            Some(text) => part(format!("+{text}").as_bytes()),
+        };
+        optional(Some(&self.secret_name));
+        optional(Some(&lookup.provider));
+        optional(Some(&lookup.path));
+        optional(lookup.version.as_deref());
+        optional(lookup.field.as_deref());
+        optional(Some(&format!("{:?}", lookup.decode)));
+        optional(lookup.rotation.as_deref());
+        optional(Some(if self.reuse { "reuse" } else { "own" }));
+        TaskKey::new(&self.task_id, &hasher.finalize().into())
+    }
+
     /// What an entry holds: the value, and the request text in its key.
     fn size(&self, value: &Value) -> usize {
         let lookup = &self.lookup;
@@ -281,5 +313,43 @@ mod tests {
         issued.insert(task("last", "db"), value(b"v"), None);
         assert!(issued.get(&task("second", "db")).is_none());
         assert!(issued.get(&task("first", "db")).is_some());
+    }
+
+    #[test]
+    fn shared_keys_name_one_task_and_everything_its_request_said() {
+        let base = task("k3f9x2m1q8w7e6r5t4y3u2i1o", "db");
+        let key = base.shared_key().expect("an engine task id");
+        let (id, digest) = key.as_str().split_once('/').unwrap();
+        assert_eq!(id, "k3f9x2m1q8w7e6r5t4y3u2i1o");
+        assert_eq!(digest.len(), 64);
+        assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(base.clone().shared_key(), Some(key.clone()));
+        // Every part of the request changes the name.
+        let variants: Vec<Box<dyn Fn(&mut TaskSecret)>> = vec![
+            Box::new(|t| t.task_id = "other0task0id0000000000000".into()),
+            Box::new(|t| t.secret_name = "db2".into()),
+            Box::new(|t| t.lookup.provider = "vault2".into()),
+            Box::new(|t| t.lookup.path = "database/creds/other".into()),
+            Box::new(|t| t.lookup.version = Some(String::new())),
+            Box::new(|t| t.lookup.field = Some("password".into())),
+            Box::new(|t| t.lookup.decode = Decode::Base64),
+            Box::new(|t| t.lookup.rotation = Some("1".into())),
+            Box::new(|t| t.reuse = false),
+        ];
+        let mut seen = std::collections::BTreeSet::from([key.as_str().to_string()]);
+        for change in variants {
+            let mut changed = base.clone();
+            change(&mut changed);
+            let key = changed.shared_key().unwrap();
+            assert!(seen.insert(key.as_str().to_string()), "{key:?} twice");
+        }
+        // Moving text between parts changes it too (length-prefixed).
+        let mut a = base.clone();
+        (a.secret_name, a.lookup.provider) = ("dbv".into(), "ault".into());
+        assert_ne!(a.shared_key(), base.shared_key());
+        // Not the engine's task id: nothing to share under.
+        for id in ["", "T1", "t-1", "t/1", "../x", &"x".repeat(65)] {
+            assert_eq!(task(id, "db").shared_key(), None, "{id:?}");
+        }
     }
 }

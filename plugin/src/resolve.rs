@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretSlice};
-use vaultbridge_providers::{ConfigError, Provider, SecretRef};
+use vaultbridge_providers::{ConfigError, Provider, Recalled, SecretRef, TaskKey};
 
 use crate::access::pattern::Pattern;
 use crate::access::{Caller, Decision, Policy, Verdict};
@@ -550,12 +550,73 @@ impl Resolver {
                 lease: None,
             });
         }
+        // A value this backend would mint may have been minted for this
+        // task by another manager's plugin (before a failover).
+        let shared = upstream
+            .provider
+            .shares_issued(&lookup.path)
+            .then(|| task.shared_key())
+            .flatten();
+        if let Some(key) = &shared
+            && let Some(recalled) = recall(upstream, lookup, key).await
+        {
+            let value: cache::Value = Arc::new(recalled.value.expose().to_vec().into());
+            self.issued
+                .insert(task, value.clone(), Some(recalled.remaining));
+            return Ok(Resolved {
+                value,
+                per_task: true,
+                source: Source::Reissued,
+                lease: Some(recalled.remaining),
+            });
+        }
         let resolved = self.resolve(upstream, lookup).await?;
         if resolved.per_task {
+            if let Some(key) = &shared
+                && resolved.source != Source::Reissued
+            {
+                remember(upstream, lookup, key, &resolved).await;
+            }
             self.issued
                 .insert(task, resolved.value.clone(), resolved.lease);
         }
         Ok(resolved)
+    }
+}
+
+/// The value kept for `key` by a manager's plugin, if any. A failure to
+/// read it is logged and costs a new value, as without sharing.
+async fn recall(upstream: &Upstream, lookup: &Lookup, key: &TaskKey) -> Option<Recalled> {
+    match upstream.recall(&lookup.path, key).await {
+        Ok(recalled) => recalled,
+        Err(err) => {
+            tracing::warn!(
+                provider = %upstream.name,
+                path = %lookup.path.path(),
+                error = %err,
+                "cannot read the per-task value other managers' plugins keep; minting a new one"
+            );
+            None
+        }
+    }
+}
+
+/// Keep a value just minted for a task where every manager's plugin finds
+/// it; a failure is logged (the task has its value; a failover would mint
+/// another).
+async fn remember(upstream: &Upstream, lookup: &Lookup, key: &TaskKey, resolved: &Resolved) {
+    let keep = resolved.lease.unwrap_or(crate::issued::DEFAULT_KEEP);
+    let expires = std::time::SystemTime::now() + keep;
+    let result = upstream
+        .remember(&lookup.path, key, resolved.value.expose_secret(), expires)
+        .await;
+    if let Err(err) = result {
+        tracing::warn!(
+            provider = %upstream.name,
+            path = %lookup.path.path(),
+            error = %err,
+            "cannot keep the per-task value for other managers' plugins; after a failover this task would be given a new one"
+        );
     }
 }
 

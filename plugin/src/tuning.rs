@@ -9,7 +9,8 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use vaultbridge_providers::{
-    ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue, Version,
+    ConfigError, Provider, ProviderError, Recalled, SecretPath, SecretRef, SecretValue, TaskKey,
+    Version,
 };
 
 use crate::metrics::{Metrics, ProviderMetrics};
@@ -197,6 +198,32 @@ impl Upstream {
     pub async fn current_version(&self, path: &SecretPath) -> Result<Version, ProviderError> {
         let provider = &*self.provider;
         self.call(path, move || provider.current_version(path))
+            .await
+    }
+
+    /// The value another manager's plugin (or this one) kept for a task
+    /// ([`Provider::recall`]), under the same policy as a fetch.
+    pub async fn recall(
+        &self,
+        path: &SecretPath,
+        task: &TaskKey,
+    ) -> Result<Option<Recalled>, ProviderError> {
+        let provider = &*self.provider;
+        self.call(path, move || provider.recall(path, task)).await
+    }
+
+    /// Keep a value just minted for a task ([`Provider::remember`]): one
+    /// attempt, as the provider reports every failure of a write as not
+    /// safe to retry.
+    pub async fn remember(
+        &self,
+        path: &SecretPath,
+        task: &TaskKey,
+        value: &[u8],
+        expires: std::time::SystemTime,
+    ) -> Result<bool, ProviderError> {
+        let provider = &*self.provider;
+        self.call(path, move || provider.remember(path, task, value, expires))
             .await
     }
 

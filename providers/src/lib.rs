@@ -43,4 +43,6 @@ pub mod vault;
 
 pub use config::{ConfigError, EnvLookup, ProviderConfig, Variable};
 pub use path::{PathError, SecretPath};
-pub use provider::{Credential, Outage, Provider, ProviderError, SecretRef, SecretValue, Version};
+pub use provider::{
+    Credential, Outage, Provider, ProviderError, Recalled, SecretRef, SecretValue, TaskKey, Version,
+};

@@ -254,6 +254,42 @@ pub struct Version {
     pub created: Option<std::time::SystemTime>,
 }
 
+/// Where one task's per-task value for one secret is kept for the plugins
+/// of the other managers (see [`Provider::recall`]): the engine's task id
+/// and a digest of everything else the request named. Only lowercase
+/// letters, digits and one `/`, so it is safe as a path in any backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskKey(String);
+
+impl TaskKey {
+    /// `None` for a task id that is not the engine's (25 lowercase letters
+    /// and digits; up to 64 accepted).
+    pub fn new(task_id: &str, digest: &[u8; 32]) -> Option<Self> {
+        let engine_shaped = !task_id.is_empty()
+            && task_id.len() <= 64
+            && task_id
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !engine_shaped {
+            return None;
+        }
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        Some(Self(format!("{task_id}/{hex}")))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// A per-task value another plugin (or this one) kept with
+/// [`Provider::remember`].
+pub struct Recalled {
+    pub value: SecretValue,
+    /// How long it stays valid from now.
+    pub remaining: std::time::Duration,
+}
+
 /// A read-only secret backend.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -293,6 +329,38 @@ pub trait Provider: Send + Sync {
             self.kind(),
             path.path()
         )))
+    }
+
+    /// Whether per-task values minted at `path` are kept where every
+    /// manager's plugin finds them ([`Self::remember`], [`Self::recall`]).
+    /// Only the leader manager's plugin is asked, and a new leader's is
+    /// asked again for every running task: without this, it would mint a
+    /// value for each that the task never uses. No I/O.
+    fn shares_issued(&self, _path: &SecretPath) -> bool {
+        false
+    }
+
+    /// The value `task` was already given for `path`, if one is kept and
+    /// still valid. A read: one attempt, safe to retry.
+    async fn recall(
+        &self,
+        _path: &SecretPath,
+        _task: &TaskKey,
+    ) -> Result<Option<Recalled>, ProviderError> {
+        Ok(None)
+    }
+
+    /// Keep `value`, just minted for `task`, until `expires`. Write-once:
+    /// a value already kept for `task` stays (`Ok(false)`). Never to be
+    /// retried (it is a write).
+    async fn remember(
+        &self,
+        _path: &SecretPath,
+        _task: &TaskKey,
+        _value: &[u8],
+        _expires: std::time::SystemTime,
+    ) -> Result<bool, ProviderError> {
+        Ok(false)
     }
 }
 

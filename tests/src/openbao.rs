@@ -287,6 +287,23 @@ impl OpenBao {
         self.audited(path, |operation| operation == "read")
     }
 
+    /// `<operation> <path>` of every request under `prefix` in the audit
+    /// log, in order.
+    pub fn audited_under(&self, prefix: &str) -> Vec<String> {
+        std::fs::read_to_string(&self.audit)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["type"] == "request")
+            .filter_map(|v| {
+                let path = v["request"]["path"].as_str()?.to_string();
+                let operation = v["request"]["operation"].as_str()?.to_string();
+                path.starts_with(prefix)
+                    .then(|| format!("{operation} {path}"))
+            })
+            .collect()
+    }
+
     fn audited(&self, path: &str, operation: impl Fn(&serde_json::Value) -> bool) -> usize {
         std::fs::read_to_string(&self.audit)
             .unwrap_or_default()

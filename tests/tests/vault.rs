@@ -580,6 +580,171 @@ async fn leased_dynamic_secrets_are_per_task_and_differ_per_call() {
     );
 }
 
+/// Issue 16: only the leader manager's plugin is asked, and a new leader's
+/// is asked again for every running task. With `per_task_mount`, the value
+/// one plugin minted for a task is the one another plugin hands that task:
+/// no second certificate. Two plugin processes stand for two managers; the
+/// token is least-privilege (create and read on the mount, nothing more).
+#[tokio::test(flavor = "multi_thread")]
+async fn per_task_values_are_shared_between_the_managers_plugins() {
+    let bao = OpenBao::start();
+    pki_web_role(&bao);
+    kv_put(&bao, "secret/app/db", &["password=kv-pw"]);
+    bao.bao(&["secrets", "enable", "-path=vaultbridge-per-task", "kv-v2"]);
+    bao.bao_stdin(
+        &["policy", "write", "minter", "-"],
+        r#"path "pki/issue/web" { capabilities = ["update"] }
+           path "secret/data/app/*" { capabilities = ["read"] }
+           path "vaultbridge-per-task/data/*" { capabilities = ["create", "read"] }"#,
+    );
+    let token = bao.bao(&["token", "create", "-policy=minter", "-field=token"]);
+    let mut config = token_config(&bao, &bao.file("minter-token", token.as_bytes()));
+    config["logical_write_prefixes"] = json!(["pki/issue/"]);
+    config["per_task_mount"] = json!("vaultbridge-per-task");
+    let (leader, next_leader) = (start_plugin(&config), start_plugin(&config));
+    let labels = [
+        (
+            "vaultbridge.path",
+            "pki/issue/web?common_name=app.example.com&ttl=10m",
+        ),
+        ("vaultbridge.field", "certificate"),
+    ];
+    let as_task = |plugin: &Plugin, task: &str, labels: &[(&str, &str)]| {
+        let mut request = engine_request("s", labels);
+        request["TaskID"] = task.into();
+        plugin.get_secret(&request)
+    };
+    let issued = || bao.audit_count("pki/issue/web");
+    let records = || bao.audited_under("vaultbridge-per-task/");
+
+    let first = as_task(&leader, "task1aaaaaaaaaaaaaaaaaaaa", &labels);
+    assert_eq!(first.json()["DoNotReuse"], true, "{}", first.json());
+    assert!(text(&first.value()).contains("BEGIN CERTIFICATE"));
+    assert_eq!(issued(), 1);
+    // A look for a record, then the write of the new one.
+    let after_first = records();
+    assert_eq!(after_first.len(), 2, "{after_first:?}");
+    assert!(
+        after_first[0].starts_with("read vaultbridge-per-task/data/task1aaaaaaaaaaaaaaaaaaaa/")
+    );
+    assert!(
+        after_first[1].starts_with("create vaultbridge-per-task/data/task1aaaaaaaaaaaaaaaaaaaa/")
+    );
+
+    // The failover: the other plugin, asked again for the running task,
+    // hands it the same certificate and mints none.
+    for _ in 0..2 {
+        let again = as_task(&next_leader, "task1aaaaaaaaaaaaaaaaaaaa", &labels);
+        assert_eq!(again.value(), first.value(), "{}", again.err());
+        assert_eq!(again.json()["DoNotReuse"], true);
+    }
+    assert_eq!(
+        issued(),
+        1,
+        "a re-ask on another plugin minted a certificate"
+    );
+    assert!(
+        next_leader.log().contains("cache=\"reissued\""),
+        "{}",
+        next_leader.log()
+    );
+    // The second re-ask came from its own memory: one read of the record.
+    assert_eq!(records().len(), 3, "{:?}", records());
+
+    // A new task on the new leader: its own certificate.
+    let second = as_task(&next_leader, "task2bbbbbbbbbbbbbbbbbbbb", &labels);
+    assert_ne!(second.value(), first.value());
+    assert_eq!(issued(), 2);
+    // Another secret of the same task (other labels): its own record.
+    let mut other = labels.to_vec();
+    other[1] = ("vaultbridge.field", "serial_number");
+    let serial = as_task(&next_leader, "task1aaaaaaaaaaaaaaaaaaaa", &other);
+    assert!(serial.err().is_empty(), "{}", serial.err());
+    assert_eq!(issued(), 3);
+
+    // A KV read is not minted: it never looks for a record.
+    let before = records().len();
+    let kv = as_task(
+        &leader,
+        "task3cccccccccccccccccccc",
+        &[
+            ("vaultbridge.path", "app/db"),
+            ("vaultbridge.field", "password"),
+        ],
+    );
+    assert_eq!(kv.value(), b"kv-pw");
+    assert_eq!(records().len(), before);
+
+    // No label reads the mount: it holds other tasks' credentials.
+    let record = after_first[1]
+        .split_once(' ')
+        .unwrap()
+        .1
+        .replace("/data/", "/");
+    for path in [record.as_str(), "vaultbridge-per-task/x"] {
+        let answer = as_task(
+            &next_leader,
+            "task4dddddddddddddddddddd",
+            &[("vaultbridge.path", path)],
+        );
+        assert_refused(&answer, &["per_task_mount", "no label may read it"]);
+    }
+
+    // A record someone else wrote there, broken or expired: a new value,
+    // a warning, never a panic.
+    let digest = after_first[1].rsplit('/').next().unwrap().to_string();
+    for (task, data) in [
+        (
+            "task5eeeeeeeeeeeeeeeeeeee",
+            r#"{"value": "not base64!", "expires": 99999999999}"#,
+        ),
+        (
+            "task6ffffffffffffffffffff",
+            r#"{"value": "eA==", "expires": 1}"#,
+        ),
+        ("task7gggggggggggggggggggg", r#"{"nonsense": 1}"#),
+    ] {
+        // The digest names the secret's request, not the task.
+        let path = format!("vaultbridge-per-task/{task}/{digest}");
+        bao.bao_stdin(&["kv", "put", &path, "-"], data);
+        let before = issued();
+        let answer = as_task(&next_leader, task, &labels);
+        assert!(
+            text(&answer.value()).contains("BEGIN CERTIFICATE"),
+            "{task}: {}",
+            answer.err()
+        );
+        assert_eq!(issued(), before + 1, "{task}");
+    }
+    let log = next_leader.log();
+    assert!(
+        log.contains("is not one the plugin wrote") && log.contains("holds no usable value"),
+        "{log}"
+    );
+
+    // A mount that is not there: every task is still served, and the log
+    // says what to do.
+    config["per_task_mount"] = json!("no-such-mount");
+    let unmounted = start_plugin(&config);
+    let answer = as_task(&unmounted, "task8hhhhhhhhhhhhhhhhhhhh", &labels);
+    assert!(
+        text(&answer.value()).contains("BEGIN CERTIFICATE"),
+        "{}",
+        answer.err()
+    );
+    assert!(
+        unmounted
+            .log()
+            .contains("the token needs 'read' on 'no-such-mount/data/*'")
+            || unmounted.log().contains("Enable it"),
+        "{}",
+        unmounted.log()
+    );
+    for plugin in [&leader, &next_leader, &unmounted] {
+        assert_log_has_no_values(&plugin.log(), &[&first.value(), &second.value()]);
+    }
+}
+
 /// AppRole with token TTL 5 s and max TTL 15 s; requests every 100 ms for
 /// 45 s through the socket: none fails, and both our log and OpenBao's
 /// audit log show renewals and re-logins.

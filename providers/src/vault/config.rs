@@ -59,6 +59,12 @@ pub struct VaultConfig {
     /// path becomes the JSON body.
     #[serde(default)]
     pub logical_write_prefixes: Vec<String>,
+    /// A KV v2 mount of its own where the per-task values minted on
+    /// logical paths are kept, so that any manager's plugin hands a task
+    /// asked for again (a leader failover) the value it already has instead
+    /// of minting another. No label can read it.
+    #[serde(default)]
+    pub per_task_mount: Option<String>,
     /// How long every call to Vault may take (connect + answer): "10s".
     #[serde(default)]
     pub timeout: Option<Timeout>,
@@ -224,6 +230,7 @@ impl VaultConfig {
             kv_mounts: BTreeMap::new(),
             logical_prefixes: Vec::new(),
             logical_write_prefixes: Vec::new(),
+            per_task_mount: None,
             timeout: None,
             auth: AuthConfig::Token(TokenAuth {
                 token_file: None,

@@ -30,6 +30,7 @@ mod http;
 mod kv;
 mod logical;
 mod paths;
+mod per_task;
 
 use std::sync::Arc;
 
@@ -63,6 +64,8 @@ pub struct VaultProvider {
     kv_mounts: std::collections::BTreeMap<String, u8>,
     logical_get: Vec<String>,
     logical_post: Vec<String>,
+    /// `per_task_mount`: where minted per-task values are shared.
+    per_task_mount: Option<String>,
 }
 
 /// A client certificate and key given together (or neither).
@@ -306,11 +309,17 @@ impl VaultProvider {
                 })
                 .collect()
         };
+        let per_task_mount = config
+            .per_task_mount
+            .as_deref()
+            .map(|mount| per_task::check_mount(mount, &kv_mounts, &format!("{key}.per_task_mount")))
+            .transpose()?;
         Ok(Self {
             session: Arc::new(Session::new(http, method, key.to_string())),
             keeper: None,
             kv_mount,
             kv_mounts,
+            per_task_mount,
             logical_get: prefixes(&config.logical_prefixes, "logical_prefixes")?,
             logical_post: prefixes(&config.logical_write_prefixes, "logical_write_prefixes")?,
         })
@@ -382,6 +391,28 @@ impl Provider for VaultProvider {
                 self.fetch_logical(post, path, query, secret.version).await
             }
         }
+    }
+
+    fn shares_issued(&self, path: &SecretPath) -> bool {
+        self.per_task_mount.is_some() && matches!(self.target(path), Ok(Target::Logical { .. }))
+    }
+
+    async fn recall(
+        &self,
+        _path: &SecretPath,
+        task: &crate::TaskKey,
+    ) -> Result<Option<crate::Recalled>, ProviderError> {
+        self.recall_per_task(task).await
+    }
+
+    async fn remember(
+        &self,
+        _path: &SecretPath,
+        task: &crate::TaskKey,
+        value: &[u8],
+        expires: std::time::SystemTime,
+    ) -> Result<bool, ProviderError> {
+        self.remember_per_task(task, value, expires).await
     }
 
     async fn current_version(&self, path: &SecretPath) -> Result<crate::Version, ProviderError> {

@@ -39,6 +39,14 @@ impl VaultProvider {
         secret: &'a SecretPath,
     ) -> Result<Target<'a>, ProviderError> {
         let path = secret.path();
+        if let Some(mount) = &self.per_task_mount
+            && secret.has_prefix(mount)
+        {
+            // Other tasks' credentials: the plugin's own, never a label's.
+            return Err(ProviderError::Invalid(format!(
+                "'{path}' is in the per_task_mount '{mount}', which keeps the values minted for other tasks; no label may read it"
+            )));
+        }
         let post = self.logical_post.iter().any(|p| secret.has_prefix(p));
         if post || self.logical_get.iter().any(|p| secret.has_prefix(p)) {
             return Ok(Target::Logical {

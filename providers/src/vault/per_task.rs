@@ -1,0 +1,226 @@
+//! `per_task_mount`: the per-task values minted on logical paths, kept in a
+//! KV v2 mount of their own so that every manager's plugin can find them.
+//!
+//! Only the leader manager's plugin is asked for secrets, and after a
+//! failover the new leader's is asked again for every running task. Its own
+//! memory has never seen those tasks, so without this it would mint a token,
+//! a database login or a certificate for each, which the task never uses
+//! (it keeps the file it started with). With it, the plugin that mints a
+//! value writes it to `<mount>/data/<task id>/<digest>` once (`cas=0`),
+//! with when it expires; a plugin asked again for that task reads it back.
+//!
+//! The record is `{"value": <base64>, "expires": <unix seconds>}`; what
+//! comes back is checked like any backend answer. No label can read the
+//! mount (`paths`), so a task cannot be handed another's credential.
+
+use base64::Engine as _;
+use reqwest::Method as Verb;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::VaultProvider;
+use super::config::{trim_slashes, url_part};
+use super::errors::{CallError, no_route, unavailable};
+use super::http::Failure;
+use super::kv::envelope;
+use crate::{ConfigError, ProviderError, Recalled, SecretValue, TaskKey};
+
+/// Docker refuses values of 500 KiB and more; a record can hold no more.
+const MAX_VALUE_BYTES: usize = 512_000;
+
+/// `per_task_mount` must be one segment and no KV mount that labels read.
+pub(super) fn check_mount(
+    mount: &str,
+    kv_mounts: &BTreeMap<String, u8>,
+    key: &str,
+) -> Result<String, ConfigError> {
+    let mount = trim_slashes(mount);
+    if mount.is_empty() {
+        return Err(ConfigError::new(
+            key,
+            "is empty; name a KV v2 mount of its own, e.g. \"vaultbridge-per-task\"",
+        ));
+    }
+    let mount = url_part(mount, key, true)?;
+    if kv_mounts.contains_key(&mount) {
+        return Err(ConfigError::new(
+            key,
+            format!(
+                "'{mount}' is also kv_mount or in kv_mounts, where labels read; give the per-task values a KV v2 mount of their own"
+            ),
+        ));
+    }
+    Ok(mount)
+}
+
+/// KV v2's inner `data` of a record.
+#[derive(serde::Deserialize)]
+struct Kv2Record {
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Record {
+    value: String,
+    expires: u64,
+}
+
+impl VaultProvider {
+    fn record_path(&self, task: &TaskKey) -> Option<String> {
+        let mount = self.per_task_mount.as_deref()?;
+        Some(format!("{mount}/data/{}", task.as_str()))
+    }
+
+    pub(super) async fn recall_per_task(
+        &self,
+        task: &TaskKey,
+    ) -> Result<Option<Recalled>, ProviderError> {
+        let Some(api_path) = self.record_path(task) else {
+            return Ok(None);
+        };
+        let api_path = &api_path;
+        let result = self
+            .with_token(|c| async move {
+                let body = self
+                    .session
+                    .http
+                    .send(Verb::GET, api_path, &[], None, &c.token)
+                    .await?;
+                let outer = envelope(&body)?;
+                let inner = outer
+                    .data
+                    .ok_or_else(|| Failure::Other("the record holds no data".into()))?;
+                serde_json::from_str::<Kv2Record>(inner.get())
+                    .map_err(|_| Failure::Other("the answer is not a KV v2 response".into()))
+            })
+            .await;
+        let what = format!("the per-task record '{api_path}'");
+        let record = match result {
+            Ok(Kv2Record { data: Some(data) }) => data,
+            // Deleted by `delete_version_after`: gone, as it should be.
+            Ok(Kv2Record { data: None }) => return Ok(None),
+            Err(CallError::Vault(f)) if f.is_status(404) && !no_route(&f) => return Ok(None),
+            Err(CallError::Provider(e)) => return Err(e),
+            Err(CallError::Vault(f)) => return Err(self.per_task_error(&what, "read", f)),
+        };
+        let Ok(record) = serde_json::from_str::<Record>(record.get()) else {
+            return Err(ProviderError::Invalid(format!(
+                "{what} is not one the plugin wrote (no value and expiry); remove it, and keep per_task_mount for the plugin alone"
+            )));
+        };
+        let remaining = UNIX_EPOCH
+            .checked_add(Duration::from_secs(record.expires))
+            .and_then(|expires| expires.duration_since(SystemTime::now()).ok())
+            .filter(|left| !left.is_zero());
+        let Some(remaining) = remaining else {
+            return Ok(None);
+        };
+        let value = base64::engine::general_purpose::STANDARD
+            .decode(record.value.as_bytes())
+            .ok()
+            .filter(|v| !v.is_empty() && v.len() < MAX_VALUE_BYTES)
+            .ok_or_else(|| {
+                ProviderError::Invalid(format!(
+                    "{what} holds no usable value; remove it, and keep per_task_mount for the plugin alone"
+                ))
+            })?;
+        Ok(Some(Recalled {
+            value: SecretValue::per_task(value).with_lease(remaining),
+            remaining,
+        }))
+    }
+
+    /// Write-once (`cas=0`): a record already there stays, `Ok(false)`.
+    /// Never retried by anyone: every failure is reported as not retry-safe.
+    pub(super) async fn remember_per_task(
+        &self,
+        task: &TaskKey,
+        value: &[u8],
+        expires: SystemTime,
+    ) -> Result<bool, ProviderError> {
+        let Some(api_path) = self.record_path(task) else {
+            return Ok(false);
+        };
+        let expires = expires
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| since.as_secs());
+        let body = serde_json::json!({
+            "options": { "cas": 0 },
+            "data": {
+                "value": base64::engine::general_purpose::STANDARD.encode(value),
+                "expires": expires,
+            },
+        })
+        .to_string();
+        let (api_path, body) = (&api_path, &body);
+        let result = self
+            .with_token(|c| async move {
+                self.session
+                    .http
+                    .send(Verb::POST, api_path, &[], Some(body.clone()), &c.token)
+                    .await
+            })
+            .await;
+        let what = format!("the per-task record '{api_path}'");
+        match result {
+            Ok(_) => Ok(true),
+            // cas=0 on an existing record: another plugin wrote it first.
+            Err(CallError::Vault(f))
+                if f.is_status(400) && f.errors().contains("check-and-set") =>
+            {
+                Ok(false)
+            }
+            Err(CallError::Provider(e)) => Err(e.without_retry()),
+            Err(CallError::Vault(f)) => {
+                Err(self.per_task_error(&what, "create", f).without_retry())
+            }
+        }
+    }
+
+    fn per_task_error(&self, what: &str, capability: &str, f: Failure) -> ProviderError {
+        let shown = &self.session.http.shown;
+        let mount = self.per_task_mount.as_deref().unwrap_or_default();
+        match &f {
+            Failure::Status { code: 403, .. } => ProviderError::Denied(format!(
+                "{what} on Vault {shown}: the token needs '{capability}' on '{mount}/data/*' (per_task_mount): {}",
+                f.errors()
+            )),
+            Failure::Status { code: 404, .. } => ProviderError::NotFound(format!(
+                "{what} on Vault {shown}: is '{mount}' a KV v2 mount? Enable it: `vault secrets enable -path={mount} kv-v2`"
+            )),
+            _ => unavailable(shown, &format!("using {what}"), f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mount_is_one_segment_of_its_own() {
+        let kv = BTreeMap::from([("secret".to_string(), 2), ("legacy".to_string(), 1)]);
+        let key = "providers.bao.per_task_mount";
+        assert_eq!(
+            check_mount("/vaultbridge-per-task/", &kv, key).unwrap(),
+            "vaultbridge-per-task"
+        );
+        for (mount, needle) in [
+            ("", "is empty"),
+            ("/", "is empty"),
+            ("secret", "of their own"),
+            ("legacy", "of their own"),
+            ("a/b", "one path segment"),
+            ("..", "'..'"),
+            ("a?b", "?"),
+        ] {
+            let err = check_mount(mount, &kv, key).unwrap_err().to_string();
+            assert!(
+                err.contains(key) && err.contains(needle),
+                "{mount:?}: {err}"
+            );
+        }
+    }
+}
