@@ -85,12 +85,24 @@ impl VaultProvider {
         };
         // A token-creating path answers with `auth`, a secrets engine with
         // `data`. Either way a lease (or a new token) makes it per task.
+        let mut lease_duration = response.lease_duration;
         let (body, leased) = match (response.data, response.auth) {
             (Some(data), _) => (
                 data,
                 !response.lease_id.is_empty() || response.lease_duration > 0,
             ),
-            (_, Some(auth)) => (auth, true),
+            (_, Some(auth)) => {
+                // A token's lease is the token's own TTL, inside `auth`.
+                #[derive(serde::Deserialize)]
+                struct TokenLease {
+                    #[serde(default)]
+                    lease_duration: u64,
+                }
+                if let Ok(token) = serde_json::from_str::<TokenLease>(auth.get()) {
+                    lease_duration = token.lease_duration;
+                }
+                (auth, true)
+            }
             _ => {
                 return Err(ProviderError::NotFound(format!(
                     "{what} answered without data"
@@ -101,14 +113,14 @@ impl VaultProvider {
             tracing::info!(
                 provider = %self.session.name,
                 path,
-                lease_seconds = response.lease_duration,
+                lease_seconds = lease_duration,
                 "vault: leased value, left to expire at its TTL (not revoked, not renewed)"
             );
         }
         let bytes = json_value(Some(body.get()), &what)?;
         Ok(if leased {
             let value = SecretValue::per_task(bytes);
-            match response.lease_duration {
+            match lease_duration {
                 0 => value,
                 seconds => value.with_lease(std::time::Duration::from_secs(seconds)),
             }
