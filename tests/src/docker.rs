@@ -267,6 +267,8 @@ pub struct ServiceSpec {
     pub targets: Vec<String>,
     /// `--restart-condition none`: one task, which stays failed.
     pub no_restart: bool,
+    /// `--constraint` values, e.g. `node.hostname!=vbfo-m1`.
+    pub constraints: Vec<String>,
 }
 
 impl ServiceSpec {
@@ -277,6 +279,7 @@ impl ServiceSpec {
             secrets: vec![format!("source={secret},target={target}")],
             targets: vec![target.to_string()],
             no_restart: false,
+            constraints: Vec::new(),
         }
     }
 }
@@ -309,6 +312,9 @@ impl ServiceSpec {
         }
         for secret in &self.secrets {
             args.extend(["--secret".into(), secret.clone()]);
+        }
+        for constraint in &self.constraints {
+            args.extend(["--constraint".into(), constraint.clone()]);
         }
         args.extend([image, "sh", "-c", WORKLOAD_SCRIPT].map(String::from));
         args

@@ -11,8 +11,10 @@
 //! 3. The leader's dockerd is killed; a new leader is elected.
 //! 4. Its plugin answers the engine's re-asks for every task still running:
 //!    reusable values from its cache (at most one backend read), per-task
-//!    values at most once per task (a repeated task id is `reissued`).
-//!    The running tasks keep running.
+//!    tokens from the `per_task_mount` records the first leader's plugin
+//!    wrote (`reissued`; no token minted). The running tasks keep running.
+//!    The rotation controller, talking to a manager that stayed up, rolls a
+//!    value changed in the leaderless window once a leader is back.
 //! 5. New tasks (scale up, a new service) get their values from the new
 //!    leader's plugin, and from no other.
 //! 6. The killed manager comes back, rejoins, is made leader again, and its
@@ -21,7 +23,8 @@
 //!    `check-managers.sh`; made leader, it fails new tasks, as shown; so
 //!    does a leader whose plugin is disabled.
 //!
-//! Rotation (issue 19) joins after step 6, at the place marked in the test.
+//! 6b. The value changes again; the controller, whose manager was demoted
+//!    and promoted back while leadership moved, rolls it too.
 //!
 //! `failover_reask_burst` (gated by `VAULTBRIDGE_FAILOVER_BENCH=1`) measures
 //! the re-ask burst for 50 tasks and 5 secrets, for BENCHMARKS.md.
@@ -57,6 +60,8 @@ impl Backends {
     /// `kv_paths` extra KV secrets (for the benchmark), each `password=<x>`.
     fn start(swarm: &Swarm, kv_paths: &[&str]) -> Backends {
         let bao = OpenBao::start_in_netns("vbfo-hub", HUB_IP, BAO_PORT);
+        // Where the managers' plugins share the per-task values they mint.
+        bao.bao(&["secrets", "enable", "-path=vaultbridge-per-task", "kv-v2"]);
         let vault_value = format!("bao-pw-{}", swarm.id).into_bytes();
         for path in ["app/db"].iter().chain(kv_paths) {
             bao.bao(&[
@@ -67,6 +72,8 @@ impl Backends {
                 &format!("password={}", String::from_utf8_lossy(&vault_value)),
             ]);
         }
+        // The rotated value (step 1), written long before its secret.
+        bao.bao(&["kv", "put", "secret/app/rot", "password=rot-1"]);
         let config = &swarm.config_dir;
         std::fs::create_dir_all(config.join("secrets/app")).expect("mkdir secrets");
         let file_value = format!("file-conf-{}\n", swarm.id).into_bytes();
@@ -80,6 +87,7 @@ impl Backends {
                  [providers.local]\ntype = \"file\"\nroot = \"/etc/vaultbridge/secrets\"\n\n\
                  [providers.bao]\ntype = \"vault\"\naddress = \"http://{HUB_IP}:{BAO_PORT}\"\n\
                  logical_write_prefixes = [\"auth/token/create\"]\n\
+                 per_task_mount = \"vaultbridge-per-task\"\n\
                  [providers.bao.auth]\nmethod = \"token\"\ntoken_file = \"/etc/vaultbridge/bao-token\"\n"
             ),
         )
@@ -311,6 +319,87 @@ fn check_managers(swarm: &Swarm, with_worker: bool) -> (i32, String) {
     (output.status.code().unwrap_or(-1), text)
 }
 
+/// `vaultbridge rotate` as an operator may run it: against one manager's
+/// socket, from inside that node's namespace (where OpenBao is reached).
+/// Killed when dropped (and by the swarm's sweep, being in a namespace of
+/// its own, when the test run itself is killed).
+struct RotateController {
+    child: std::process::Child,
+    log: std::path::PathBuf,
+}
+
+impl RotateController {
+    fn start(swarm: &Swarm, node: usize) -> RotateController {
+        let n = &swarm.nodes[node];
+        let config = swarm.config_dir.join("rotate.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[providers.bao]\ntype = \"vault\"\naddress = \"http://{HUB_IP}:{BAO_PORT}\"\n\
+                 rotate_interval = \"2s\"\n\
+                 [providers.bao.auth]\nmethod = \"token\"\ntoken_file = \"{}\"\n",
+                swarm.config_dir.join("bao-token").display()
+            ),
+        )
+        .expect("write rotate.toml");
+        let log = Path::new(STATE_ROOT).join("rotate.log");
+        let out = std::fs::File::create(&log).expect("rotate.log");
+        let child = Command::new("ip")
+            .args(["netns", "exec", &n.name])
+            .arg(vaultbridge_tests::binary())
+            .args(["rotate", "--driver", ALIAS])
+            .env("DOCKER_HOST", &n.host)
+            .env("VAULTBRIDGE_CONFIG", &config)
+            .env("VAULTBRIDGE_LOG", "info")
+            .stdout(out.try_clone().expect("dup log"))
+            .stderr(out)
+            .spawn()
+            .expect("start vaultbridge rotate");
+        RotateController { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for RotateController {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until every running task of `rot` reads `value` (a roll done).
+fn wait_rolled(swarm: &Swarm, via: usize, value: &[u8], controller: Option<&RotateController>) {
+    poll(
+        &format!(
+            "every running task of rot to read {}",
+            String::from_utf8_lossy(value)
+        ),
+        CONVERGE,
+        || {
+            let running = swarm.running(via, "rot");
+            let rolled = running.len() == 2
+                && running.iter().all(|task| {
+                    let id = task.name.rsplit('.').next().unwrap_or_default();
+                    swarm
+                        .reports(via, id)
+                        .iter()
+                        .any(|r| r.target == "rot" && r.bytes == value)
+                });
+            rolled.then_some(())
+        },
+        || {
+            format!(
+                "{}\ncontroller log:\n{}",
+                swarm.describe(via, "rot"),
+                controller.map(RotateController::log).unwrap_or_default()
+            )
+        },
+    );
+}
+
 /// Wait until node `node`'s plugin says it listens, from its `skip`th line.
 fn wait_listening(swarm: &Swarm, node: usize, skip: usize) {
     let n = &swarm.nodes[node];
@@ -390,6 +479,25 @@ fn failover_across_managers() {
     ];
     app.targets = vec!["db".into(), "conf".into(), "tok".into()];
     swarm.service_create(via, &app);
+    // Rotated (issue 19): pinned to the version it starts on, so the
+    // controller rolls it only when the value changes. Its tasks stay off
+    // the manager killed in step 3.
+    secret_create(
+        &swarm,
+        via,
+        "vbfo_rot",
+        &[
+            ("vaultbridge.provider", "bao"),
+            ("vaultbridge.path", "app/rot"),
+            ("vaultbridge.field", "password"),
+            ("vaultbridge.version", "1"),
+            ("vaultbridge.rotate", "true"),
+        ],
+    );
+    let mut rot = ServiceSpec::new("rot", "vbfo_rot", "rot");
+    rot.replicas = 2;
+    rot.constraints = vec![format!("node.hostname!={}", swarm.nodes[first_leader].name)];
+    swarm.service_create(via, &rot);
     let initial = wait_running_reports(&swarm, via, "app", 6, 3);
     let mut tokens = BTreeSet::new();
     for (task, files) in &initial {
@@ -421,6 +529,16 @@ fn failover_across_managers() {
             );
         }
     }
+
+    wait_rolled(&swarm, via, b"rot-1", None);
+    let rotating_via = (0..3)
+        .find(|&n| n != first_leader)
+        .expect("another manager");
+    let controller = RotateController::start(&swarm, rotating_via);
+    eprintln!(
+        "  rotation controller on {}'s socket",
+        swarm.nodes[rotating_via].name
+    );
 
     // ---------------------------------------------------------------- 2
     step(
@@ -456,6 +574,10 @@ fn failover_across_managers() {
         .collect();
     let killed_at = Instant::now();
     swarm.nodes[killed].kill_daemon();
+    // A change while no manager leads: the controller cannot roll yet.
+    backends
+        .bao
+        .bao(&["kv", "put", "secret/app/rot", "password=rot-2"]);
     let leader = swarm.wait_leader(Some(killed), ELECTION);
     let window = killed_at.elapsed();
     eprintln!(
@@ -504,11 +626,23 @@ fn failover_across_managers() {
         "tasks given a fresh per-task value twice by the same plugin: {:?}",
         burst.minted_twice
     );
-    // Only a plugin that has not seen a task mints for it: the new leader's
-    // memory is its own, so each running task costs it at most one token.
+    // The plugin that minted each running task's token kept it in the
+    // per_task_mount: the new leader hands it back and mints none.
+    assert_eq!(
+        token_creations,
+        0,
+        "tokens minted for {} running tasks that have theirs",
+        survivors.len()
+    );
+    let recalled = backends
+        .bao
+        .audited_under("vaultbridge-per-task/data/")
+        .iter()
+        .filter(|l| l.starts_with("read "))
+        .count();
     assert!(
-        token_creations <= survivors.len(),
-        "{token_creations} tokens minted for {} running tasks",
+        recalled >= survivors.len(),
+        "{recalled} per-task records read for {} running tasks",
         survivors.len()
     );
     for node in (0..3).filter(|&n| n != leader && n != killed) {
@@ -535,6 +669,15 @@ fn failover_across_managers() {
             swarm.describe(leader, "app")
         );
     }
+
+    let rolling = Instant::now();
+    wait_rolled(&swarm, leader, b"rot-2", Some(&controller));
+    let failed_passes = controller.log().matches("rotation pass failed").count();
+    eprintln!(
+        "  the controller rolled the value changed without a leader ({failed_passes} pass(es) \
+         failed meanwhile; every task of rot reads it {:.1}s after the re-ask burst)",
+        rolling.elapsed().as_secs_f64()
+    );
 
     // ---------------------------------------------------------------- 5
     step(
@@ -626,10 +769,23 @@ fn failover_across_managers() {
         );
     }
 
-    // Rotation (issue 19) plugs in here: its real-engine test, run on this
-    // swarm, changes a value in OpenBao, moves leadership with
-    // `swarm.make_leader(...)` (or kills the leader as in step 3) while the
-    // controller rolls the services, and checks the roll completes.
+    // ---------------------------------------------------------------- 6b
+    step(
+        "6b",
+        "a change after leadership moved (the controller's manager was demoted and promoted)",
+        started,
+    );
+    backends
+        .bao
+        .bao(&["kv", "put", "secret/app/rot", "password=rot-3"]);
+    wait_rolled(&swarm, killed, b"rot-3", Some(&controller));
+    let log = controller.log();
+    assert!(
+        log.matches("outcome=\"completed\"").count() >= 2,
+        "the controller did not report two completed rolls:\n{log}"
+    );
+    assert_log_has_no_values(&log, &[b"rot-1".as_slice(), b"rot-2", b"rot-3"]);
+    drop(controller);
 
     // ---------------------------------------------------------------- 7
     step("7", "one manager's plugin set up differently", started);
