@@ -325,16 +325,16 @@ mod tests {
         assert!(digest.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(base.clone().shared_key(), Some(key.clone()));
         // Every part of the request changes the name.
-        let variants: Vec<Box<dyn Fn(&mut TaskSecret)>> = vec![
-            Box::new(|t| t.task_id = "other0task0id0000000000000".into()),
-            Box::new(|t| t.secret_name = "db2".into()),
-            Box::new(|t| t.lookup.provider = "vault2".into()),
-            Box::new(|t| t.lookup.path = "database/creds/other".into()),
-            Box::new(|t| t.lookup.version = Some(String::new())),
-            Box::new(|t| t.lookup.field = Some("password".into())),
-            Box::new(|t| t.lookup.decode = Decode::Base64),
-            Box::new(|t| t.lookup.rotation = Some("1".into())),
-            Box::new(|t| t.reuse = false),
+        let variants: [fn(&mut TaskSecret); 9] = [
+            |t| t.task_id = "other0task0id0000000000000".into(),
+            |t| t.secret_name = "db2".into(),
+            |t| t.lookup.provider = "vault2".into(),
+            |t| t.lookup.path = "database/creds/other".into(),
+            |t| t.lookup.version = Some(String::new()),
+            |t| t.lookup.field = Some("password".into()),
+            |t| t.lookup.decode = Decode::Base64,
+            |t| t.lookup.rotation = Some("1".into()),
+            |t| t.reuse = false,
         ];
         let mut seen = std::collections::BTreeSet::from([key.as_str().to_string()]);
         for change in variants {
