@@ -722,9 +722,33 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
         "{log}"
     );
 
+    // `vaultbridge check` looks at the mount too.
+    let check = |config: &Value| {
+        let file = bao.file("check.toml", toml_provider("v", config).as_bytes());
+        let output = std::process::Command::new(vaultbridge_tests::binary())
+            .args(["check", "--config"])
+            .arg(file)
+            .env_clear()
+            .output()
+            .expect("run vaultbridge check");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.success(), text)
+    };
+    let (ok, said) = check(&config);
+    assert!(
+        ok && said.contains("per_task_mount 'vaultbridge-per-task' readable"),
+        "{said}"
+    );
+
     // A mount that is not there: every task is still served, and the log
-    // says what to do.
+    // says what to do; `check` fails, saying so.
     config["per_task_mount"] = json!("no-such-mount");
+    let (ok, said) = check(&config);
+    assert!(!ok && said.contains("no-such-mount"), "{said}");
     let unmounted = start_plugin(&config);
     let answer = as_task(&unmounted, "task8hhhhhhhhhhhhhhhhhhhh", &labels);
     assert!(

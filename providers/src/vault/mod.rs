@@ -432,6 +432,16 @@ impl Provider for VaultProvider {
     /// Log in (if needed) and look the token up; say what could not be
     /// verified (a least-privilege token may not look itself up).
     async fn check(&self) -> Result<String, ProviderError> {
+        let identity = self.check_identity().await?;
+        match self.check_per_task_mount().await? {
+            Some(mount) => Ok(format!("{identity}; {mount}")),
+            None => Ok(identity),
+        }
+    }
+}
+
+impl VaultProvider {
+    async fn check_identity(&self) -> Result<String, ProviderError> {
         let shown = &self.session.http.shown;
         let current = self.session.token().await?;
         let namespace = self

@@ -179,6 +179,34 @@ impl VaultProvider {
         }
     }
 
+    /// For `vaultbridge check`: the mount is there and the token may read
+    /// it (a record that cannot exist is looked for); `create` shows at the
+    /// first minted value, which is never written for a check.
+    pub(super) async fn check_per_task_mount(&self) -> Result<Option<String>, ProviderError> {
+        let Some(mount) = self.per_task_mount.as_deref() else {
+            return Ok(None);
+        };
+        let api_path = format!("{mount}/data/vaultbridge-check");
+        let api_path = &api_path;
+        let result = self
+            .with_token(|c| async move {
+                self.session
+                    .http
+                    .send(Verb::GET, api_path, &[], None, &c.token)
+                    .await
+            })
+            .await;
+        let what = format!("per_task_mount '{mount}'");
+        match result {
+            Ok(_) => Ok(Some(format!("{what} readable"))),
+            Err(CallError::Vault(f)) if f.is_status(404) && !no_route(&f) => {
+                Ok(Some(format!("{what} readable")))
+            }
+            Err(CallError::Provider(e)) => Err(e),
+            Err(CallError::Vault(f)) => Err(self.per_task_error(&what, "read", f)),
+        }
+    }
+
     fn per_task_error(&self, what: &str, capability: &str, f: Failure) -> ProviderError {
         let shown = &self.session.http.shown;
         let mount = self.per_task_mount.as_deref().unwrap_or_default();
