@@ -243,6 +243,12 @@ impl Cache {
         (state.entries.len(), state.bytes)
     }
 
+    /// Whether an entry for `key` is held, fresh or not: its value was
+    /// shared, not made for one task.
+    pub fn holds(&self, key: &Key) -> bool {
+        self.lock().entries.contains_key(key)
+    }
+
     /// Serve `key` from memory, or join/start the one backend call for it.
     /// `fetch` may be called again by a waiter that must not share a
     /// per-task value.

@@ -55,6 +55,10 @@ pub struct Resolved {
     pub source: Source,
     /// How long a per-task value stays valid, when the backend said.
     pub lease: Option<std::time::Duration>,
+    /// The backend made this value for this request (a lease, a token), as
+    /// opposed to one read again for `vaultbridge.reuse=false` or handed
+    /// out again: what a new leader's plugin must not make twice.
+    pub minted: bool,
 }
 
 impl std::fmt::Debug for Resolved {
@@ -109,6 +113,12 @@ impl Resolver {
     /// Build every configured provider. No network I/O happens here, so the
     /// socket opens quickly; `vaultbridge check` proves the backends work.
     pub async fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let tables: Vec<(&str, &vaultbridge_providers::ProviderConfig)> = config
+            .providers
+            .iter()
+            .map(|(name, entry)| (name.as_str(), &entry.backend))
+            .collect();
+        vaultbridge_providers::config::check_together(&tables)?;
         let mut providers = BTreeMap::new();
         for (name, entry) in &config.providers {
             let provider = entry.backend.build(&format!("providers.{name}")).await?;
@@ -481,6 +491,7 @@ impl Resolver {
                     per_task: per_task || !wanted.reuse,
                     source: combined(&sources),
                     lease,
+                    minted: false,
                 })
             });
         answer
@@ -501,6 +512,7 @@ impl Resolver {
                 per_task: true,
                 source: Source::Bypass,
                 lease: fetched.lease,
+                minted: fetched.per_task,
             });
         }
         let key = cache_key(upstream, lookup);
@@ -519,6 +531,7 @@ impl Resolver {
             per_task: fetched.per_task,
             source,
             lease: fetched.lease,
+            minted: fetched.per_task,
         })
     }
 
@@ -548,17 +561,18 @@ impl Resolver {
                 per_task: true,
                 source: Source::Reissued,
                 lease: None,
+                minted: false,
             });
         }
-        // A value this backend would mint may have been minted for this
-        // task by another manager's plugin (before a failover).
-        let shared = upstream
-            .provider
-            .shares_issued(&lookup.path)
-            .then(|| task.shared_key())
-            .flatten();
-        if let Some(key) = &shared
-            && let Some(recalled) = recall(upstream, lookup, key).await
+        // A value this backend mints may have been minted for this task by
+        // another manager's plugin (before a failover). Not asked when the
+        // cache holds the lookup: then its value is shared, never minted.
+        let shared = (upstream.provider.shares_issued(&lookup.path)
+            && !self.cache.holds(&task.lookup))
+        .then(|| task.shared_key())
+        .flatten();
+        if let Some(shared) = &shared
+            && let Some(recalled) = recall(upstream, lookup, shared).await
         {
             let value: cache::Value = Arc::new(recalled.value.expose().to_vec().into());
             self.issued
@@ -568,56 +582,73 @@ impl Resolver {
                 per_task: true,
                 source: Source::Reissued,
                 lease: Some(recalled.remaining),
+                minted: false,
             });
         }
         let resolved = self.resolve(upstream, lookup).await?;
         if resolved.per_task {
-            if let Some(key) = &shared
-                && resolved.source != Source::Reissued
-            {
-                remember(upstream, lookup, key, &resolved).await;
-            }
             self.issued
                 .insert(task, resolved.value.clone(), resolved.lease);
+            if let Some(shared) = shared
+                && resolved.minted
+            {
+                remember(upstream, lookup, shared, &resolved);
+            }
         }
         Ok(resolved)
     }
 }
 
-/// The value kept for `key` by a manager's plugin, if any. A failure to
-/// read it is logged and costs a new value, as without sharing.
+/// How long looking for a kept per-task value may take, as a share of the
+/// provider's `deadline`: the fetch that may follow has its own.
+const RECALL_SHARE: u32 = 4;
+
+/// The value kept for `key` by a manager's plugin, if any: one attempt,
+/// within a quarter of the deadline. A failure is logged and costs a new
+/// value, as without sharing.
 async fn recall(upstream: &Upstream, lookup: &Lookup, key: &TaskKey) -> Option<Recalled> {
-    match upstream.recall(&lookup.path, key).await {
-        Ok(recalled) => recalled,
-        Err(err) => {
-            tracing::warn!(
-                provider = %upstream.name,
-                path = %lookup.path.path(),
-                error = %err,
-                "cannot read the per-task value other managers' plugins keep; minting a new one"
-            );
-            None
-        }
-    }
+    let within = upstream.tuning.deadline / RECALL_SHARE;
+    let result = tokio::time::timeout(within, upstream.recall(&lookup.path, key)).await;
+    let error = match result {
+        Ok(Ok(recalled)) => return recalled,
+        Ok(Err(err)) => err.to_string(),
+        Err(_) => format!("no answer within {within:?}"),
+    };
+    tracing::warn!(
+        provider = %upstream.name,
+        path = %lookup.path.path(),
+        error = %error,
+        "cannot read the per-task value other managers' plugins keep; minting a new one"
+    );
+    None
 }
 
 /// Keep a value just minted for a task where every manager's plugin finds
-/// it; a failure is logged (the task has its value; a failover would mint
-/// another).
-async fn remember(upstream: &Upstream, lookup: &Lookup, key: &TaskKey, resolved: &Resolved) {
+/// it, in the background: the task is answered at once. A failure is
+/// logged (the task has its value; after a failover it would get another).
+fn remember(upstream: &Arc<Upstream>, lookup: &Lookup, key: TaskKey, resolved: &Resolved) {
     let keep = resolved.lease.unwrap_or(crate::issued::DEFAULT_KEEP);
-    let expires = std::time::SystemTime::now() + keep;
-    let result = upstream
-        .remember(&lookup.path, key, resolved.value.expose_secret(), expires)
-        .await;
-    if let Err(err) = result {
+    let Some(expires) = std::time::SystemTime::now().checked_add(keep) else {
+        return;
+    };
+    let (upstream, path) = (upstream.clone(), lookup.path.clone());
+    let value = resolved.value.clone();
+    tokio::spawn(async move {
+        let result = upstream
+            .remember(&path, &key, value.expose_secret(), expires)
+            .await;
+        let problem = match result {
+            Ok(true) => return,
+            Ok(false) => "a record for this task and secret is already kept (an expired or foreign one?); it was left as is".to_string(),
+            Err(err) => err.to_string(),
+        };
         tracing::warn!(
             provider = %upstream.name,
-            path = %lookup.path.path(),
-            error = %err,
+            path = %path.path(),
+            error = %problem,
             "cannot keep the per-task value for other managers' plugins; after a failover this task would be given a new one"
         );
-    }
+    });
 }
 
 /// Where a template's answer came from, for its log line: the most
@@ -1192,6 +1223,7 @@ mod tests {
             per_task: false,
             source: Source::Hit,
             lease: None,
+            minted: false,
         };
         assert!(!format!("{resolved:?}").contains("topsecret"));
     }

@@ -85,6 +85,25 @@ backends! {
     "gcp" => Gcp(gcp::GcpConfig),
 }
 
+/// What no provider's table can judge alone: every `[providers.<name>]`
+/// table, together.
+pub fn check_together(configs: &[(&str, &ProviderConfig)]) -> Result<(), ConfigError> {
+    #[cfg(feature = "vault")]
+    {
+        let vaults: Vec<(&str, &crate::vault::VaultConfig)> = configs
+            .iter()
+            .filter_map(|(name, config)| match config {
+                ProviderConfig::Vault(vault) => Some((*name, vault)),
+                #[allow(unreachable_patterns)] // with vault the only backend
+                _ => None,
+            })
+            .collect();
+        crate::vault::mounts_apart(&vaults)?;
+    }
+    let _ = configs;
+    Ok(())
+}
+
 /// A configuration problem, with the key path it concerns. Both may quote
 /// the file's own text (a key, a provider name, a value), so both are shown
 /// escaped and bounded: one config error is one log line.

@@ -567,6 +567,15 @@ fn failover_across_managers() {
         .map(|n| swarm.nodes[n].plugin_lines().len())
         .collect();
     let calls_before = backends.calls(&["app/db"]);
+    let record_reads = || {
+        backends
+            .bao
+            .audited_under("vaultbridge-per-task/data/")
+            .iter()
+            .filter(|l| l.starts_with("read "))
+            .count()
+    };
+    let record_reads_before = record_reads();
     let survivors: Vec<Task> = initial
         .iter()
         .map(|(t, _)| t.clone())
@@ -634,12 +643,7 @@ fn failover_across_managers() {
         "tokens minted for {} running tasks that have theirs",
         survivors.len()
     );
-    let recalled = backends
-        .bao
-        .audited_under("vaultbridge-per-task/data/")
-        .iter()
-        .filter(|l| l.starts_with("read "))
-        .count();
+    let recalled = record_reads() - record_reads_before;
     assert!(
         recalled >= survivors.len(),
         "{recalled} per-task records read for {} running tasks",

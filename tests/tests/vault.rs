@@ -621,7 +621,12 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
     assert_eq!(first.json()["DoNotReuse"], true, "{}", first.json());
     assert!(text(&first.value()).contains("BEGIN CERTIFICATE"));
     assert_eq!(issued(), 1);
-    // A look for a record, then the write of the new one.
+    // A look for a record, then the write of the new one (in the
+    // background: the task is answered first).
+    let waited = Instant::now();
+    while records().len() < 2 && waited.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let after_first = records();
     assert_eq!(after_first.len(), 2, "{after_first:?}");
     assert!(
@@ -674,6 +679,46 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
     );
     assert_eq!(kv.value(), b"kv-pw");
     assert_eq!(records().len(), before);
+
+    // A logical value that is not minted (no lease) is never kept: with
+    // `reuse=false` it is read again (no record written); shared, it is
+    // looked for once and then served from the cache without a look.
+    let cached = Plugin::start(
+        Some(&format!(
+            "{}cache_ttl = \"60s\"\n",
+            toml_provider("v", &{
+                let mut c = config.clone();
+                c["logical_prefixes"] = json!(["auth/token/lookup-self"]);
+                c
+            })
+        )),
+        &[],
+    );
+    let lookup_self = [
+        ("vaultbridge.path", "auth/token/lookup-self"),
+        ("vaultbridge.field", "display_name"),
+    ];
+    let before = records().len();
+    for task in ["task10aaaaaaaaaaaaaaaaaaa", "task11bbbbbbbbbbbbbbbbbbb"] {
+        assert_eq!(as_task(&cached, task, &lookup_self).value(), b"token");
+    }
+    assert_eq!(records().len(), before + 1, "{:?}", records());
+    let mut own = lookup_self.to_vec();
+    own.push(("vaultbridge.reuse", "false"));
+    for task in ["task12ccccccccccccccccccc", "task13ddddddddddddddddddd"] {
+        let answer = as_task(&cached, task, &own);
+        assert_eq!(answer.value(), b"token");
+        assert_eq!(answer.json()["DoNotReuse"], true);
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let written = records();
+    assert!(
+        !written.iter().any(|r| r.starts_with("create ")
+            && ["task10", "task11", "task12", "task13"]
+                .iter()
+                .any(|t| r.contains(t))),
+        "{written:?}"
+    );
 
     // No label reads the mount: it holds other tasks' credentials.
     let record = after_first[1]

@@ -9,6 +9,10 @@ use super::http::Failure;
 use super::kv::{envelope, json_value};
 use crate::{ProviderError, SecretValue};
 
+/// The longest lease taken at its word: a year (Vault's default maximum
+/// is 32 days).
+const MAX_LEASE_SECS: u64 = 366 * 24 * 3600;
+
 impl VaultProvider {
     pub(super) async fn fetch_logical(
         &self,
@@ -122,7 +126,10 @@ impl VaultProvider {
             let value = SecretValue::per_task(bytes);
             match lease_duration {
                 0 => value,
-                seconds => value.with_lease(std::time::Duration::from_secs(seconds)),
+                // Vault's number: bounded, so no time arithmetic overflows.
+                seconds => {
+                    value.with_lease(std::time::Duration::from_secs(seconds.min(MAX_LEASE_SECS)))
+                }
             }
         } else {
             SecretValue::new(bytes)

@@ -38,6 +38,7 @@ use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 pub use config::{AuthConfig, VARIABLES, VaultConfig};
+pub use per_task::mounts_apart;
 
 use crate::duration::Timeout;
 use crate::{ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue};

@@ -54,6 +54,53 @@ pub(super) fn check_mount(
     Ok(mount)
 }
 
+/// No other Vault provider's labels may reach a `per_task_mount` (each
+/// guards its own, `paths`): one on the same server whose KV mounts or
+/// logical prefixes name it would read other tasks' credentials. Judged by
+/// name, whatever the addresses, as two addresses may be one server.
+pub fn mounts_apart(configs: &[(&str, &super::VaultConfig)]) -> Result<(), ConfigError> {
+    let owned: Vec<(&str, &str)> = configs
+        .iter()
+        .filter_map(|(name, c)| Some((*name, trim_slashes(c.per_task_mount.as_deref()?))))
+        .filter(|(_, mount)| !mount.is_empty())
+        .collect();
+    for (name, config) in configs {
+        let reaches: Vec<(String, &str)> =
+            std::iter::once(("kv_mount".to_string(), config.kv_mount.as_str()))
+                .chain(
+                    config
+                        .kv_mounts
+                        .keys()
+                        .map(|m| (format!("kv_mounts.{m}"), m.as_str())),
+                )
+                .chain(
+                    config
+                        .logical_prefixes
+                        .iter()
+                        .map(|p| ("logical_prefixes".to_string(), p.as_str())),
+                )
+                .chain(
+                    config
+                        .logical_write_prefixes
+                        .iter()
+                        .map(|p| ("logical_write_prefixes".to_string(), p.as_str())),
+                )
+                .collect();
+        for (owner, mount) in owned.iter().filter(|(owner, _)| owner != name) {
+            let first_segment = |path: &str| trim_slashes(path).split('/').next() == Some(*mount);
+            if let Some((field, _)) = reaches.iter().find(|(_, path)| first_segment(path)) {
+                return Err(ConfigError::new(
+                    format!("providers.{name}.{field}"),
+                    format!(
+                        "reaches '{mount}', the per_task_mount of providers.{owner}, which keeps other tasks' credentials; no label may read it: remove it here"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// KV v2's inner `data` of a record.
 #[derive(serde::Deserialize)]
 struct Kv2Record {
@@ -65,6 +112,13 @@ struct Kv2Record {
 struct Record {
     value: String,
     expires: u64,
+}
+
+/// A record as messages name it: by its task, not by the digest (which is
+/// of the request's labels, a logical path's query included).
+fn record_name(task: &TaskKey) -> String {
+    let task_id = task.as_str().split('/').next().unwrap_or_default();
+    format!("the per-task record of task {task_id}")
 }
 
 impl VaultProvider {
@@ -96,7 +150,7 @@ impl VaultProvider {
                     .map_err(|_| Failure::Other("the answer is not a KV v2 response".into()))
             })
             .await;
-        let what = format!("the per-task record '{api_path}'");
+        let what = record_name(task);
         let record = match result {
             Ok(Kv2Record { data: Some(data) }) => data,
             // Deleted by `delete_version_after`: gone, as it should be.
@@ -163,7 +217,7 @@ impl VaultProvider {
                     .await
             })
             .await;
-        let what = format!("the per-task record '{api_path}'");
+        let what = record_name(task);
         match result {
             Ok(_) => Ok(true),
             // cas=0 on an existing record: another plugin wrote it first.
@@ -249,6 +303,37 @@ mod tests {
                 err.contains(key) && err.contains(needle),
                 "{mount:?}: {err}"
             );
+        }
+    }
+
+    #[test]
+    fn no_other_provider_reaches_the_mount() {
+        let vault = |extra: &str| -> super::super::VaultConfig {
+            toml::from_str(&format!("address = \"http://127.0.0.1:8200\"\n{extra}")).unwrap()
+        };
+        let owner = vault("per_task_mount = \"/vb-per-task/\"");
+        let fine = vault("kv_mounts = { other = 2 }\nlogical_prefixes = [\"database/creds/\"]");
+        // Two providers may share one mount: each refuses labels into it.
+        assert!(mounts_apart(&[("a", &owner), ("b", &fine), ("c", &owner)]).is_ok());
+        assert!(mounts_apart(&[("a", &owner), ("b", &fine)]).is_ok());
+        for (extra, field) in [
+            ("kv_mount = \"vb-per-task\"", "providers.b.kv_mount"),
+            (
+                "kv_mounts = { vb-per-task = 2 }",
+                "providers.b.kv_mounts.vb-per-task",
+            ),
+            (
+                "logical_prefixes = [\"/vb-per-task/data/\"]",
+                "providers.b.logical_prefixes",
+            ),
+            (
+                "logical_write_prefixes = [\"vb-per-task\"]",
+                "providers.b.logical_write_prefixes",
+            ),
+        ] {
+            let err = mounts_apart(&[("a", &owner), ("b", &vault(extra))]).unwrap_err();
+            assert_eq!(err.key, field, "{extra}");
+            assert!(err.message.contains("providers.a"), "{err}");
         }
     }
 }
