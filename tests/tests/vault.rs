@@ -616,6 +616,14 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
     };
     let issued = || bao.audit_count("pki/issue/web");
     let records = || bao.audited_under("vaultbridge-per-task/");
+    // The records once the writes made in the background have landed.
+    let settled = || loop {
+        let seen = records();
+        std::thread::sleep(Duration::from_millis(300));
+        if records().len() == seen.len() {
+            return seen;
+        }
+    };
 
     let first = as_task(&leader, "task1aaaaaaaaaaaaaaaaaaaa", &labels);
     assert_eq!(first.json()["DoNotReuse"], true, "{}", first.json());
@@ -668,7 +676,7 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
     assert_eq!(issued(), 3);
 
     // A KV read is not minted: it never looks for a record.
-    let before = records().len();
+    let before = settled().len();
     let kv = as_task(
         &leader,
         "task3cccccccccccccccccccc",
@@ -698,7 +706,7 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
         ("vaultbridge.path", "auth/token/lookup-self"),
         ("vaultbridge.field", "display_name"),
     ];
-    let before = records().len();
+    let before = settled().len();
     for task in ["task10aaaaaaaaaaaaaaaaaaa", "task11bbbbbbbbbbbbbbbbbbb"] {
         assert_eq!(as_task(&cached, task, &lookup_self).value(), b"token");
     }
@@ -710,8 +718,7 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
         assert_eq!(answer.value(), b"token");
         assert_eq!(answer.json()["DoNotReuse"], true);
     }
-    std::thread::sleep(Duration::from_millis(500));
-    let written = records();
+    let written = settled();
     assert!(
         !written.iter().any(|r| r.starts_with("create ")
             && ["task10", "task11", "task12", "task13"]
