@@ -674,13 +674,10 @@ fn failover_across_managers() {
         );
     }
 
-    let rolling = Instant::now();
     wait_rolled(&swarm, leader, b"rot-2", Some(&controller));
-    let failed_passes = controller.log().matches("rotation pass failed").count();
     eprintln!(
-        "  the controller rolled the value changed without a leader ({failed_passes} pass(es) \
-         failed meanwhile; every task of rot reads it {:.1}s after the re-ask burst)",
-        rolling.elapsed().as_secs_f64()
+        "  every task of rot reads the value changed without a leader, {:.1}s after the kill",
+        killed_at.elapsed().as_secs_f64()
     );
 
     // ---------------------------------------------------------------- 5
@@ -783,12 +780,17 @@ fn failover_across_managers() {
         .bao
         .bao(&["kv", "put", "secret/app/rot", "password=rot-3"]);
     wait_rolled(&swarm, killed, b"rot-3", Some(&controller));
-    let log = controller.log();
-    assert!(
-        log.matches("outcome=\"completed\"").count() >= 2,
-        "the controller did not report two completed rolls:\n{log}"
+    // It says a roll completed at its next pass after the engine's.
+    poll(
+        "the controller to report two completed rolls",
+        Duration::from_secs(60),
+        || (controller.log().matches("outcome=\"completed\"").count() >= 2).then_some(()),
+        || controller.log(),
     );
-    assert_log_has_no_values(&log, &[b"rot-1".as_slice(), b"rot-2", b"rot-3"]);
+    assert_log_has_no_values(
+        &controller.log(),
+        &[b"rot-1".as_slice(), b"rot-2", b"rot-3"],
+    );
     drop(controller);
 
     // ---------------------------------------------------------------- 7
