@@ -370,3 +370,25 @@ pub fn assert_log_has_no_values(log: &str, values: &[&[u8]]) {
         );
     }
 }
+
+/// `vaultbridge check --config <file>` with a cleared environment plus `env`.
+pub fn check_cli(config: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    std::fs::write(&path, config).unwrap();
+    let output = Command::new(binary())
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .envs(env.iter().copied())
+        .output()
+        .expect("run vaultbridge check");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    (output.status.success(), text)
+}

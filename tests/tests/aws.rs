@@ -5,7 +5,6 @@
 //! Needs `moto_server` (tests/setup.sh) and a `vaultbridge` binary built
 //! with the `aws` feature (`VAULTBRIDGE_BIN`, or the workspace's build).
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
@@ -15,7 +14,7 @@ use vaultbridge_providers::duration::Timeout;
 use vaultbridge_providers::{Outage, Provider, ProviderError, SecretRef};
 use vaultbridge_tests::moto::{ACCOUNT, Moto, xml_field};
 use vaultbridge_tests::{
-    Answer, Plugin, assert_log_has_no_values, binary, engine_request, wait_until,
+    Answer, Plugin, assert_log_has_no_values, check_cli, engine_request, wait_until,
 };
 
 const EAST: &str = "us-east-1";
@@ -99,28 +98,6 @@ fn err(plugin: &Plugin, name: &str, labels: &[(&str, &str)]) -> String {
     let err = answer.err();
     assert!(!err.is_empty(), "expected an Err, got {:?}", answer.json());
     err
-}
-
-/// `vaultbridge check --config <file>` with a cleared environment plus `env`.
-fn check_cli(config: &str, env: &[(&str, &str)]) -> (bool, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("config.toml");
-    std::fs::write(&path, config).unwrap();
-    let output = Command::new(binary())
-        .arg("check")
-        .arg("--config")
-        .arg(&path)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .envs(env.iter().copied())
-        .output()
-        .expect("run vaultbridge check");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    (output.status.success(), text)
 }
 
 #[tokio::test]

@@ -775,21 +775,7 @@ async fn per_task_values_are_shared_between_the_managers_plugins() {
     );
 
     // `vaultbridge check` looks at the mount too.
-    let check = |config: &Value| {
-        let file = bao.file("check.toml", toml_provider("v", config).as_bytes());
-        let output = std::process::Command::new(vaultbridge_tests::binary())
-            .args(["check", "--config"])
-            .arg(file)
-            .env_clear()
-            .output()
-            .expect("run vaultbridge check");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        (output.status.success(), text)
-    };
+    let check = |config: &Value| vaultbridge_tests::check_cli(&toml_provider("v", config), &[]);
     let (ok, said) = check(&config);
     assert!(
         ok && said.contains("per_task_mount 'vaultbridge-per-task' readable"),
