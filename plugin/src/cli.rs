@@ -13,6 +13,7 @@ use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::config::{Config, Source};
+use crate::log_format::PlainFields;
 use crate::log_writer;
 use crate::metrics;
 use crate::metrics_listener;
@@ -209,8 +210,11 @@ pub fn init_logging(format: LogFormat, command: &Command) -> Option<log_writer::
     let (queue, flush) = queued.unzip();
     let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
     let fmt = match (format, queue) {
-        (LogFormat::Text, Some(queue)) => fmt.with_writer(queue).boxed(),
-        (LogFormat::Text, None) => fmt.with_writer(std::io::stderr).boxed(),
+        (LogFormat::Text, Some(queue)) => fmt.fmt_fields(PlainFields).with_writer(queue).boxed(),
+        (LogFormat::Text, None) => fmt
+            .fmt_fields(PlainFields)
+            .with_writer(std::io::stderr)
+            .boxed(),
         (LogFormat::Json, Some(queue)) => fmt.json().flatten_event(true).with_writer(queue).boxed(),
         (LogFormat::Json, None) => fmt
             .json()
