@@ -144,7 +144,7 @@ mod tests {
     /// Every kind of field the plugin logs, and the awkward ones.
     fn events() {
         let shown = "st_api";
-        let error = Outer(std::io::Error::other("inner\ncause"));
+        let error = Outer(std::io::Error::other("inner cause"));
         let plain_error = std::io::Error::other("alone");
         tracing::info!(
             secret = %shown,
