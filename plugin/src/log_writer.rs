@@ -30,9 +30,19 @@ pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 /// Lines dropped since start, for the metrics.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
+/// Bytes queued or being written, for the metrics.
+static PENDING: AtomicU64 = AtomicU64::new(0);
+
 /// Log lines dropped since the process started because stderr did not keep up.
 pub fn dropped_lines() -> u64 {
     DROPPED.load(Ordering::Relaxed)
+}
+
+/// Bytes of log lines not yet written to stderr (queued, or in the write
+/// under way). 0: every line logged so far is in stderr — what a test that
+/// reads the log right after a request waits for.
+pub fn pending_bytes() -> u64 {
+    PENDING.load(Ordering::Acquire)
 }
 
 /// The producers' side: a `tracing_subscriber` writer (one `write_all` per
@@ -75,6 +85,7 @@ impl Queue {
             return;
         }
         state.lines.extend_from_slice(line);
+        PENDING.fetch_add(line.len() as u64, Ordering::AcqRel);
         if state.idle {
             state.idle = false;
             self.shared.ready.notify_one();
@@ -161,6 +172,7 @@ where
                     };
                     // stderr closed: nothing else can be done with the lines.
                     let _ = out.write_all(&batch).and_then(|()| out.flush());
+                    PENDING.fetch_sub(batch.len() as u64, Ordering::AcqRel);
                     batch.clear();
                     if batch.capacity() > MAX_QUEUED_BYTES / 4 {
                         // A burst's buffer is not kept for good.

@@ -176,6 +176,7 @@ pub struct Metrics {
     cache_entries: Gauge,
     cache_bytes: Gauge,
     log_lines_dropped: Counter,
+    log_queue_bytes: Gauge,
     ready: Family<Labels, Gauge>,
     last_success: Family<Labels, FloatGauge>,
     expires_in: Family<Labels, FloatGauge>,
@@ -337,6 +338,13 @@ impl Metrics {
             "Log lines not written because stderr did not keep up (each drop is also reported in the log)",
             log_lines_dropped.clone(),
         );
+        let log_queue_bytes = Gauge::default();
+        registry.register_with_unit(
+            "log_queue",
+            "Bytes of log lines not yet written to stderr (queued, or being written)",
+            Unit::Bytes,
+            log_queue_bytes.clone(),
+        );
         let ready = Family::<Labels, Gauge>::default();
         registry.register(
             "provider_ready",
@@ -372,6 +380,7 @@ impl Metrics {
             cache_entries,
             cache_bytes,
             log_lines_dropped,
+            log_queue_bytes,
             ready,
             last_success,
             expires_in,
@@ -424,6 +433,8 @@ impl Metrics {
             crate::log_writer::dropped_lines(),
             std::sync::atomic::Ordering::Relaxed,
         );
+        self.log_queue_bytes
+            .set(i64::try_from(crate::log_writer::pending_bytes()).unwrap_or(i64::MAX));
         let now = SystemTime::now();
         let unix = |at: SystemTime| {
             at.duration_since(SystemTime::UNIX_EPOCH)
