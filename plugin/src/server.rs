@@ -556,7 +556,8 @@ async fn serve_connection(
     }
 }
 
-/// Read the body within BODY_TIMEOUT, then hand the request to the router.
+/// Read the body within BODY_TIMEOUT, then hand the request to GetSecret's
+/// handler (the route Docker calls per task) or to the router (any other).
 async fn handle(
     request: Request<Incoming>,
     app: Routes,
