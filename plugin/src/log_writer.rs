@@ -27,6 +27,10 @@ pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 /// wake-up and one `write(2)` per window, however many requests it served.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
+/// How long [`Flush`] waits for the queued lines to be written at exit: a
+/// stderr nobody reads must not keep a stopped plugin alive.
+pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Lines dropped since start, for the metrics.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -55,6 +59,8 @@ pub struct Queue {
 struct Shared {
     state: Mutex<State>,
     ready: Condvar,
+    /// Signalled when the writer thread has written everything and ended.
+    done: Condvar,
 }
 
 #[derive(Default)]
@@ -65,6 +71,7 @@ struct State {
     /// Dropped since last reported.
     dropped: u64,
     closed: bool,
+    finished: bool,
 }
 
 impl Shared {
@@ -117,7 +124,9 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Queue {
     }
 }
 
-/// Writes what is still queued and stops the writer thread when dropped.
+/// Writes what is still queued and stops the writer thread when dropped,
+/// waiting at most [`FLUSH_TIMEOUT`] (then the lines still queued are lost
+/// with the process: stderr was not being read).
 pub struct Flush {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
@@ -125,10 +134,19 @@ pub struct Flush {
 
 impl Drop for Flush {
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        let mut state = self.shared.lock();
+        state.closed = true;
         self.shared.ready.notify_one();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+        let (state, _) = self
+            .shared
+            .done
+            .wait_timeout_while(state, FLUSH_TIMEOUT, |state| !state.finished)
+            .unwrap_or_else(|e| e.into_inner());
+        if state.finished {
+            drop(state);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
         }
     }
 }
@@ -144,6 +162,7 @@ where
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         ready: Condvar::new(),
+        done: Condvar::new(),
     });
     let thread = std::thread::Builder::new()
         .name("vaultbridge-log".into())
@@ -160,7 +179,10 @@ where
                         }
                         state.idle = false;
                         if state.lines.is_empty() && state.dropped == 0 {
-                            return; // closed, and everything written
+                            // Closed, and everything written.
+                            state.finished = true;
+                            shared.done.notify_all();
+                            return;
                         }
                     }
                     // Let the lines of concurrent requests gather.
@@ -238,6 +260,25 @@ mod tests {
                 .enumerate()
                 .all(|(i, l)| *l == format!("line {i}"))
         );
+    }
+
+    #[test]
+    fn a_stderr_nobody_reads_does_not_hold_the_exit_longer_than_the_timeout() {
+        let sink = Sink::default();
+        let (queue, flush) = start(sink.clone(), |_| {}).unwrap();
+        let stalled = sink.gate.lock().unwrap();
+        (&queue).write_all(b"stuck\n").unwrap();
+        while !sink.writing.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = std::time::Instant::now();
+        drop(flush);
+        let waited = started.elapsed();
+        assert!(
+            waited >= FLUSH_TIMEOUT && waited < FLUSH_TIMEOUT * 2,
+            "{waited:?}"
+        );
+        drop(stalled);
     }
 
     #[test]
