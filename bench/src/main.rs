@@ -54,7 +54,7 @@ fn main() -> anyhow::Result<()> {
         let seconds = args.get(4).and_then(|c| c.parse().ok()).unwrap_or(5);
         // A 5th argument `per-task` makes every request reach the backend.
         let body = if args.get(5).map(String::as_str) == Some("per-task") {
-            request_body("bench", &[("vaultbridge.reuse", "false")])
+            per_task_body("bench", &[("vaultbridge.reuse", "false")])
         } else {
             request_body("bench", &[])
         };
@@ -93,6 +93,15 @@ fn hundred_rule_policy() -> String {
 
 pub(crate) fn request_body(name: &str, labels: &[(&str, &str)]) -> Bytes {
     Bytes::from(vaultbridge_tests::engine_request(name, labels).to_string())
+}
+
+/// A request for a per-task value that reaches the backend every time: no
+/// `TaskID`. With one, every request after the first would be the same
+/// task asking again, answered with the value it already got (`reissued`).
+pub(crate) fn per_task_body(name: &str, labels: &[(&str, &str)]) -> Bytes {
+    let mut request = vaultbridge_tests::engine_request(name, labels);
+    request["TaskID"] = json!("");
+    Bytes::from(request.to_string())
 }
 
 /// The release plugin binary: `$VAULTBRIDGE_BIN`, else built next to us.

@@ -1,7 +1,8 @@
 //! Rows 3 and 4, against a real OpenBao dev server started here.
 //!
 //! 3. Miss path: every request reaches OpenBao (`vaultbridge.reuse=false`:
-//!    no cache, no coalescing), versus a direct vaultrs KV v2 read of the
+//!    no cache, no coalescing; no task id, so no re-ask answered from the
+//!    per-task store), versus a direct vaultrs KV v2 read of the
 //!    same secret at the same concurrency (no socket hop).
 //! 4. Burst: 1,000 concurrent GetSecret for one uncached secret; backend
 //!    reads counted from OpenBao's audit log.
@@ -14,7 +15,7 @@ use vaultbridge_tests::openbao::OpenBao;
 use vaultrs::client::{VaultClient, VaultClientSettingsBuilder};
 
 use crate::load::{self, Stats, has_value};
-use crate::{CONCURRENCIES, RUN, SECRET, Server, request_body, row};
+use crate::{CONCURRENCIES, RUN, SECRET, Server, per_task_body, request_body, row};
 
 pub async fn bench(
     plugin: &Path,
@@ -35,7 +36,7 @@ pub async fn bench(
     );
     let (server, _) = Server::spawn(plugin, &["serve"], Some(&config))?;
 
-    let miss_body = request_body(
+    let miss_body = per_task_body(
         "bench",
         &[
             ("vaultbridge.path", "bench"),

@@ -13,6 +13,8 @@ use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::config::{Config, Source};
+use crate::log_format::PlainFields;
+use crate::log_writer;
 use crate::metrics;
 use crate::metrics_listener;
 use crate::protocol::GetSecretRequest;
@@ -186,18 +188,39 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 /// (`trace`, `aws_smithy_runtime=trace`, ...): the cap is a second filter
 /// that must also pass, so no directive can raise it. Our own targets
 /// (`vaultbridge`, `vaultbridge_*`) keep the operator's level.
-pub fn init_logging(format: LogFormat) {
+pub fn init_logging(format: LogFormat, command: &Command) -> Option<log_writer::Flush> {
     use tracing_subscriber::Layer as _;
     use tracing_subscriber::layer::SubscriberExt as _;
     use tracing_subscriber::util::SubscriberInitExt as _;
 
     let directives = std::env::var("VAULTBRIDGE_LOG").ok();
-    let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(false);
-    let fmt = match format {
-        LogFormat::Text => fmt.boxed(),
-        LogFormat::Json => fmt.json().flatten_event(true).boxed(),
+    // `serve` writes one line per request: through the queue, so that no
+    // request waits for stderr (see `log_writer`). The other commands write
+    // a few lines, in order with what they print: straight to stderr.
+    let queued = match command {
+        Command::Serve { .. } => log_writer::start(std::io::stderr(), |dropped| {
+            tracing::warn!(
+                dropped,
+                "log lines were dropped: stderr did not keep up (counted in vaultbridge_log_lines_dropped_total)"
+            );
+        })
+        .ok(),
+        _ => None,
+    };
+    let (queue, flush) = queued.unzip();
+    let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
+    let fmt = match (format, queue) {
+        (LogFormat::Text, Some(queue)) => fmt.fmt_fields(PlainFields).with_writer(queue).boxed(),
+        (LogFormat::Text, None) => fmt
+            .fmt_fields(PlainFields)
+            .with_writer(std::io::stderr)
+            .boxed(),
+        (LogFormat::Json, Some(queue)) => fmt.json().flatten_event(true).with_writer(queue).boxed(),
+        (LogFormat::Json, None) => fmt
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+            .boxed(),
     };
     // `init` also routes the `log` crate's records (rustls, ...) through the
     // same filter, by their own targets.
@@ -209,6 +232,7 @@ pub fn init_logging(format: LogFormat) {
         "logging: other crates' lines are capped (aws_* at warn, the rest at info) \
          whatever VAULTBRIDGE_LOG says, as they can carry credentials"
     );
+    flush
 }
 
 /// Caps of third-party targets, first matching prefix wins (read from what
@@ -461,7 +485,7 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
         let app = metrics_listener::app(resolver.clone());
         tokio::spawn(metrics_listener::run(listener, app, shutdown.clone()));
     }
-    let app = server::app(resolver, audit.map(Arc::new));
+    let app = server::routes(resolver, audit.map(Arc::new));
     // `run` cannot fail once bound: accept errors are logged and retried.
     server::run(listener, app, shutdown, grace).await;
     let _ = std::fs::remove_file(&socket);

@@ -23,6 +23,9 @@
 //! - [`config`]: the TOML file / environment / embedded default.
 //! - [`stack`]: a compose file -> the GetSecret requests its deploy will cause.
 //! - [`cli`]: `serve`, `check` (also `check --stack`), `get`, `rotate`.
+//! - [`log_writer`]: `serve`'s log lines, written to stderr by a thread of
+//!   their own (bounded; drops counted and reported); `log_format`: the
+//!   text format's fields, written with less machinery.
 //! - [`rotate`]: the rotation controller (the one part with a Docker socket).
 //!
 //! Backends live in the `vaultbridge-providers` crate; unit tests use an
@@ -36,6 +39,8 @@ pub mod config;
 pub mod error;
 mod issued;
 pub mod labels;
+mod log_format;
+pub mod log_writer;
 #[cfg(test)]
 mod memory;
 pub mod metrics;

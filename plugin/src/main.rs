@@ -6,7 +6,8 @@ use vaultbridge::cli::{Cli, init_logging, run};
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held until `run` returns: then the lines still queued are written.
+    let _flush = init_logging(cli.log_format, &cli.command);
     // A panic is a bug: log where it happened, as one line in our log
     // format, but not its message, which may quote data we were handling.
     std::panic::set_hook(Box::new(|info| {

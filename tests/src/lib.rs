@@ -202,7 +202,29 @@ impl Plugin {
     }
 
     /// Everything the plugin has logged so far (stdout and stderr).
+    /// Everything the plugin has logged so far. `serve` writes its log from
+    /// a queue (a line reaches the file a few milliseconds after its
+    /// request is answered): first wait until the plugin reports nothing
+    /// left to write (`vaultbridge_log_queue_bytes` 0), unless it does not
+    /// answer within a second (it has exited and wrote what it had, or it
+    /// is not accepting connections: then the file is read as it is).
     pub fn log(&self) -> String {
+        wait_until(Duration::from_secs(5), || {
+            let probe =
+                raw_request_within(&self.socket, "GET", "/metrics", b"", Duration::from_secs(1));
+            let Ok(answer) = probe else {
+                return true;
+            };
+            let text = String::from_utf8_lossy(&answer.body).into_owned();
+            // Not a plugin with the queue (or not answering metrics): read as is.
+            let Some(line) = text
+                .lines()
+                .find(|l| l.starts_with("vaultbridge_log_queue_bytes "))
+            else {
+                return true;
+            };
+            line.ends_with(" 0")
+        });
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
 
@@ -277,8 +299,19 @@ pub fn raw_request(
     path: &str,
     body: &[u8],
 ) -> std::io::Result<Answer> {
+    raw_request_within(socket, method, path, body, Duration::from_secs(60))
+}
+
+/// [`raw_request`], failing when no answer comes within `timeout`.
+pub fn raw_request_within(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Answer> {
     let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
+    stream.set_read_timeout(Some(timeout))?;
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: plugin.moby.localhost\r\nUser-Agent: Go-http-client/1.1\r\n\
          Accept: application/vnd.docker.plugins.v1.2+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",

@@ -175,6 +175,8 @@ pub struct Metrics {
     in_flight: Gauge,
     cache_entries: Gauge,
     cache_bytes: Gauge,
+    log_lines_dropped: Counter,
+    log_queue_bytes: Gauge,
     ready: Family<Labels, Gauge>,
     last_success: Family<Labels, FloatGauge>,
     expires_in: Family<Labels, FloatGauge>,
@@ -330,6 +332,19 @@ impl Metrics {
             Unit::Bytes,
             cache_bytes.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines not written because stderr did not keep up (each drop is also reported in the log)",
+            log_lines_dropped.clone(),
+        );
+        let log_queue_bytes = Gauge::default();
+        registry.register_with_unit(
+            "log_queue",
+            "Bytes of log lines not yet written to stderr (queued, or being written)",
+            Unit::Bytes,
+            log_queue_bytes.clone(),
+        );
         let ready = Family::<Labels, Gauge>::default();
         registry.register(
             "provider_ready",
@@ -364,6 +379,8 @@ impl Metrics {
             in_flight,
             cache_entries,
             cache_bytes,
+            log_lines_dropped,
+            log_queue_bytes,
             ready,
             last_success,
             expires_in,
@@ -412,6 +429,12 @@ impl Metrics {
     pub fn encode(&self, scrape: &Scrape) -> String {
         self.cache_entries.set(scrape.cache_entries as i64);
         self.cache_bytes.set(scrape.cache_bytes as i64);
+        self.log_lines_dropped.inner().store(
+            crate::log_writer::dropped_lines(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+        self.log_queue_bytes
+            .set(i64::try_from(crate::log_writer::pending_bytes()).unwrap_or(i64::MAX));
         let now = SystemTime::now();
         let unix = |at: SystemTime| {
             at.duration_since(SystemTime::UNIX_EPOCH)
