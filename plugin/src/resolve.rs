@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 use secrecy::{ExposeSecret, SecretSlice};
-use vaultbridge_providers::{ConfigError, Provider, Recalled, SecretRef, TaskKey};
+use vaultbridge_providers::{ConfigError, Provider, SecretRef, SecretValue, TaskKey};
 
 use crate::access::pattern::Pattern;
 use crate::access::{Caller, Decision, Policy, Verdict};
@@ -574,14 +574,13 @@ impl Resolver {
         if let Some(shared) = &shared
             && let Some(recalled) = recall(upstream, lookup, shared).await
         {
-            let value: cache::Value = Arc::new(recalled.value.expose().to_vec().into());
-            self.issued
-                .insert(task, value.clone(), Some(recalled.remaining));
+            let value: cache::Value = Arc::new(recalled.expose().to_vec().into());
+            self.issued.insert(task, value.clone(), recalled.lease);
             return Ok(Resolved {
                 value,
                 per_task: true,
                 source: Source::Reissued,
-                lease: Some(recalled.remaining),
+                lease: recalled.lease,
                 minted: false,
             });
         }
@@ -606,7 +605,7 @@ const RECALL_SHARE: u32 = 4;
 /// The value kept for `key` by a manager's plugin, if any: one attempt,
 /// within a quarter of the deadline. A failure is logged and costs a new
 /// value, as without sharing.
-async fn recall(upstream: &Upstream, lookup: &Lookup, key: &TaskKey) -> Option<Recalled> {
+async fn recall(upstream: &Upstream, lookup: &Lookup, key: &TaskKey) -> Option<SecretValue> {
     let within = upstream.tuning.deadline / RECALL_SHARE;
     let result = tokio::time::timeout(within, upstream.recall(&lookup.path, key)).await;
     let error = match result {

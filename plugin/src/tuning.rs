@@ -9,8 +9,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use vaultbridge_providers::{
-    ConfigError, Provider, ProviderError, Recalled, SecretPath, SecretRef, SecretValue, TaskKey,
-    Version,
+    ConfigError, Provider, ProviderError, SecretPath, SecretRef, SecretValue, TaskKey, Version,
 };
 
 use crate::metrics::{Metrics, ProviderMetrics};
@@ -207,7 +206,7 @@ impl Upstream {
         &self,
         path: &SecretPath,
         task: &TaskKey,
-    ) -> Result<Option<Recalled>, ProviderError> {
+    ) -> Result<Option<SecretValue>, ProviderError> {
         let provider = &*self.provider;
         self.call(path, move || provider.recall(path, task)).await
     }

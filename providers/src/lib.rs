@@ -44,5 +44,5 @@ pub mod vault;
 pub use config::{ConfigError, EnvLookup, ProviderConfig, Variable};
 pub use path::{PathError, SecretPath};
 pub use provider::{
-    Credential, Outage, Provider, ProviderError, Recalled, SecretRef, SecretValue, TaskKey, Version,
+    Credential, Outage, Provider, ProviderError, SecretRef, SecretValue, TaskKey, Version,
 };

@@ -282,14 +282,6 @@ impl TaskKey {
     }
 }
 
-/// A per-task value another plugin (or this one) kept with
-/// [`Provider::remember`].
-pub struct Recalled {
-    pub value: SecretValue,
-    /// How long it stays valid from now.
-    pub remaining: std::time::Duration,
-}
-
 /// A read-only secret backend.
 #[async_trait]
 pub trait Provider: Send + Sync {
@@ -341,12 +333,13 @@ pub trait Provider: Send + Sync {
     }
 
     /// The value `task` was already given for `path`, if one is kept and
-    /// still valid. A read: one attempt, safe to retry.
+    /// still valid: per task, its lease what is left of its life. A read:
+    /// one attempt, safe to retry.
     async fn recall(
         &self,
         _path: &SecretPath,
         _task: &TaskKey,
-    ) -> Result<Option<Recalled>, ProviderError> {
+    ) -> Result<Option<SecretValue>, ProviderError> {
         Ok(None)
     }
 

@@ -402,7 +402,7 @@ impl Provider for VaultProvider {
         &self,
         _path: &SecretPath,
         task: &crate::TaskKey,
-    ) -> Result<Option<crate::Recalled>, ProviderError> {
+    ) -> Result<Option<SecretValue>, ProviderError> {
         self.recall_per_task(task).await
     }
 

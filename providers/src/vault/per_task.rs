@@ -24,7 +24,7 @@ use super::config::{trim_slashes, url_part};
 use super::errors::{CallError, no_route, unavailable};
 use super::http::Failure;
 use super::kv::envelope;
-use crate::{ConfigError, ProviderError, Recalled, SecretValue, TaskKey};
+use crate::{ConfigError, ProviderError, SecretValue, TaskKey};
 
 /// Docker refuses values of 500 KiB and more; a record can hold no more.
 const MAX_VALUE_BYTES: usize = 512_000;
@@ -127,29 +127,42 @@ impl VaultProvider {
         Some(format!("{mount}/data/{}", task.as_str()))
     }
 
+    /// One call to the mount with the token (a re-login on a refused one).
+    async fn send_to_mount(
+        &self,
+        verb: Verb,
+        api_path: &str,
+        body: Option<&str>,
+    ) -> Result<Vec<u8>, CallError> {
+        let verb = &verb;
+        self.with_token(|c| async move {
+            let body = body.map(str::to_string);
+            self.session
+                .http
+                .send(verb.clone(), api_path, &[], body, &c.token)
+                .await
+        })
+        .await
+    }
+
     pub(super) async fn recall_per_task(
         &self,
         task: &TaskKey,
-    ) -> Result<Option<Recalled>, ProviderError> {
+    ) -> Result<Option<SecretValue>, ProviderError> {
         let Some(api_path) = self.record_path(task) else {
             return Ok(None);
         };
-        let api_path = &api_path;
+        let parse = |body: Vec<u8>| {
+            let inner = envelope(&body)?
+                .data
+                .ok_or_else(|| Failure::Other("the record holds no data".into()))?;
+            serde_json::from_str::<Kv2Record>(inner.get())
+                .map_err(|_| Failure::Other("the answer is not a KV v2 response".into()))
+        };
         let result = self
-            .with_token(|c| async move {
-                let body = self
-                    .session
-                    .http
-                    .send(Verb::GET, api_path, &[], None, &c.token)
-                    .await?;
-                let outer = envelope(&body)?;
-                let inner = outer
-                    .data
-                    .ok_or_else(|| Failure::Other("the record holds no data".into()))?;
-                serde_json::from_str::<Kv2Record>(inner.get())
-                    .map_err(|_| Failure::Other("the answer is not a KV v2 response".into()))
-            })
-            .await;
+            .send_to_mount(Verb::GET, &api_path, None)
+            .await
+            .and_then(|body| parse(body).map_err(CallError::Vault));
         let what = record_name(task);
         let record = match result {
             Ok(Kv2Record { data: Some(data) }) => data,
@@ -180,10 +193,7 @@ impl VaultProvider {
                     "{what} holds no usable value; remove it, and keep per_task_mount for the plugin alone"
                 ))
             })?;
-        Ok(Some(Recalled {
-            value: SecretValue::per_task(value).with_lease(remaining),
-            remaining,
-        }))
+        Ok(Some(SecretValue::per_task(value).with_lease(remaining)))
     }
 
     /// Write-once (`cas=0`): a record already there stays, `Ok(false)`.
@@ -208,15 +218,7 @@ impl VaultProvider {
             },
         })
         .to_string();
-        let (api_path, body) = (&api_path, &body);
-        let result = self
-            .with_token(|c| async move {
-                self.session
-                    .http
-                    .send(Verb::POST, api_path, &[], Some(body.clone()), &c.token)
-                    .await
-            })
-            .await;
+        let result = self.send_to_mount(Verb::POST, &api_path, Some(&body)).await;
         let what = record_name(task);
         match result {
             Ok(_) => Ok(true),
@@ -241,15 +243,7 @@ impl VaultProvider {
             return Ok(None);
         };
         let api_path = format!("{mount}/data/vaultbridge-check");
-        let api_path = &api_path;
-        let result = self
-            .with_token(|c| async move {
-                self.session
-                    .http
-                    .send(Verb::GET, api_path, &[], None, &c.token)
-                    .await
-            })
-            .await;
+        let result = self.send_to_mount(Verb::GET, &api_path, None).await;
         let what = format!("per_task_mount '{mount}'");
         match result {
             Ok(_) => Ok(Some(format!("{what} readable"))),
