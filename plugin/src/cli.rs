@@ -208,19 +208,11 @@ pub fn init_logging(format: LogFormat, command: &Command) -> Option<log_writer::
         _ => None,
     };
     let (queue, flush) = queued.unzip();
+    let output = queue.map_or(log_writer::Output::Stderr, log_writer::Output::Queued);
     let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
-    let fmt = match (format, queue) {
-        (LogFormat::Text, Some(queue)) => fmt.fmt_fields(PlainFields).with_writer(queue).boxed(),
-        (LogFormat::Text, None) => fmt
-            .fmt_fields(PlainFields)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        (LogFormat::Json, Some(queue)) => fmt.json().flatten_event(true).with_writer(queue).boxed(),
-        (LogFormat::Json, None) => fmt
-            .json()
-            .flatten_event(true)
-            .with_writer(std::io::stderr)
-            .boxed(),
+    let fmt = match format {
+        LogFormat::Text => fmt.fmt_fields(PlainFields).with_writer(output).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_writer(output).boxed(),
     };
     // `init` also routes the `log` crate's records (rustls, ...) through the
     // same filter, by their own targets.

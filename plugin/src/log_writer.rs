@@ -124,6 +124,25 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Queue {
     }
 }
 
+/// Where the log's lines go: `serve`'s queue, or straight to stderr (the
+/// other commands write a few lines, in order with what they print).
+pub enum Output {
+    Queued(Queue),
+    Stderr,
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Output {
+    type Writer = tracing_subscriber::fmt::writer::EitherWriter<&'a Queue, std::io::Stderr>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        use tracing_subscriber::fmt::writer::EitherWriter;
+        match self {
+            Output::Queued(queue) => EitherWriter::A(queue),
+            Output::Stderr => EitherWriter::B(std::io::stderr()),
+        }
+    }
+}
+
 /// Writes what is still queued and stops the writer thread when dropped,
 /// waiting at most [`FLUSH_TIMEOUT`] (then the lines still queued are lost
 /// with the process: stderr was not being read).
