@@ -114,6 +114,24 @@ EOF
 # A plugin's failed lookups so far (it answers them 200 with an Err).
 failures() { grep -c "secret lookup failed" "$work/$1.log" || true; }
 
+expect_answers() { # SUFFIX BODY_FILE WANT ROWS...: each row's socket answers WANT
+  local suffix=$1 body=$2 want=$3 row got
+  shift 3
+  for row; do
+    got=$(ask "$work/$row$suffix.sock" "$body")
+    [[ $got == "$want" ]] || { echo "oha.sh: $row answers $got, not $want" >&2; exit 1; }
+  done
+}
+
+expect_no_failures() { # SUFFIX ROWS...: no row's log has a failed lookup
+  local suffix=$1 row n
+  shift
+  for row; do
+    n=$(failures "$row$suffix")
+    ((n == 0)) || { echo "oha.sh: $row failed $n lookups (see its log)" >&2; exit 1; }
+  done
+}
+
 # Rows in order, reversed on odd rounds: each row's neighbours alternate.
 ordered() { # ROUND ROWS...
   local round=$1
@@ -152,11 +170,7 @@ cache_ttl = \"1h\""
     hit_rows+=(baseline)
   fi
   engine_request bench '{}' x9q1w2e3r4t5 >"$work/hit.json"
-  want=$(ask "$work/floor.sock" "$work/hit.json")
-  for row in "${hit_rows[@]:1}"; do
-    got=$(ask "$work/$row.sock" "$work/hit.json")
-    [[ $got == "$want" ]] || { echo "oha.sh: $row answers $got, the floor $want" >&2; exit 1; }
-  done
+  expect_answers "" "$work/hit.json" "$(ask "$work/floor.sock" "$work/hit.json")" "${hit_rows[@]:1}"
   echo "hit: oha -z ${seconds}s -c C -m POST -D <engine request> --unix-socket SOCKET http://plugin/SecretProvider.GetSecret"
   for ((round = 0; round < rounds; round++)); do
     for c in 1 64 256; do
@@ -166,10 +180,7 @@ cache_ttl = \"1h\""
       done < <(ordered "$round" "${hit_rows[@]}")
     done
   done
-  for row in "${hit_rows[@]:1}"; do
-    n=$(failures "$row")
-    ((n == 0)) || { echo "oha.sh: $row failed $n lookups (see its log)" >&2; exit 1; }
-  done
+  expect_no_failures "" "${hit_rows[@]:1}"
 fi
 
 if [[ $what == miss || $what == all ]]; then
@@ -206,10 +217,7 @@ auth = { method = \"token\", token_file = \"$work/root-token\" }"
   # asking again, answered from the per-task store without a backend call.
   engine_request bench '{"vaultbridge.path":"bench","vaultbridge.field":"pw","vaultbridge.reuse":"false"}' '' >"$work/miss.json"
   want=$(printf '{"Value":"%s","DoNotReuse":true}' "$(printf '%s' "$secret" | base64 -w0)")
-  for row in "${miss_rows[@]:1}"; do
-    got=$(ask "$work/$row-miss.sock" "$work/miss.json")
-    [[ $got == "$want" ]] || { echo "oha.sh: $row answers $got" >&2; exit 1; }
-  done
+  expect_answers -miss "$work/miss.json" "$want" "${miss_rows[@]:1}"
   curl -sf -H "X-Vault-Token: root" "$addr/v1/secret/data/bench" | grep -q "$secret" ||
     { echo "oha.sh: the direct read does not return the secret" >&2; exit 1; }
   echo "miss: oha -z ${seconds}s -c C -m POST -D <engine request, reuse=false> --unix-socket SOCKET http://plugin/SecretProvider.GetSecret"
@@ -226,10 +234,7 @@ auth = { method = \"token\", token_file = \"$work/root-token\" }"
       done < <(ordered "$round" "${miss_rows[@]}")
     done
   done
-  for row in "${miss_rows[@]:1}"; do
-    n=$(failures "$row-miss")
-    ((n == 0)) || { echo "oha.sh: $row failed $n lookups (see its log)" >&2; exit 1; }
-  done
+  expect_no_failures -miss "${miss_rows[@]:1}"
 fi
 
 echo
