@@ -201,8 +201,7 @@ impl Plugin {
             .is_some_and(|child| matches!(child.try_wait(), Ok(None)))
     }
 
-    /// Everything the plugin has logged so far (stdout and stderr).
-    /// Everything the plugin has logged so far. `serve` writes its log from
+    /// Everything the plugin has logged so far (stdout and stderr). `serve` writes its log from
     /// a queue (a line reaches the file a few milliseconds after its
     /// request is answered): first wait until the plugin reports nothing
     /// left to write (`vaultbridge_log_queue_bytes` 0), unless it does not
