@@ -458,45 +458,68 @@ impl Swarm {
         )
     }
 
-    /// Make `target` the leader: demote the other managers (the leader
-    /// hands leadership over when it is demoted) until `target` leads,
+    /// Make `target` the leader: demote the other managers, the current
+    /// leader last (it then hands leadership to the one manager left),
     /// then promote them back and wait until they are reachable again.
     pub fn make_leader(&self, target: usize) {
-        let node = &self.nodes[target];
-        let others: Vec<usize> = (0..self.nodes.len())
+        let leader = self.leader();
+        let mut others: Vec<usize> = (0..self.nodes.len())
             .filter(|&i| i != target && self.nodes[i].manager)
             .collect();
+        others.sort_by_key(|&i| Some(i) == leader);
         for &other in &others {
-            node_role_change(node, "demote", &self.nodes[other].name);
-            poll(
-                &format!("{} to be demoted", self.nodes[other].name),
-                Duration::from_secs(60),
-                || {
-                    node.try_docker(&[
-                        "node",
-                        "inspect",
-                        "-f",
-                        "{{.Spec.Role}}",
-                        &self.nodes[other].name,
-                    ])
-                    .ok()
-                    .filter(|role| role == "worker")
-                },
-                || self.node_table().join("\n"),
-            );
+            self.set_role(target, other, "worker");
         }
         poll(
-            &format!("{} to lead", node.name),
+            &format!("{} to lead", self.nodes[target].name),
             Duration::from_secs(60),
             || (self.leader() == Some(target)).then_some(()),
             || self.node_table().join("\n"),
         );
         for &other in &others {
-            node_role_change(node, "promote", &self.nodes[other].name);
+            self.set_role(target, other, "manager");
         }
         for &other in &others {
             self.wait_reachable(other, Duration::from_secs(90));
         }
+    }
+
+    /// `docker node demote|promote` node `of`, asked of node `via`, until
+    /// its spec says `role`. While the cluster reconfigures the engine
+    /// answers "update out of sequence", or "node lost leader status" when
+    /// the leader demotes itself (applied or not): the role is read again
+    /// and the command repeated.
+    fn set_role(&self, via: usize, of: usize, role: &str) {
+        const RECONFIGURING: [&str; 5] = [
+            "update out of sequence",
+            "node lost leader status",
+            "does not have a leader",
+            "code = Unavailable",
+            "context deadline exceeded",
+        ];
+        let (via, name) = (&self.nodes[via], &self.nodes[of].name);
+        let verb = if role == "worker" {
+            "demote"
+        } else {
+            "promote"
+        };
+        let role_now = || via.try_docker(&["node", "inspect", "-f", "{{.Spec.Role}}", name]);
+        poll(
+            &format!("{name}'s role to be {role}"),
+            Duration::from_secs(90),
+            || {
+                if role_now().is_ok_and(|now| now == role) {
+                    return Some(());
+                }
+                match via.try_docker(&["node", verb, name]) {
+                    Err(err) if !RECONFIGURING.iter().any(|e| err.contains(e)) => {
+                        panic!("{err}")
+                    }
+                    _ => None,
+                }
+            },
+            || self.node_table().join("\n"),
+        );
     }
 
     /// Build the plugin on the first manager, push it to the hub's
@@ -615,22 +638,6 @@ impl Swarm {
         }
         text
     }
-}
-
-/// `docker node demote|promote NAME` via `node`. The node object changes
-/// under the command while the cluster reconfigures ("update out of
-/// sequence"): that answer is retried.
-fn node_role_change(node: &Node, verb: &str, name: &str) {
-    poll(
-        &format!("docker node {verb} {name}"),
-        Duration::from_secs(60),
-        || match node.try_docker(&["node", verb, name]) {
-            Ok(_) => Some(()),
-            Err(err) if err.contains("update out of sequence") => None,
-            Err(err) => panic!("{err}"),
-        },
-        || format!("the engine kept answering 'update out of sequence' to {verb} {name}"),
-    );
 }
 
 /// One row of `docker service ps`.

@@ -829,7 +829,23 @@ fn failover_across_managers() {
         "{report}"
     );
     let before_leading = swarm.nodes[odd].plugin_lines().len();
-    let app_running = swarm.running(odd, "app");
+    // make_leader demotes and re-promotes the other managers. While such a
+    // node's agent restarts in its new role the new leader may mark it
+    // Down, and the engine then moves its tasks: its rule for a node that
+    // is down, nothing the plugin does. So the tasks watched here are those
+    // on the nodes that keep their role: the new leader and the worker.
+    let app_running: Vec<Task> = swarm
+        .running(odd, "app")
+        .into_iter()
+        .filter(|t| {
+            t.node == odd_name || swarm.nodes.iter().any(|n| n.name == t.node && !n.manager)
+        })
+        .collect();
+    assert!(
+        !app_running.is_empty(),
+        "no app task on {odd_name} or the worker:\n{}",
+        swarm.describe(odd, "app")
+    );
     swarm.make_leader(odd);
     let skip = swarm.nodes[odd].plugin_lines().len();
     let mut doomed = ServiceSpec::new("doomed", "vbfo_vault", "db");
