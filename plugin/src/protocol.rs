@@ -97,6 +97,27 @@ impl<'a> GetSecretResponse<'a> {
     }
 }
 
+/// The JSON of `GetSecretResponse::value(value, do_not_reuse)`, byte for
+/// byte as serde_json writes it, built in one buffer: base64 text needs no
+/// JSON escaping, so the encoded value goes straight in.
+pub fn value_json(value: &[u8], do_not_reuse: bool) -> Vec<u8> {
+    let tail = if do_not_reuse {
+        r#""DoNotReuse":true}"#
+    } else {
+        r#""DoNotReuse":false}"#
+    };
+    if value.is_empty() {
+        return format!("{{{tail}").into_bytes();
+    }
+    let encoded = base64::encoded_len(value.len(), true).unwrap_or(0);
+    let mut json = String::with_capacity(12 + encoded + tail.len());
+    json.push_str(r#"{"Value":""#);
+    base64::engine::general_purpose::STANDARD.encode_string(value, &mut json);
+    json.push_str("\",");
+    json.push_str(tail);
+    json.into_bytes()
+}
+
 fn as_base64<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
 }
@@ -144,6 +165,16 @@ mod tests {
 
         let empty: GetSecretRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(empty.secret_name, "");
+    }
+
+    #[test]
+    fn value_json_is_what_serde_writes() {
+        for value in [&b""[..], b"x", b"pw", b"supersecret", &[0, 255, 34, 92, 10]] {
+            for do_not_reuse in [false, true] {
+                let serde = serde_json::to_vec(&GetSecretResponse::value(value, do_not_reuse));
+                assert_eq!(value_json(value, do_not_reuse), serde.unwrap());
+            }
+        }
     }
 
     #[test]
