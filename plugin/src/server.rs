@@ -116,7 +116,7 @@ async fn get_secret(
             return error_response(status, &message);
         }
     };
-    let request: GetSecretRequest = match serde_json::from_slice(&body) {
+    let request = match GetSecretRequest::parse(&body) {
         Ok(request) => request,
         Err(err) => {
             // serde's message can quote the input: keep it bounded and escaped.
