@@ -3,12 +3,6 @@ use std::process::ExitCode;
 use clap::Parser;
 use vaultbridge::cli::{Cli, init_logging, run};
 
-/// mimalloc instead of the C library's allocator: a GetSecret allocates
-/// and frees dozens of small blocks (request fields, keys, the answer),
-/// across the runtime's worker threads.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
