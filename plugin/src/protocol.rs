@@ -197,8 +197,7 @@ mod tests {
         ];
         for body in bodies {
             let ours = GetSecretRequest::parse(body).map(|r| format!("{r:?}"));
-            let serde =
-                serde_json::from_slice::<GetSecretRequest>(body).map(|r| format!("{r:?}"));
+            let serde = serde_json::from_slice::<GetSecretRequest>(body).map(|r| format!("{r:?}"));
             match (ours, serde) {
                 (Ok(ours), Ok(serde)) => assert_eq!(ours, serde),
                 (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
