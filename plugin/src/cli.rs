@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::config::{Config, Source};
-use crate::log_format::PlainFields;
+use crate::log_format::{CachedTime, PlainFields};
 use crate::log_writer;
 use crate::metrics;
 use crate::metrics_listener;
@@ -209,7 +209,9 @@ pub fn init_logging(format: LogFormat, command: &Command) -> Option<log_writer::
     };
     let (queue, flush) = queued.unzip();
     let output = queue.map_or(log_writer::Output::Stderr, log_writer::Output::Queued);
-    let fmt = tracing_subscriber::fmt::layer().with_ansi(false);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_ansi(false)
+        .with_timer(CachedTime);
     let fmt = match format {
         LogFormat::Text => fmt.fmt_fields(PlainFields).with_writer(output).boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_writer(output).boxed(),

@@ -126,6 +126,12 @@ impl Issued {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether no value is remembered: then [`Self::get`] finds nothing,
+    /// and a caller need not build the key to ask it.
+    pub fn is_empty(&self) -> bool {
+        self.lock().entries.is_empty()
+    }
+
     /// The value `task` already got, if it is still valid.
     pub fn get(&self, task: &TaskSecret) -> Option<Value> {
         let mut state = self.lock();

@@ -25,7 +25,7 @@
 //! - [`cli`]: `serve`, `check` (also `check --stack`), `get`, `rotate`.
 //! - [`log_writer`]: `serve`'s log lines, written to stderr by a thread of
 //!   their own (bounded; drops counted and reported); `log_format`: the
-//!   text format's fields, written with less machinery.
+//!   text format's fields and the timestamps, written with less machinery.
 //! - [`rotate`]: the rotation controller (the one part with a Docker socket).
 //!
 //! Backends live in the `vaultbridge-providers` crate; unit tests use an

@@ -37,6 +37,19 @@ pub struct GetSecretRequest {
     pub service_endpoint_spec: EndpointSpec,
 }
 
+impl GetSecretRequest {
+    /// The engine's body, parsed exactly as `serde_json::from_slice` parses
+    /// it, with one UTF-8 check of the whole body instead of one per string
+    /// (serde_json's `str` reader skips its own). A body that is not UTF-8
+    /// is parsed as bytes, so that it fails with the same message as ever.
+    pub fn parse(body: &[u8]) -> serde_json::Result<Self> {
+        match std::str::from_utf8(body) {
+            Ok(text) => serde_json::from_str(text),
+            Err(_) => serde_json::from_slice(body),
+        }
+    }
+}
+
 /// The service's endpoint spec. The engine encodes enums as integers.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -97,6 +110,27 @@ impl<'a> GetSecretResponse<'a> {
     }
 }
 
+/// The JSON of `GetSecretResponse::value(value, do_not_reuse)`, byte for
+/// byte as serde_json writes it, built in one buffer: base64 text needs no
+/// JSON escaping, so the encoded value goes straight in.
+pub fn value_json(value: &[u8], do_not_reuse: bool) -> Vec<u8> {
+    let tail = if do_not_reuse {
+        r#""DoNotReuse":true}"#
+    } else {
+        r#""DoNotReuse":false}"#
+    };
+    if value.is_empty() {
+        return format!("{{{tail}").into_bytes();
+    }
+    let encoded = base64::encoded_len(value.len(), true).unwrap_or(0);
+    let mut json = String::with_capacity(12 + encoded + tail.len());
+    json.push_str(r#"{"Value":""#);
+    base64::engine::general_purpose::STANDARD.encode_string(value, &mut json);
+    json.push_str("\",");
+    json.push_str(tail);
+    json.into_bytes()
+}
+
 fn as_base64<S: serde::Serializer>(bytes: &&[u8], serializer: S) -> Result<S::Ok, S::Error> {
     serializer.serialize_str(&base64::engine::general_purpose::STANDARD.encode(bytes))
 }
@@ -144,6 +178,42 @@ mod tests {
 
         let empty: GetSecretRequest = serde_json::from_str("{}").unwrap();
         assert_eq!(empty.secret_name, "");
+    }
+
+    #[test]
+    fn parse_is_from_slice_with_one_utf8_check() {
+        let bodies: [&[u8]; 11] = [
+            br#"{"SecretName":"st_db","SecretLabels":{"a":"b"},"TaskID":"t1","Extra":[1,{"x":null}]}"#,
+            br#"{"SecretName":"caf\u00e9 \"q\"","ServiceLabels":null,"ServiceEndpointSpec":null}"#,
+            "{\"SecretName\":\"é∑😀\"}".as_bytes(),
+            b"{\"SecretName\":\"\xff\xfe\"}",
+            b"{\"SecretName\":\"x\"}\xff",
+            b"\xc3{}",
+            br#"{"SecretName":1}"#,
+            b"{\"SecretName\":\"a\x01b\"}",
+            br#"{"ServiceEndpointSpec":{"Ports":[{"TargetPort":-1}]}}"#,
+            br#"{"SecretName":"\ud800"}"#,
+            b"{nope",
+        ];
+        for body in bodies {
+            let ours = GetSecretRequest::parse(body).map(|r| format!("{r:?}"));
+            let serde = serde_json::from_slice::<GetSecretRequest>(body).map(|r| format!("{r:?}"));
+            match (ours, serde) {
+                (Ok(ours), Ok(serde)) => assert_eq!(ours, serde),
+                (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
+                (ours, serde) => panic!("{body:?}: {ours:?} / {serde:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn value_json_is_what_serde_writes() {
+        for value in [&b""[..], b"x", b"pw", b"supersecret", &[0, 255, 34, 92, 10]] {
+            for do_not_reuse in [false, true] {
+                let serde = serde_json::to_vec(&GetSecretResponse::value(value, do_not_reuse));
+                assert_eq!(value_json(value, do_not_reuse), serde.unwrap());
+            }
+        }
     }
 
     #[test]

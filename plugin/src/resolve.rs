@@ -515,14 +515,25 @@ impl Resolver {
                 minted: fetched.per_task,
             });
         }
-        let key = cache_key(upstream, lookup);
+        self.resolve_shared(upstream, lookup, &cache_key(upstream, lookup))
+            .await
+    }
+
+    /// [`Self::resolve`] of a shared lookup (`reuse`), whose cache key is
+    /// `key`: through the cache.
+    async fn resolve_shared(
+        &self,
+        upstream: &Arc<Upstream>,
+        lookup: &Lookup,
+        key: &Key,
+    ) -> Result<Resolved, ResolveError> {
         let lifetimes = Lifetimes {
             ttl: upstream.tuning.cache_ttl,
             max_stale: upstream.tuning.max_stale,
         };
         let (fetched, source) = self
             .cache
-            .get_or_fetch(&key, lifetimes, || {
+            .get_or_fetch(key, lifetimes, || {
                 fetch_and_shape(upstream.clone(), lookup.clone())
             })
             .await?;
@@ -549,13 +560,19 @@ impl Resolver {
         if task_id.is_empty() {
             return self.resolve(upstream, lookup).await;
         }
-        let task = TaskSecret {
+        let key = cache_key(upstream, lookup);
+        let task_secret = |lookup_key: Key| TaskSecret {
             task_id: task_id.to_string(),
             secret_name: secret_name.to_string(),
-            lookup: cache_key(upstream, lookup),
+            lookup: lookup_key,
             reuse: lookup.reuse,
         };
-        if let Some(value) = self.issued.get(&task) {
+        // With nothing remembered (no per-task value handed out, as for
+        // shared secrets) there is nothing to find: the task's key is built
+        // only when it can be used.
+        if !self.issued.is_empty()
+            && let Some(value) = self.issued.get(&task_secret(key.clone()))
+        {
             return Ok(Resolved {
                 value,
                 per_task: true,
@@ -567,15 +584,15 @@ impl Resolver {
         // A value this backend mints may have been minted for this task by
         // another manager's plugin (before a failover). Not asked when the
         // cache holds the lookup: then its value is shared, never minted.
-        let shared = (upstream.provider.shares_issued(&lookup.path)
-            && !self.cache.holds(&task.lookup))
-        .then(|| task.shared_key())
-        .flatten();
+        let shared = (upstream.provider.shares_issued(&lookup.path) && !self.cache.holds(&key))
+            .then(|| task_secret(key.clone()).shared_key())
+            .flatten();
         if let Some(shared) = &shared
             && let Some(recalled) = recall(upstream, lookup, shared).await
         {
             let value: cache::Value = Arc::new(recalled.expose().to_vec().into());
-            self.issued.insert(task, value.clone(), recalled.lease);
+            self.issued
+                .insert(task_secret(key), value.clone(), recalled.lease);
             return Ok(Resolved {
                 value,
                 per_task: true,
@@ -584,10 +601,14 @@ impl Resolver {
                 minted: false,
             });
         }
-        let resolved = self.resolve(upstream, lookup).await?;
+        let resolved = if lookup.reuse {
+            self.resolve_shared(upstream, lookup, &key).await?
+        } else {
+            self.resolve(upstream, lookup).await?
+        };
         if resolved.per_task {
             self.issued
-                .insert(task, resolved.value.clone(), resolved.lease);
+                .insert(task_secret(key), resolved.value.clone(), resolved.lease);
             if let Some(shared) = shared
                 && resolved.minted
             {

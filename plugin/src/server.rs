@@ -116,7 +116,7 @@ async fn get_secret(
             return error_response(status, &message);
         }
     };
-    let request: GetSecretRequest = match serde_json::from_slice(&body) {
+    let request = match GetSecretRequest::parse(&body) {
         Ok(request) => request,
         Err(err) => {
             // serde's message can quote the input: keep it bounded and escaped.
@@ -212,10 +212,8 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
                 duration_ms,
                 "secret served"
             );
-            json_response(
-                StatusCode::OK,
-                &GetSecretResponse::value(value, resolved.per_task),
-            )
+            let body = crate::protocol::value_json(value, resolved.per_task);
+            (StatusCode::OK, [content_type()], body).into_response()
         }
         Err(failure) => {
             metrics.answered(answer.provider.as_deref(), failure.outcome, None, elapsed);
@@ -301,9 +299,15 @@ fn audit_records<'a>(
     records
 }
 
+/// The plugin protocol's `Content-Type`, as a static value: parsing and
+/// copying the text again for every answer costs an allocation.
+fn content_type() -> (header::HeaderName, HeaderValue) {
+    (header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))
+}
+
 fn json_response<T: serde::Serialize>(status: StatusCode, body: &T) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], bytes).into_response(),
+        Ok(bytes) => (status, [content_type()], bytes).into_response(),
         Err(err) => error_response(StatusCode::INTERNAL_SERVER_ERROR, &err.to_string()),
     }
 }
@@ -314,7 +318,7 @@ pub fn error_response(status: StatusCode, message: &str) -> Response {
         err: message.to_string(),
     })
     .unwrap_or_else(|_| br#"{"Err":"internal error"}"#.to_vec());
-    (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
+    (status, [content_type()], body).into_response()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -22,6 +22,12 @@ pub const MAX_SHOWN_CHARS: usize = 200;
 /// private-use characters (whose look depends on the font). The same set is
 /// refused in secret paths ([`crate::path`]).
 pub fn is_unsafe_char(c: char) -> bool {
+    // Most text is ASCII, where only the control characters are unsafe:
+    // every other class starts above it. Called for every character of
+    // every name a request shows or a path holds.
+    if c.is_ascii() {
+        return c.is_ascii_control();
+    }
     c.is_control() || is_format_or_private(c)
 }
 
@@ -130,6 +136,17 @@ pub fn truncate(mut text: String, max: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_ascii_shortcut_agrees_with_the_classes() {
+        for c in (0..=0x7f_u8).map(char::from) {
+            assert_eq!(
+                is_unsafe_char(c),
+                c.is_control() || is_format_or_private(c),
+                "{c:?}"
+            );
+        }
+    }
 
     #[test]
     fn cause_chains_say_each_cause_once_and_truncation_keeps_characters() {
