@@ -1,0 +1,436 @@
+//! Our HTTP/1.1 client for the calls that read secrets ([`super::http::Http::send`]).
+//!
+//! A cache miss waits on this call, so it does only what a Vault call
+//! needs: keep-alive connections kept in a small pool, each driven by the
+//! task of the request using it (hyper's `Connection` polled next to the
+//! answer, not spawned: no connection task, no wake-up of another thread),
+//! and no redirects, proxies, decompression or retry layers to pass
+//! through. The caller builds the request head (`Http` prepares the fixed
+//! part once).
+
+use std::future::poll_fn;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Method, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::{self, SendRequest};
+use hyper_util::rt::TokioIo;
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+/// Idle connections kept for later calls; more are closed. Above the
+/// number of calls a plugin has in flight at once in practice.
+const MAX_IDLE: usize = 32;
+
+/// An idle connection older than this is closed rather than used: servers
+/// and load balancers close idle connections after a while (Vault after
+/// 5 minutes, many proxies sooner), and one closed under our request costs
+/// a retry or, for a call that is never sent twice, a failure.
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// Where and how to connect, and the connections kept open.
+pub(crate) struct Client {
+    /// The configured host (not `tls_server_name`) and port.
+    host: Host,
+    port: u16,
+    /// For https: the connector and the name for SNI and verification.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    idle: Mutex<Vec<Idle>>,
+}
+
+enum Host {
+    Name(String),
+    Ip(IpAddr),
+}
+
+/// One request, as [`Client::call`] may send it twice (a GET after a
+/// reused connection failed under it).
+pub(crate) struct Call<'a> {
+    pub method: &'a Method,
+    /// Origin form: path and query, already encoded.
+    pub target: &'a str,
+    /// The headers every request carries (prepared once).
+    pub headers: &'a HeaderMap,
+    /// X-Vault-Token (sensitive).
+    pub token: HeaderValue,
+    /// A JSON body.
+    pub body: Option<Bytes>,
+    /// Whether the request may be sent again when a reused connection
+    /// failed before any answer (the server had closed it while idle).
+    pub may_resend: bool,
+}
+
+/// A complete answer, of any status.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<HeaderValue>,
+    pub body: Vec<u8>,
+}
+
+/// Why a call has no answer.
+#[derive(Debug)]
+pub(crate) enum Error {
+    /// Nothing was sent: no connection, or TLS refused it.
+    Connect { message: String, tls: bool },
+    /// The request was handed to the connection, so it may have been
+    /// acted on: the connection failed, or the answer was not HTTP.
+    Exchange { message: String },
+    /// The answer's body is larger than allowed; reading stopped.
+    TooLarge,
+    /// The deadline passed; `sent` as for the two above.
+    Timeout { sent: bool },
+}
+
+/// A connection: the handle to send on and the state machine that does
+/// the I/O (polled only while a request is on it).
+struct Conn {
+    sender: SendRequest<Full<Bytes>>,
+    driver: http1::Connection<TokioIo<Stream>, Full<Bytes>>,
+}
+
+struct Idle {
+    conn: Conn,
+    since: Instant,
+}
+
+/// How an exchange on one connection ended without an answer.
+enum Failed {
+    /// The connection was closed before the request was written.
+    NotSent(hyper::Error),
+    /// No answer (may have been sent).
+    NoAnswer(hyper::Error),
+    /// The answer began but its body failed.
+    Body(hyper::Error),
+    TooLarge,
+}
+
+impl Client {
+    /// `address` is where to connect; `tls` (https only) with the name to
+    /// present and verify (`tls_server_name`, else the address's host).
+    pub fn new(
+        address: &reqwest::Url,
+        tls: Option<(Arc<rustls::ClientConfig>, ServerName<'static>)>,
+        connect_timeout: Duration,
+    ) -> Self {
+        let shown = address.host_str().unwrap_or_default();
+        // An IPv6 address comes in brackets.
+        let bare = shown.trim_start_matches('[').trim_end_matches(']');
+        let host = match bare.parse::<IpAddr>() {
+            Ok(ip) => Host::Ip(ip),
+            Err(_) => Host::Name(shown.to_string()),
+        };
+        Self {
+            host,
+            port: address.port_or_known_default().unwrap_or(443),
+            tls: tls.map(|(config, name)| (TlsConnector::from(config), name)),
+            connect_timeout,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Send `call` and read the whole answer (at most `max_body` bytes of
+    /// body) before `deadline`.
+    pub async fn call(
+        &self,
+        call: &Call<'_>,
+        max_body: usize,
+        deadline: Instant,
+    ) -> Result<Answer, Error> {
+        let (mut conn, mut reused) = match self.take_idle() {
+            Some(conn) => (conn, true),
+            None => (self.connect(deadline).await?, false),
+        };
+        loop {
+            let exchange = exchange(&mut conn, request(call), max_body);
+            let failed = match tokio::time::timeout_at(deadline, exchange).await {
+                Err(_elapsed) => return Err(Error::Timeout { sent: true }),
+                Ok(Ok((answer, reusable))) => {
+                    if reusable {
+                        self.keep(conn);
+                    }
+                    return Ok(answer);
+                }
+                Ok(Err(failed)) => failed,
+            };
+            // A connection that waited in the pool may have been closed by
+            // the server meanwhile: then it never read our request, and the
+            // request is sent once more on a new connection (a request that
+            // was certainly not written: always; one that may have been:
+            // only if it may be sent twice).
+            let again = reused
+                && match &failed {
+                    Failed::NotSent(_) => true,
+                    Failed::NoAnswer(_) => call.may_resend,
+                    Failed::Body(_) | Failed::TooLarge => false,
+                };
+            let first_may_have_left = !matches!(failed, Failed::NotSent(_));
+            if !again {
+                return Err(match failed {
+                    Failed::NotSent(err) if !reused => Error::Connect {
+                        message: crate::text::cause_chain(&err),
+                        tls: false,
+                    },
+                    Failed::NotSent(err) | Failed::NoAnswer(err) | Failed::Body(err) => {
+                        Error::Exchange {
+                            message: crate::text::cause_chain(&err),
+                        }
+                    }
+                    Failed::TooLarge => Error::TooLarge,
+                });
+            }
+            conn = self.connect(deadline).await.map_err(|err| match err {
+                // Not connecting again does not unsend the first attempt.
+                Error::Connect { message, .. } if first_may_have_left => {
+                    Error::Exchange { message }
+                }
+                Error::Timeout { .. } => Error::Timeout {
+                    sent: first_may_have_left,
+                },
+                other => other,
+            })?;
+            reused = false;
+        }
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn take_idle(&self) -> Option<Conn> {
+        loop {
+            let Idle { mut conn, since } = self.idle.lock().ok()?.pop()?;
+            if since.elapsed() < IDLE_LIMIT && still_open(&mut conn) {
+                return Some(conn);
+            }
+        }
+    }
+
+    fn keep(&self, conn: Conn) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+    }
+
+    /// A new connection (TCP, then TLS for https), within the connect
+    /// timeout and the call's deadline.
+    async fn connect(&self, deadline: Instant) -> Result<Conn, Error> {
+        let limit = deadline.min(Instant::now() + self.connect_timeout);
+        match tokio::time::timeout_at(limit, self.open()).await {
+            Ok(result) => result,
+            Err(_elapsed) => Err(Error::Timeout { sent: false }),
+        }
+    }
+
+    async fn open(&self) -> Result<Conn, Error> {
+        let not_connected = |message: String| Error::Connect {
+            message,
+            tls: false,
+        };
+        let addresses: Vec<SocketAddr> = match &self.host {
+            Host::Ip(ip) => vec![SocketAddr::new(*ip, self.port)],
+            Host::Name(name) => tokio::net::lookup_host((name.as_str(), self.port))
+                .await
+                .map_err(|err| not_connected(format!("cannot resolve {name}: {err}")))?
+                .collect(),
+        };
+        let mut last_error = None;
+        let mut tcp = None;
+        for address in addresses {
+            match TcpStream::connect(address).await {
+                Ok(stream) => {
+                    tcp = Some(stream);
+                    break;
+                }
+                Err(err) => last_error = Some(format!("connect to {address}: {err}")),
+            }
+        }
+        let tcp = tcp.ok_or_else(|| {
+            not_connected(last_error.unwrap_or_else(|| "the host has no address".into()))
+        })?;
+        // Requests are small and answered at once: no Nagle delay.
+        tcp.set_nodelay(true)
+            .map_err(|err| not_connected(err.to_string()))?;
+        let stream =
+            match &self.tls {
+                None => Stream::Plain(tcp),
+                Some((connector, name)) => {
+                    let tls = connector.connect(name.clone(), tcp).await.map_err(|err| {
+                        Error::Connect {
+                            message: crate::text::cause_chain(&err),
+                            tls: true,
+                        }
+                    })?;
+                    Stream::Tls(Box::new(tls))
+                }
+            };
+        let (sender, driver) = http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|err| not_connected(crate::text::cause_chain(&err)))?;
+        Ok(Conn { sender, driver })
+    }
+}
+
+fn request(call: &Call<'_>) -> Request<Full<Bytes>> {
+    let mut request = Request::new(Full::new(call.body.clone().unwrap_or_default()));
+    *request.method_mut() = call.method.clone();
+    *request.uri_mut() = match http::Uri::try_from(call.target) {
+        Ok(uri) => uri,
+        // `Http` builds the target from encoded parts only; a bad one is
+        // a bug, and goes out as "/" to get an error rather than a panic.
+        Err(_) => http::Uri::from_static("/"),
+    };
+    let headers = request.headers_mut();
+    *headers = call.headers.clone();
+    headers.insert("x-vault-token", call.token.clone());
+    if call.body.is_some() {
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    }
+    request
+}
+
+/// Whether an idle connection is still usable: polling it once reads
+/// what arrived meanwhile, so a close by the server is seen here instead
+/// of under the next request.
+fn still_open(conn: &mut Conn) -> bool {
+    let waker = std::task::Waker::noop();
+    let mut cx = Context::from_waker(waker);
+    Pin::new(&mut conn.driver).poll(&mut cx).is_pending() && !conn.sender.is_closed()
+}
+
+/// One request and its whole answer on `conn`, driving the connection in
+/// this task; whether the connection can serve another request after it.
+async fn exchange(
+    conn: &mut Conn,
+    request: Request<Full<Bytes>>,
+    max_body: usize,
+) -> Result<(Answer, bool), Failed> {
+    let Conn { sender, driver } = conn;
+    let answer =
+        async {
+            sender.ready().await.map_err(Failed::NotSent)?;
+            let response = sender.try_send_request(request).await.map_err(|mut err| {
+                match err.take_message() {
+                    Some(_) => Failed::NotSent(err.into_error()),
+                    None => Failed::NoAnswer(err.into_error()),
+                }
+            })?;
+            let status = response.status().as_u16();
+            let retry_after = response.headers().get(RETRY_AFTER).cloned();
+            let closing = response
+                .headers()
+                .get_all(CONNECTION)
+                .iter()
+                .any(|value| value.as_bytes().eq_ignore_ascii_case(b"close"));
+            // Bounded: a hostile or broken server must not make us buffer
+            // gigabytes.
+            let mut body = response.into_body();
+            let mut bytes = Vec::new();
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.map_err(Failed::Body)?.into_data() {
+                    if bytes.len() + data.len() > max_body {
+                        return Err(Failed::TooLarge);
+                    }
+                    bytes.extend_from_slice(&data);
+                }
+            }
+            let answer = Answer {
+                status,
+                retry_after,
+                body: bytes,
+            };
+            Ok((answer, !closing))
+        };
+    tokio::pin!(answer);
+    let mut driver_done = false;
+    let (answer, keep_alive) = loop {
+        tokio::select! {
+            biased;
+            result = &mut answer => break result?,
+            // Ended (closed or failed): the answer's side sees it too.
+            _ = &mut *driver, if !driver_done => driver_done = true,
+        }
+    };
+    // Reusable only if the connection is still open after the answer.
+    let reusable = keep_alive
+        && !driver_done
+        && poll_fn(|cx| Poll::Ready(Pin::new(&mut *driver).poll(cx).is_pending())).await;
+    Ok((answer, reusable))
+}
+
+/// TCP or TLS over TCP.
+enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Stream::Plain(s) => s.is_write_vectored(),
+            Stream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
