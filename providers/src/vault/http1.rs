@@ -151,6 +151,9 @@ impl Client {
             Some(conn) => (conn, true),
             None => (self.connect(deadline).await?, false),
         };
+        // Whether an earlier attempt may have reached the server: then no
+        // later failure can say "not sent".
+        let mut may_have_left = false;
         loop {
             let exchange = exchange(&mut conn, request(call), max_body);
             let failed = match tokio::time::timeout_at(deadline, exchange).await {
@@ -174,10 +177,9 @@ impl Client {
                     Failed::NoAnswer(_) => call.may_resend,
                     Failed::Body(_) | Failed::TooLarge => false,
                 };
-            let first_may_have_left = !matches!(failed, Failed::NotSent(_));
             if !again {
                 return Err(match failed {
-                    Failed::NotSent(err) if !reused => Error::Connect {
+                    Failed::NotSent(err) if !may_have_left => Error::Connect {
                         message: crate::text::cause_chain(&err),
                         tls: false,
                     },
@@ -189,13 +191,12 @@ impl Client {
                     Failed::TooLarge => Error::TooLarge,
                 });
             }
+            may_have_left |= !matches!(failed, Failed::NotSent(_));
             conn = self.connect(deadline).await.map_err(|err| match err {
                 // Not connecting again does not unsend the first attempt.
-                Error::Connect { message, .. } if first_may_have_left => {
-                    Error::Exchange { message }
-                }
+                Error::Connect { message, .. } if may_have_left => Error::Exchange { message },
                 Error::Timeout { .. } => Error::Timeout {
-                    sent: first_may_have_left,
+                    sent: may_have_left,
                 },
                 other => other,
             })?;
