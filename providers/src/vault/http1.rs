@@ -372,7 +372,7 @@ async fn exchange(
         waker.polling(cx.waker());
         let own = Waker::from(waker.clone());
         let mut own = Context::from_waker(&own);
-        loop {
+        for _ in 0..MAX_ROUNDS {
             if let Poll::Ready(result) = answer.as_mut().poll(&mut own) {
                 // Reusable only if the connection is still open after the
                 // answer (polled once more: it reads what came after).
@@ -391,9 +391,19 @@ async fn exchange(
                 return Poll::Pending;
             }
         }
+        // Still woken after that many rounds: tokio's cooperative budget
+        // is spent (a spent budget answers every poll with a wake and
+        // Pending), so polling on would never end. Back to the scheduler.
+        waker.idle();
+        cx.waker().wake_by_ref();
+        Poll::Pending
     })
     .await
 }
+
+/// Rounds of polls of both sides within one poll of the task; an exchange
+/// needs a handful.
+const MAX_ROUNDS: usize = 64;
 
 /// The waker a connection's two sides (hyper's `Connection` and our
 /// request and answer) are polled with. hyper's channels between them wake
