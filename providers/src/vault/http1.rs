@@ -391,9 +391,10 @@ async fn exchange(
                 return Poll::Pending;
             }
         }
-        // Still woken after that many rounds: tokio's cooperative budget
-        // is spent (a spent budget answers every poll with a wake and
-        // Pending), so polling on would never end. Back to the scheduler.
+        // Still woken after that many rounds: something wakes us on every
+        // poll (tokio defers the wake of a spent cooperative budget until
+        // the task is back in the scheduler, so not that today), and
+        // polling on might never end. Back to the scheduler.
         waker.idle();
         cx.waker().wake_by_ref();
         Poll::Pending
