@@ -398,6 +398,13 @@ fn tls_config(
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(rustls::ALL_VERSIONS)
         .map_err(cannot)?;
+    if skip_verify
+        && https
+        && let Some((path, ca_key)) = &tls.ca_file
+    {
+        // Not used, but a broken file is still reported at start-up.
+        crate::tls::ca_certificates(path, ca_key)?;
+    }
     let builder = if skip_verify {
         builder
             .dangerous()

@@ -97,7 +97,9 @@ pub(crate) enum Error {
 /// the I/O (polled only while a request is on it).
 struct Conn {
     sender: SendRequest<Full<Bytes>>,
-    driver: http1::Connection<TokioIo<Stream>, Full<Bytes>>,
+    /// Dropped as soon as it ends: only then does hyper hand a request it
+    /// had queued but not written back to us (as not sent).
+    driver: Option<http1::Connection<TokioIo<Stream>, Full<Bytes>>>,
     /// What both sides are polled with (see [`InTask`]).
     waker: Arc<InTask>,
 }
@@ -232,13 +234,13 @@ impl Client {
     /// timeout and the call's deadline.
     async fn connect(&self, deadline: Instant) -> Result<Conn, Error> {
         let limit = deadline.min(Instant::now() + self.connect_timeout);
-        match tokio::time::timeout_at(limit, self.open()).await {
+        match tokio::time::timeout_at(limit, self.open(limit)).await {
             Ok(result) => result,
             Err(_elapsed) => Err(Error::Timeout { sent: false }),
         }
     }
 
-    async fn open(&self) -> Result<Conn, Error> {
+    async fn open(&self, limit: Instant) -> Result<Conn, Error> {
         let not_connected = |message: String| Error::Connect {
             message,
             tls: false,
@@ -250,15 +252,26 @@ impl Client {
                 .map_err(|err| not_connected(format!("cannot resolve {name}: {err}")))?
                 .collect(),
         };
+        // Each address gets an equal share of the time left, so that one
+        // that drops packets (an unreachable IPv6 address) does not use up
+        // the whole connect timeout before the next is tried.
         let mut last_error = None;
         let mut tcp = None;
-        for address in addresses {
-            match TcpStream::connect(address).await {
-                Ok(stream) => {
+        let count = addresses.len();
+        for (tried, address) in addresses.into_iter().enumerate() {
+            let share = limit.saturating_duration_since(Instant::now()) / (count - tried) as u32;
+            match tokio::time::timeout(share, TcpStream::connect(address)).await {
+                Ok(Ok(stream)) => {
                     tcp = Some(stream);
                     break;
                 }
-                Err(err) => last_error = Some(format!("connect to {address}: {err}")),
+                Ok(Err(err)) => last_error = Some(format!("connect to {address}: {err}")),
+                Err(_elapsed) => {
+                    last_error = Some(format!(
+                        "connect to {address}: no answer within {} ms",
+                        share.as_millis()
+                    ));
+                }
             }
         }
         let tcp = tcp.ok_or_else(|| {
@@ -286,7 +299,7 @@ impl Client {
             .map_err(|err| not_connected(crate::text::cause_chain(&err)))?;
         Ok(Conn {
             sender,
-            driver,
+            driver: Some(driver),
             waker: Arc::default(),
         })
     }
@@ -316,7 +329,10 @@ fn request(call: &Call<'_>) -> Request<Full<Bytes>> {
 fn still_open(conn: &mut Conn) -> bool {
     let waker = std::task::Waker::noop();
     let mut cx = Context::from_waker(waker);
-    Pin::new(&mut conn.driver).poll(&mut cx).is_pending() && !conn.sender.is_closed()
+    let Some(driver) = conn.driver.as_mut() else {
+        return false;
+    };
+    Pin::new(driver).poll(&mut cx).is_pending() && !conn.sender.is_closed()
 }
 
 /// One request and its whole answer on `conn`, driving the connection in
@@ -367,7 +383,6 @@ async fn exchange(
             Ok((answer, !closing))
         };
     tokio::pin!(answer);
-    let mut driver_done = false;
     poll_fn(|cx| {
         waker.polling(cx.waker());
         let own = Waker::from(waker.clone());
@@ -377,15 +392,22 @@ async fn exchange(
                 // Reusable only if the connection is still open after the
                 // answer (polled once more: it reads what came after).
                 let result = result.map(|(answer, keep_alive)| {
-                    let open = !driver_done && Pin::new(&mut *driver).poll(&mut own).is_pending();
+                    let open = driver
+                        .as_mut()
+                        .is_some_and(|d| Pin::new(d).poll(&mut own).is_pending());
                     (answer, keep_alive && open)
                 });
                 waker.idle();
                 return Poll::Ready(result);
             }
-            // Ended (closed or failed): the answer's side sees it too.
-            if !driver_done && Pin::new(&mut *driver).poll(&mut own).is_ready() {
-                driver_done = true;
+            // Ended (closed or failed): dropped, so that the answer's side
+            // sees it too, also for a request still queued (a close read
+            // before the request was written fails it as not sent).
+            if driver
+                .as_mut()
+                .is_some_and(|d| Pin::new(d).poll(&mut own).is_ready())
+            {
+                *driver = None;
             }
             if !waker.woken_again() {
                 return Poll::Pending;
@@ -543,5 +565,110 @@ impl AsyncWrite for Stream {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers `answers` requests with `{}` on each
+    /// connection it accepts, then closes it after `close_after`.
+    fn server(answers: usize, close_after: Duration) -> reqwest::Url {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 4096];
+                    for _ in 0..answers {
+                        if !matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+                            return;
+                        }
+                        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}");
+                    }
+                    std::thread::sleep(close_after);
+                });
+            }
+        });
+        reqwest::Url::parse(&format!("http://{address}")).unwrap()
+    }
+
+    fn get<'a>(headers: &'a HeaderMap) -> Call<'a> {
+        Call {
+            method: &Method::GET,
+            target: "/v1/secret/data/x",
+            headers,
+            token: HeaderValue::from_static("t"),
+            body: None,
+            may_resend: true,
+        }
+    }
+
+    /// The server closed an idle connection and the close is read only
+    /// under the next request (after `still_open` said "open"): the queued
+    /// request comes back at once as not sent, not at the deadline.
+    #[tokio::test]
+    async fn a_close_read_before_the_request_was_written_fails_it_as_not_sent() {
+        let url = server(1, Duration::from_millis(20));
+        let client = Client::new(&url, None, Duration::from_secs(5));
+        let headers = HeaderMap::new();
+        let call = get(&headers);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        client
+            .call(&call, 1 << 20, deadline)
+            .await
+            .map_err(|_| ())
+            .unwrap();
+        let mut conn = client.idle.lock().unwrap().pop().expect("kept").conn;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(5),
+            exchange(&mut conn, request(&call), 1 << 20),
+        )
+        .await
+        .expect("the exchange waited for the deadline");
+        assert!(matches!(outcome, Err(Failed::NotSent(_))), "not 'not sent'");
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+
+    /// Polled outside a worker thread (`block_on`) with the task's
+    /// cooperative budget spent, every poll wakes at once: the exchange
+    /// must hand the thread back rather than poll on forever, and end.
+    #[test]
+    fn a_spent_budget_outside_a_worker_does_not_spin() {
+        let url = server(usize::MAX, Duration::ZERO);
+        let (done, finished) = std::sync::mpsc::channel();
+        // Its own thread, left behind if it spins: the test fails anyway.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .unwrap();
+            let client = Client::new(&url, None, Duration::from_secs(2));
+            let headers = HeaderMap::new();
+            let call = get(&headers);
+            let ask = |spend: usize| {
+                runtime.block_on(async {
+                    for _ in 0..spend {
+                        tokio::task::consume_budget().await;
+                    }
+                    let deadline = Instant::now() + Duration::from_secs(2);
+                    client.call(&call, 1 << 20, deadline).await.map(|_| ())
+                })
+            };
+            // The first call leaves a connection in the pool; the second
+            // takes it with one unit of budget left.
+            let outcome = ask(0).and_then(|()| ask(127));
+            let _ = done.send(outcome.map_err(|err| format!("{err:?}")));
+        });
+        finished
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the call spun past its deadline")
+            .expect("answered");
     }
 }
