@@ -6,6 +6,14 @@
 use std::io::Read;
 use std::path::Path;
 
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+#[cfg(feature = "vault")]
+use rustls_pki_types::{
+    PrivateKeyDer,
+    pem::{self, SectionKind},
+};
+
 use crate::ConfigError;
 
 /// A CA bundle or a certificate chain is a few KiB; a bigger file is the
@@ -13,10 +21,29 @@ use crate::ConfigError;
 const MAX_PEM_BYTES: u64 = 1024 * 1024;
 
 /// The certificates of the PEM bundle at `path` (the setting `key`).
-pub(crate) fn ca_bundle(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+pub(crate) fn ca_certificates(
+    path: &Path,
+    key: &str,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let pem = read_pem(path, key)?;
     certificates(&pem, path, key)
 }
+
+/// [`ca_certificates`] for a reqwest client (azure).
+#[cfg(feature = "azure")]
+pub(crate) fn ca_bundle(path: &Path, key: &str) -> Result<Vec<reqwest::Certificate>, ConfigError> {
+    ca_certificates(path, key)?
+        .iter()
+        .map(|der| {
+            reqwest::Certificate::from_der(der)
+                .map_err(|_| problem(key, path, "a certificate in it cannot be used"))
+        })
+        .collect()
+}
+
+/// A client certificate chain and its private key.
+#[cfg(feature = "vault")]
+pub(crate) type Identity = (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>);
 
 /// The client certificate (chain) at `cert` and its private key at
 /// `private`, each with its setting's key, as one TLS identity.
@@ -24,7 +51,7 @@ pub(crate) fn ca_bundle(path: &Path, key: &str) -> Result<Vec<reqwest::Certifica
 pub(crate) fn identity(
     (cert, cert_key): (&Path, &str),
     (private, private_key): (&Path, &str),
-) -> Result<reqwest::Identity, ConfigError> {
+) -> Result<Identity, ConfigError> {
     use secrecy::zeroize::Zeroizing;
 
     let mut pem = Zeroizing::new(read_pem(cert, cert_key)?);
@@ -46,9 +73,9 @@ pub(crate) fn identity(
     }
     pem.push(b'\n');
     pem.extend_from_slice(&key_pem);
-    // reqwest's own errors are fixed words today; ours stay so whatever it
-    // says in a later version.
-    reqwest::Identity::from_pem(&pem).map_err(|_| {
+    // Both files as one: every block a certificate or a private key (the
+    // last key wins), as reqwest read them before us.
+    let unusable = || {
         problem(
             cert_key,
             cert,
@@ -57,7 +84,22 @@ pub(crate) fn identity(
                 private.display()
             ),
         )
-    })
+    };
+    let mut reader = &pem[..];
+    let (mut certs, mut key) = (Vec::new(), None);
+    while let Some((kind, der)) = pem::from_buf(&mut reader).map_err(|_| unusable())? {
+        match kind {
+            SectionKind::Certificate => certs.push(CertificateDer::from(der)),
+            SectionKind::PrivateKey => key = Some(PrivateKeyDer::Pkcs8(der.into())),
+            SectionKind::RsaPrivateKey => key = Some(PrivateKeyDer::Pkcs1(der.into())),
+            SectionKind::EcPrivateKey => key = Some(PrivateKeyDer::Sec1(der.into())),
+            _ => return Err(unusable()),
+        }
+    }
+    match key {
+        Some(key) if !certs.is_empty() => Ok((certs, key)),
+        _ => Err(unusable()),
+    }
 }
 
 /// `path`: `what`, under `key`: the one shape of every error here.
@@ -94,14 +136,16 @@ fn certificates(
     pem: &[u8],
     path: &Path,
     key: &str,
-) -> Result<Vec<reqwest::Certificate>, ConfigError> {
-    let certs = reqwest::Certificate::from_pem_bundle(pem).map_err(|_| {
-        problem(
-            key,
-            path,
-            "not PEM: a block is damaged (bad base64, or no matching -----END line)",
-        )
-    })?;
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| {
+            problem(
+                key,
+                path,
+                "not PEM: a block is damaged (bad base64, or no matching -----END line)",
+            )
+        })?;
     if certs.is_empty() {
         return Err(problem(
             key,
@@ -160,7 +204,7 @@ FmSRiw7TeYhPKdhxVYETAlafPwJVwpfUQDBiZ5l25Rr4z2/Dcpnjg9LG
     /// The message of `ca_bundle`'s error, checked to be one line naming
     /// the key and the file.
     fn ca_error(path: &Path) -> String {
-        let err = ca_bundle(path, "providers.p.ca_file").unwrap_err();
+        let err = ca_certificates(path, "providers.p.ca_file").unwrap_err();
         assert_eq!(err.key, "providers.p.ca_file");
         let shown = err.to_string();
         assert!(
@@ -184,8 +228,8 @@ FmSRiw7TeYhPKdhxVYETAlafPwJVwpfUQDBiZ5l25Rr4z2/Dcpnjg9LG
             ("damaged.pem", b"-----BEGIN CERTIFICATE-----\nnot base64!\n"),
             ("big.pem", &big),
         ]);
-        assert_eq!(ca_bundle(&paths[0], "k").unwrap().len(), 1);
-        assert_eq!(ca_bundle(&paths[1], "k").unwrap().len(), 2);
+        assert_eq!(ca_certificates(&paths[0], "k").unwrap().len(), 1);
+        assert_eq!(ca_certificates(&paths[1], "k").unwrap().len(), 2);
         assert!(ca_error(&paths[2]).ends_with(
             ": not PEM (no -----BEGIN line; a DER file converts with openssl x509 -inform der)"
         ));
@@ -230,7 +274,7 @@ FmSRiw7TeYhPKdhxVYETAlafPwJVwpfUQDBiZ5l25Rr4z2/Dcpnjg9LG
         let err = pair(cert, cert).unwrap_err();
         assert_eq!(err.key, "providers.p.client_key");
         assert!(err.message.contains("no private key in it"), "{err}");
-        // A key file with a block reqwest refuses.
+        // A key file with a block that is neither a certificate nor a key.
         let mixed = format!("{}{KEY}", std::fs::read_to_string(public).unwrap());
         std::fs::write(public, mixed).unwrap();
         let err = pair(cert, public).unwrap_err();

@@ -1,6 +1,7 @@
-//! The HTTP side: one rustls `reqwest` client built from OUR settings only,
-//! the `vaultrs` client wrapped around it, and the classification of
-//! failures.
+//! The HTTP side: one rustls configuration built from OUR settings only,
+//! used by our HTTP/1 client for every call that reads a secret
+//! ([`Http::send`], `http1.rs`) and by the `reqwest` client that `vaultrs`
+//! logs in with; and the classification of failures.
 //!
 //! We build the `reqwest::Client` ourselves and hand it to `vaultrs`
 //! (`VaultClient`'s fields are public) instead of `VaultClient::new`,
@@ -15,13 +16,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue};
+use percent_encoding::{AsciiSet, CONTROLS, utf8_percent_encode};
 use reqwest::Url;
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use secrecy::{ExposeSecret, SecretString};
 use vaultrs::api::EndpointMiddleware;
 use vaultrs::client::{VaultClient, VaultClientSettings};
 use vaultrs::error::ClientError;
 
+use super::http1;
 use crate::ConfigError;
 
 /// A file setting and the config key it came from (for error messages).
@@ -35,20 +43,51 @@ pub(crate) struct TlsFiles<'a> {
 }
 
 /// Everything needed to talk to one Vault: the base URL (host replaced by
-/// `tls_server_name` when set), the client, the namespace.
+/// `tls_server_name` when set), the clients, the namespace.
 #[derive(Clone)]
 pub(crate) struct Http {
-    /// What requests are sent to (may carry `tls_server_name` as host).
+    /// What `vaultrs` sends requests to (may carry `tls_server_name` as host).
     pub base: Url,
     /// `base` without its trailing '/', as `rustify` wants it: computed
     /// once here, not on every request.
     rest_base: String,
     /// The address as configured, for messages.
     pub shown: String,
+    /// For `vaultrs` (logins, token lookups).
     pub client: reqwest::Client,
+    /// For [`Http::send`].
+    sends: Arc<Sends>,
     pub namespace: Option<String>,
     pub timeout: Duration,
 }
+
+/// What every [`Http::send`] uses, prepared once.
+struct Sends {
+    /// Our client, with its idle connections.
+    client: http1::Client,
+    /// `base`'s path and `/v1`, encoded: what every path starts with.
+    prefix: String,
+    /// The headers every request carries: Host, User-Agent,
+    /// X-Vault-Request, X-Vault-Namespace.
+    headers: HeaderMap,
+}
+
+/// What `url` percent-encodes in one path segment of an http(s) URL
+/// (`path_segments_mut().push`): so that no label text can add a
+/// segment, a query or a fragment. Checked against `url` in the tests.
+const SEGMENT: &AsciiSet = &CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'<')
+    .add(b'>')
+    .add(b'`')
+    .add(b'#')
+    .add(b'?')
+    .add(b'{')
+    .add(b'}')
+    .add(b'/')
+    .add(b'%')
+    .add(b'\\');
 
 /// Parse `address`, refusing what cannot work.
 pub(crate) fn parse_address(address: &str, key: &str) -> Result<Url, ConfigError> {
@@ -86,8 +125,9 @@ impl Http {
         timeout: Duration,
     ) -> Result<Self, ConfigError> {
         let https = address.scheme() == "https";
+        let tls = Arc::new(tls_config(key, https, tls, skip_verify)?);
         let mut builder = reqwest::Client::builder()
-            .tls_backend_rustls()
+            .tls_backend_preconfigured((*tls).clone())
             .no_proxy()
             .connect_timeout(timeout)
             .timeout(timeout)
@@ -95,24 +135,7 @@ impl Http {
             // send it wherever the answer points (another host, or plain
             // http). A 3xx is reported instead (`Failure::from_status`).
             .redirect(reqwest::redirect::Policy::none())
-            .user_agent(concat!("vaultbridge/", env!("CARGO_PKG_VERSION")));
-        if !https {
-            // reqwest#2988 (what vaultrs works around too): no platform
-            // verifier for a plain-HTTP client.
-            builder = builder.tls_certs_only(Vec::new());
-        } else if let Some((path, ca_key)) = &tls.ca_file {
-            // Pinning: only these CAs, not the system's.
-            builder = builder.tls_certs_only(crate::tls::ca_bundle(path, ca_key)?);
-        }
-        if let Some(((cert, cert_key), (private, private_key))) = &tls.client {
-            builder = builder.identity(crate::tls::identity(
-                (cert, cert_key),
-                (private, private_key),
-            )?);
-        }
-        if skip_verify {
-            builder = builder.tls_danger_accept_invalid_certs(true);
-        }
+            .user_agent(USER_AGENT);
         let mut base = address.clone();
         if let Some(name) = tls_server_name {
             // Connect to `address`'s host, but use `name` for SNI and
@@ -136,8 +159,48 @@ impl Http {
             let path = format!("{}/", base.path());
             base.set_path(&path);
         }
+        // Our client connects to `address` and, for https, presents and
+        // verifies `base`'s host: `tls_server_name` when set.
+        let host = base.host_str().unwrap_or_default();
+        let tls = if https {
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(bare.to_string()).map_err(|err| {
+                ConfigError::new(format!("{key}.address"), format!("'{host}': {err}"))
+            })?;
+            Some((tls, name))
+        } else {
+            None
+        };
+        let mut headers = HeaderMap::new();
+        let host_header = match base.port() {
+            Some(port) => format!("{host}:{port}"),
+            None => host.to_string(),
+        };
+        let header = |value: &str, field: &str| {
+            HeaderValue::from_str(value).map_err(|_| {
+                ConfigError::new(format!("{key}.{field}"), "cannot be sent in an HTTP header")
+            })
+        };
+        headers.insert(http::header::HOST, header(&host_header, "address")?);
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
+        headers.insert("x-vault-request", HeaderValue::from_static("true"));
+        if let Some(namespace) = &namespace {
+            headers.insert("x-vault-namespace", header(namespace, "namespace")?);
+        }
+        let prefix = format!(
+            "{}/v1",
+            base.path().strip_suffix('/').unwrap_or(base.path())
+        );
         Ok(Self {
             rest_base: base.as_str().trim_end_matches('/').to_string(),
+            sends: Arc::new(Sends {
+                client: http1::Client::new(address, tls, timeout),
+                prefix,
+                headers,
+            }),
             base,
             shown: address.as_str().trim_end_matches('/').to_string(),
             client,
@@ -175,9 +238,12 @@ impl Http {
 
     /// One call to `/v1/<path>` with our headers: the body of a 2xx
     /// answer (at most [`MAX_ANSWER_BYTES`]), else the classified failure.
+    /// A GET is sent a second time when the connection it went out on had
+    /// been closed by Vault while idle (see `http1.rs`); use
+    /// [`Http::send_once`] for a GET that may mint.
     ///
-    /// The URL is built segment by segment (each percent-encoded by the URL
-    /// builder) and the query pair by pair, so that nothing in `path` or
+    /// The path is built segment by segment (each percent-encoded) and the
+    /// query pair by pair (form-encoded), so that nothing in `path` or
     /// `query` can change which path is called; `path` is a validated
     /// [`crate::SecretPath`] or built from one.
     pub async fn send(
@@ -188,65 +254,264 @@ impl Http {
         body: Option<String>,
         token: &SecretString,
     ) -> Result<Vec<u8>, Failure> {
-        let mut url = self.base.clone();
-        url.path_segments_mut()
-            .map_err(|()| Failure::Other("the Vault address cannot carry a path".into()))?
-            .pop_if_empty()
-            .push("v1")
-            .extend(path.split('/'));
-        if !query.is_empty() {
-            url.query_pairs_mut().extend_pairs(query);
-        }
-        let mut request = self
+        let may_resend = method == reqwest::Method::GET;
+        self.call(method, path, query, body, token, may_resend)
+            .await
+    }
+
+    /// [`Http::send`], never sent twice: for paths that may mint on a GET
+    /// (database/creds).
+    pub async fn send_once(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<String>,
+        token: &SecretString,
+    ) -> Result<Vec<u8>, Failure> {
+        self.call(method, path, query, body, token, false).await
+    }
+
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<String>,
+        token: &SecretString,
+        may_resend: bool,
+    ) -> Result<Vec<u8>, Failure> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut token = HeaderValue::from_str(token.expose_secret()).map_err(|_| {
+            // The token's text is not repeated.
+            Failure::Other("the token has characters an HTTP header cannot carry".into())
+        })?;
+        token.set_sensitive(true);
+        let target = self.target(path, query);
+        let call = http1::Call {
+            method: &method,
+            target: &target,
+            headers: &self.sends.headers,
+            token,
+            body: body.map(Bytes::from),
+            may_resend,
+        };
+        let answer = self
+            .sends
             .client
-            .request(method, url)
-            .header("X-Vault-Request", "true")
-            .header("X-Vault-Token", token.expose_secret());
-        if let Some(namespace) = &self.namespace {
-            request = request.header("X-Vault-Namespace", namespace);
-        }
-        if let Some(body) = body {
-            request = request
-                .header("Content-Type", "application/json")
-                .body(body);
-        }
-        let mut response = request
-            .send()
+            .call(&call, MAX_ANSWER_BYTES, deadline)
             .await
-            .map_err(|e| Failure::from_reqwest(&e))?;
-        let status = response.status().as_u16();
-        // Vault's rate-limit quotas answer 429 with the wait in seconds.
-        let retry_after = response
-            .headers()
-            .get(reqwest::header::RETRY_AFTER)
-            .and_then(|value| value.to_str().ok())
-            .and_then(crate::provider::retry_after_secs);
-        // Bounded: a hostile or broken server must not make us buffer
-        // gigabytes. No Docker secret is larger than 500 KiB.
-        let mut bytes = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| Failure::from_reqwest(&e))?
-        {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(Failure::Other(format!(
-                    "the answer is larger than {MAX_ANSWER_BYTES} bytes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+            .map_err(|err| self.failure(err))?;
+        let status = answer.status;
         if status == 429 {
+            // Vault's rate-limit quotas answer 429 with the wait in seconds.
+            let retry_after = answer
+                .retry_after
+                .as_ref()
+                .and_then(|value| value.to_str().ok())
+                .and_then(crate::provider::retry_after_secs);
             return Err(Failure::RateLimited {
                 retry_after,
-                errors: Failure::from_status(status, &bytes).errors(),
+                errors: Failure::from_status(status, &answer.body).errors(),
             });
         }
         if !(200..300).contains(&status) {
-            return Err(Failure::from_status(status, &bytes));
+            return Err(Failure::from_status(status, &answer.body));
         }
-        Ok(bytes)
+        Ok(answer.body)
     }
+
+    /// The request target: `prefix`, each segment of `path` encoded, the
+    /// query form-encoded. "." and ".." segments are dropped, as `url`
+    /// drops them: no label walks up the path.
+    fn target(&self, path: &str, query: &[(&str, &str)]) -> String {
+        let prefix = &self.sends.prefix;
+        let mut target = String::with_capacity(prefix.len() + path.len() + 32);
+        target.push_str(prefix);
+        for segment in path.split('/') {
+            if matches!(segment, "." | "..") {
+                continue;
+            }
+            target.push('/');
+            target.extend(utf8_percent_encode(segment, SEGMENT));
+        }
+        if !query.is_empty() {
+            target.push('?');
+            let start = target.len();
+            let mut pairs = form_urlencoded::Serializer::for_suffix(target, start);
+            pairs.extend_pairs(query);
+            target = pairs.finish();
+        }
+        target
+    }
+
+    /// Our client's error as a [`Failure`]; never the request's headers.
+    fn failure(&self, err: http1::Error) -> Failure {
+        match err {
+            http1::Error::Connect { message, tls } => Failure::Transport {
+                message,
+                tls,
+                sent: false,
+            },
+            http1::Error::Exchange { message } => Failure::Transport {
+                tls: mentions_tls(&message),
+                message,
+                sent: true,
+            },
+            http1::Error::TooLarge => Failure::Other(format!(
+                "the answer is larger than {MAX_ANSWER_BYTES} bytes"
+            )),
+            http1::Error::Timeout { sent } => Failure::Transport {
+                message: format!(
+                    "no answer in time (timeout {})",
+                    humantime::format_duration(self.timeout)
+                ),
+                tls: false,
+                sent,
+            },
+        }
+    }
+}
+
+/// Our User-Agent, on every request of both clients.
+const USER_AGENT: &str = concat!("vaultbridge/", env!("CARGO_PKG_VERSION"));
+
+/// The TLS configuration of one HTTP client (the provider's, or a cert
+/// login's own), from our settings only: `ca_file` pins (only those CAs),
+/// else the system's roots; the client certificate; `tls_skip_verify`.
+/// Built once, for both our client and reqwest's.
+fn tls_config(
+    key: &str,
+    https: bool,
+    tls: &TlsFiles<'_>,
+    skip_verify: bool,
+) -> Result<rustls::ClientConfig, ConfigError> {
+    let cannot = |err: rustls::Error| {
+        ConfigError::new(
+            format!("{key}.address"),
+            format!("cannot build the TLS client: {err}"),
+        )
+    };
+    let provider = CryptoProvider::get_default()
+        .cloned()
+        .unwrap_or_else(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()));
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(rustls::ALL_VERSIONS)
+        .map_err(cannot)?;
+    if skip_verify
+        && https
+        && let Some((path, ca_key)) = &tls.ca_file
+    {
+        // Not used, but a broken file is still reported at start-up.
+        crate::tls::ca_certificates(path, ca_key)?;
+    }
+    let builder = if skip_verify {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerifier(provider)))
+    } else if !https {
+        // Plain http: no roots needed, and none loaded.
+        builder.with_root_certificates(rustls::RootCertStore::empty())
+    } else if let Some((path, ca_key)) = &tls.ca_file {
+        // Pinning: only these CAs, not the system's.
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in crate::tls::ca_certificates(path, ca_key)? {
+            roots.add(certificate).map_err(|err| {
+                ConfigError::new(
+                    ca_key.clone(),
+                    format!(
+                        "{}: a certificate cannot be used as a CA: {err}",
+                        path.display()
+                    ),
+                )
+            })?;
+        }
+        builder.with_root_certificates(roots)
+    } else {
+        let verifier = rustls_platform_verifier::Verifier::new(provider).map_err(cannot)?;
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(verifier))
+    };
+    let mut config = match &tls.client {
+        Some(((cert, cert_key), (private, private_key))) => {
+            let (chain, secret) = crate::tls::identity((cert, cert_key), (private, private_key))?;
+            builder
+                .with_client_auth_cert(chain, secret)
+                .map_err(|err| {
+                    ConfigError::new(
+                        cert_key.clone(),
+                        format!(
+                            "{} and {}: not a usable certificate and private key: {err}",
+                            cert.display(),
+                            private.display()
+                        ),
+                    )
+                })?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    // Both clients speak HTTP/1.1 only.
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// `tls_skip_verify`: any certificate is accepted (the handshake's
+/// signatures are still checked).
+#[derive(Debug)]
+struct NoVerifier(Arc<CryptoProvider>);
+
+impl ServerCertVerifier for NoVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Whether an error's text says TLS failed.
+fn mentions_tls(chain: &str) -> bool {
+    chain.contains("certificate")
+        || chain.contains("tls")
+        || chain.contains("TLS")
+        || chain.contains("handshake")
 }
 
 /// The most of one Vault answer we read.
@@ -410,10 +675,7 @@ impl Failure {
 
     pub fn from_reqwest(err: &reqwest::Error) -> Self {
         let chain = error_chain(err);
-        let tls = chain.contains("certificate")
-            || chain.contains("tls")
-            || chain.contains("TLS")
-            || chain.contains("handshake");
+        let tls = mentions_tls(&chain);
         let message = if err.is_timeout() {
             format!("no answer in time ({chain})")
         } else {
@@ -599,5 +861,434 @@ mod tests {
         assert_eq!(err.key, "providers.v.address");
         assert!(parse_address("https://vault?x=1", "providers.v").is_err());
         assert!(parse_address("https://vault.example.com:8200", "providers.v").is_ok());
+    }
+
+    /// The request target is what the `url` builder made of the same path
+    /// and query before our client: label text cannot add a segment, a
+    /// query parameter or a fragment.
+    #[test]
+    fn builds_the_target_segment_by_segment_as_url_did() {
+        let http = local_http("http://127.0.0.1:8200/prefix", Duration::from_secs(1));
+        let paths = [
+            "secret/data/app/db",
+            "secret/data/a b/c%2fd",
+            "secret/data/x?version=1#frag",
+            "secret/data/../../sys/seal",
+            "secret/data/./x/",
+            "secret//data",
+            "secret/data/ünïcode/\\back/`{x}`/<\"q\">/;=@:+&$,!*'()[]|^~",
+            "secret/data/\u{7f}\u{1}",
+        ];
+        let queries: [&[(&str, &str)]; 3] = [
+            &[],
+            &[("version", "3")],
+            &[("a b", "c&d=e"), ("x", "ü+%/?#")],
+        ];
+        for path in paths {
+            for query in queries {
+                let mut url = Url::parse("http://127.0.0.1:8200/prefix/").unwrap();
+                url.path_segments_mut()
+                    .unwrap()
+                    .pop_if_empty()
+                    .push("v1")
+                    .extend(path.split('/'));
+                if !query.is_empty() {
+                    url.query_pairs_mut().extend_pairs(query);
+                }
+                let expected = match url.query() {
+                    Some(query) => format!("{}?{query}", url.path()),
+                    None => url.path().to_string(),
+                };
+                assert_eq!(http.target(path, query), expected, "{path} {query:?}");
+            }
+        }
+        let root = local_http("http://127.0.0.1:8200", Duration::from_secs(1));
+        assert_eq!(root.target("secret/data/x", &[]), "/v1/secret/data/x");
+    }
+
+    // Our HTTP/1 client against a canned server on a real socket.
+
+    /// What the canned server does with one request.
+    #[derive(Clone)]
+    enum Reply {
+        /// Write these bytes and keep the connection open.
+        Answer(Vec<u8>),
+        /// Write these bytes, then close.
+        AnswerAndClose(Vec<u8>),
+        /// Close without answering: what a server does that closed an
+        /// idle connection as the request arrived.
+        Close,
+        /// Never answer.
+        Stall,
+    }
+
+    /// A 200 with `body`, kept alive.
+    fn ok(body: &str) -> Reply {
+        Reply::Answer(
+            format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
+    }
+
+    /// The requests a canned server saw: (connection number, request
+    /// head and body).
+    type Seen = Arc<std::sync::Mutex<Vec<(usize, String)>>>;
+
+    /// Serve canned replies on 127.0.0.1: the n-th request (over all
+    /// connections) gets `replies[n]`, later ones the last reply.
+    async fn canned(replies: Vec<Reply>) -> (String, Seen) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let seen: Seen = Arc::default();
+        let requests = Arc::new(AtomicUsize::new(0));
+        let replies = Arc::new(replies);
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for connection in 0.. {
+                let Ok((mut socket, _)) = listener.accept().await else {
+                    return;
+                };
+                let (log, requests, replies) = (log.clone(), requests.clone(), replies.clone());
+                tokio::spawn(async move {
+                    let mut buffer = Vec::new();
+                    loop {
+                        // One request: the head, then Content-Length bytes.
+                        let head_end = loop {
+                            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break at + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buffer[..head_end]).to_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |n| n.trim().parse().unwrap());
+                        while buffer.len() < head_end + length {
+                            let mut chunk = [0u8; 4096];
+                            match socket.read(&mut chunk).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+                            }
+                        }
+                        let request: Vec<u8> = buffer.drain(..head_end + length).collect();
+                        log.lock()
+                            .unwrap()
+                            .push((connection, String::from_utf8_lossy(&request).into_owned()));
+                        let n = requests.fetch_add(1, Ordering::SeqCst);
+                        match replies[n.min(replies.len() - 1)].clone() {
+                            Reply::Answer(bytes) => {
+                                if socket.write_all(&bytes).await.is_err() {
+                                    return;
+                                }
+                            }
+                            Reply::AnswerAndClose(bytes) => {
+                                let _ = socket.write_all(&bytes).await;
+                                return;
+                            }
+                            Reply::Close => return,
+                            Reply::Stall => {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        (address, seen)
+    }
+
+    fn local_http(address: &str, timeout: Duration) -> Http {
+        let tls = TlsFiles {
+            ca_file: None,
+            client: None,
+        };
+        let address = parse_address(address, "providers.v").unwrap();
+        Http::new(
+            "providers.v",
+            &address,
+            &tls,
+            None,
+            false,
+            Some("team-a/".into()),
+            timeout,
+        )
+        .unwrap()
+    }
+
+    const TOKEN: &str = "s.token-that-must-stay-home";
+
+    async fn get(http: &Http, path: &str) -> Result<Vec<u8>, Failure> {
+        let token = SecretString::from(TOKEN);
+        http.send(reqwest::Method::GET, path, &[], None, &token)
+            .await
+    }
+
+    async fn post(http: &Http, path: &str) -> Result<Vec<u8>, Failure> {
+        let token = SecretString::from(TOKEN);
+        let body = Some(r#"{"ttl":"1h"}"#.to_string());
+        http.send(reqwest::Method::POST, path, &[], body, &token)
+            .await
+    }
+
+    fn connections(seen: &Seen) -> Vec<usize> {
+        seen.lock().unwrap().iter().map(|(c, _)| *c).collect()
+    }
+
+    #[tokio::test]
+    async fn keeps_one_connection_alive_for_calls_in_a_row() {
+        let (address, seen) = canned(vec![ok(r#"{"n":1}"#), ok(r#"{"n":2}"#)]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        assert_eq!(get(&http, "secret/data/a").await.unwrap(), br#"{"n":1}"#);
+        let token = SecretString::from(TOKEN);
+        let query = [("version", "2")];
+        let second = http
+            .send(
+                reqwest::Method::GET,
+                "secret/data/a b",
+                &query,
+                None,
+                &token,
+            )
+            .await
+            .unwrap();
+        assert_eq!(second, br#"{"n":2}"#);
+        assert_eq!(
+            connections(&seen),
+            [0, 0],
+            "the second call did not reuse the connection"
+        );
+        let requests = seen.lock().unwrap();
+        let first = &requests[0].1;
+        let host = address.trim_start_matches("http://");
+        assert!(
+            first.starts_with("GET /v1/secret/data/a HTTP/1.1\r\n"),
+            "{first}"
+        );
+        for header in [
+            format!("host: {host}\r\n"),
+            format!("user-agent: vaultbridge/{}\r\n", env!("CARGO_PKG_VERSION")),
+            "x-vault-request: true\r\n".into(),
+            "x-vault-namespace: team-a/\r\n".into(),
+            format!("x-vault-token: {TOKEN}\r\n"),
+        ] {
+            assert!(first.contains(&header), "{header} missing from {first}");
+        }
+        assert!(
+            requests[1]
+                .1
+                .starts_with("GET /v1/secret/data/a%20b?version=2 HTTP/1.1\r\n"),
+            "{}",
+            requests[1].1
+        );
+    }
+
+    #[tokio::test]
+    async fn posts_a_json_body() {
+        let (address, seen) = canned(vec![ok("{}")]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        post(&http, "auth/token/create").await.unwrap();
+        let request = &seen.lock().unwrap()[0].1;
+        assert!(
+            request.starts_with("POST /v1/auth/token/create HTTP/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("content-type: application/json\r\n"),
+            "{request}"
+        );
+        assert!(request.contains("content-length: 12\r\n"), "{request}");
+        assert!(request.ends_with("\r\n\r\n{\"ttl\":\"1h\"}"), "{request}");
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_reused_connection_closes_under_it_is_sent_once_more() {
+        // The second request finds its connection closed by the server.
+        let (address, seen) = canned(vec![ok("{}"), Reply::Close, ok(r#"{"again":1}"#)]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        get(&http, "secret/data/a").await.unwrap();
+        assert_eq!(
+            get(&http, "secret/data/a").await.unwrap(),
+            br#"{"again":1}"#
+        );
+        assert_eq!(connections(&seen), [0, 0, 1]);
+    }
+
+    #[tokio::test]
+    async fn a_post_whose_reused_connection_closes_under_it_is_not_sent_again() {
+        let (address, seen) = canned(vec![ok("{}"), Reply::Close, ok("{}")]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        get(&http, "secret/data/a").await.unwrap();
+        let failure = post(&http, "auth/token/create").await.unwrap_err();
+        assert!(
+            matches!(failure, Failure::Transport { sent: true, .. }),
+            "{failure:?}"
+        );
+        assert!(failure.may_have_taken_effect());
+        assert!(
+            !format!("{failure:?}").contains("token-that-must"),
+            "{failure:?}"
+        );
+        assert_eq!(connections(&seen), [0, 0], "the POST was sent again");
+        // Nor a GET that may mint.
+        let (address, seen) = canned(vec![ok("{}"), Reply::Close, ok("{}")]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        get(&http, "secret/data/a").await.unwrap();
+        let token = SecretString::from(TOKEN);
+        let failure = http
+            .send_once(
+                reqwest::Method::GET,
+                "database/creds/app",
+                &[],
+                None,
+                &token,
+            )
+            .await
+            .unwrap_err();
+        assert!(failure.may_have_taken_effect(), "{failure:?}");
+        assert_eq!(connections(&seen), [0, 0], "the GET was sent again");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_server_closed_while_idle_is_not_used() {
+        // Answered and closed without saying so: seen before the next
+        // request, so even a POST goes out once, on a new connection.
+        let answered = match ok("{}") {
+            Reply::Answer(bytes) => Reply::AnswerAndClose(bytes),
+            other => other,
+        };
+        let (address, seen) = canned(vec![answered, ok("{}")]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        get(&http, "secret/data/a").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        post(&http, "auth/token/create").await.unwrap();
+        assert_eq!(connections(&seen), [0, 1]);
+    }
+
+    #[tokio::test]
+    async fn reads_chunked_answers_and_keeps_the_connection() {
+        let chunked = Reply::Answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n6\r\n\":\"b\"}\r\n0\r\n\r\n"
+                .to_vec(),
+        );
+        let (address, seen) = canned(vec![chunked.clone(), chunked]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        assert_eq!(get(&http, "secret/data/a").await.unwrap(), br#"{"a":"b"}"#);
+        assert_eq!(get(&http, "secret/data/a").await.unwrap(), br#"{"a":"b"}"#);
+        assert_eq!(connections(&seen), [0, 0]);
+    }
+
+    #[tokio::test]
+    async fn connection_close_is_honoured() {
+        let closing = Reply::AnswerAndClose(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}".to_vec(),
+        );
+        let (address, seen) = canned(vec![closing.clone(), closing]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        assert_eq!(get(&http, "secret/data/a").await.unwrap(), b"{}");
+        assert_eq!(post(&http, "secret/data/a").await.unwrap(), b"{}");
+        assert_eq!(connections(&seen), [0, 1]);
+        // An answer that ends at the close, with no length at all.
+        let (address, _) = canned(vec![Reply::AnswerAndClose(
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n{\"to\":\"eof\"}".to_vec(),
+        )])
+        .await;
+        let http = local_http(&address, Duration::from_secs(5));
+        assert_eq!(
+            get(&http, "secret/data/a").await.unwrap(),
+            br#"{"to":"eof"}"#
+        );
+    }
+
+    #[tokio::test]
+    async fn refuses_an_answer_larger_than_the_bound() {
+        let mut big = format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+            MAX_ANSWER_BYTES + 1
+        )
+        .into_bytes();
+        big.resize(big.len() + MAX_ANSWER_BYTES + 1, b'x');
+        let (address, seen) = canned(vec![Reply::Answer(big), ok("{}")]).await;
+        let http = local_http(&address, Duration::from_secs(10));
+        let failure = get(&http, "secret/data/a").await.unwrap_err();
+        assert!(
+            failure.errors().contains("larger than 4194304 bytes"),
+            "{failure:?}"
+        );
+        // The half-read connection is not used again.
+        get(&http, "secret/data/a").await.unwrap();
+        assert_eq!(connections(&seen), [0, 1]);
+    }
+
+    #[tokio::test]
+    async fn gives_up_at_the_timeout() {
+        let (address, _) = canned(vec![Reply::Stall]).await;
+        let http = local_http(&address, Duration::from_millis(300));
+        let started = std::time::Instant::now();
+        let failure = get(&http, "secret/data/a").await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "{:?}",
+            started.elapsed()
+        );
+        match &failure {
+            Failure::Transport { message, sent, .. } => {
+                assert!(message.contains("no answer in time"), "{message}");
+                assert!(*sent, "a request that went out may have been acted on");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_was_not_sent() {
+        // A port nothing listens on (bound, then freed).
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let http = local_http(&format!("http://127.0.0.1:{port}"), Duration::from_secs(5));
+        let failure = post(&http, "auth/token/create").await.unwrap_err();
+        assert!(
+            matches!(
+                failure,
+                Failure::Transport {
+                    sent: false,
+                    tls: false,
+                    ..
+                }
+            ),
+            "{failure:?}"
+        );
+        assert!(!failure.may_have_taken_effect());
+    }
+
+    #[tokio::test]
+    async fn a_rate_limit_says_when_to_ask_again() {
+        let limited = Reply::Answer(
+            b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 7\r\nContent-Length: 36\r\n\r\n{\"errors\":[\"request path kv: rate\"]}"
+                .to_vec(),
+        );
+        let (address, _) = canned(vec![limited]).await;
+        let http = local_http(&address, Duration::from_secs(5));
+        let failure = get(&http, "secret/data/a").await.unwrap_err();
+        assert_eq!(
+            failure,
+            Failure::RateLimited {
+                retry_after: Some(Duration::from_secs(7)),
+                errors: "request path kv: rate".into()
+            }
+        );
     }
 }

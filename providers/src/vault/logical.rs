@@ -49,10 +49,11 @@ impl VaultProvider {
                 } else {
                     (Verb::GET, &pairs[..], None)
                 };
+                // Never sent twice, a GET either: these paths may mint.
                 let bytes = self
                     .session
                     .http
-                    .send(method, path, url_query, body, &c.token)
+                    .send_once(method, path, url_query, body, &c.token)
                     .await?;
                 envelope(&bytes)
             })

@@ -27,6 +27,7 @@ pub mod config;
 mod auth;
 mod errors;
 mod http;
+mod http1;
 mod kv;
 mod logical;
 mod paths;
