@@ -13,6 +13,7 @@
 //! 5. resident memory idle and under concurrency 256; exec-to-answer time.
 
 mod floor;
+mod proxy_floor;
 mod load;
 mod vault;
 
@@ -38,6 +39,20 @@ fn main() -> anyhow::Result<()> {
         return floor::serve(Path::new(
             args.get(3).map(String::as_str).unwrap_or("floor.sock"),
         ));
+    }
+    if args.get(1).map(String::as_str) == Some("proxy-floor") {
+        // `proxy-floor --socket PATH VAULT_HOST:PORT TOKEN URL_PATH FIELD`
+        // (bench/oha.sh's miss rows).
+        let arg = |i: usize| args.get(i).cloned().unwrap_or_default();
+        return proxy_floor::serve(
+            Path::new(&arg(3)),
+            proxy_floor::Upstream {
+                vault: arg(4),
+                token: arg(5),
+                path: arg(6),
+                field: arg(7),
+            },
+        );
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

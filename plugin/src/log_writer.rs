@@ -27,6 +27,12 @@ pub const MAX_QUEUED_BYTES: usize = 4 * 1024 * 1024;
 /// wake-up and one `write(2)` per window, however many requests it served.
 pub const BATCH_WINDOW: Duration = Duration::from_millis(2);
 
+/// How long the writer keeps looking for lines every [`BATCH_WINDOW`] after
+/// the queue ran empty, before it sleeps until a line wakes it. While it
+/// looks, a request queues its line without a system call (no wake-up of
+/// this thread on the request's path); an idle plugin costs no wake-ups.
+pub const LINGER: Duration = Duration::from_millis(100);
+
 /// How long [`Flush`] waits for the queued lines to be written at exit: a
 /// stderr nobody reads must not keep a stopped plugin alive.
 pub const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
@@ -93,8 +99,10 @@ impl Queue {
         }
         state.lines.extend_from_slice(line);
         PENDING.fetch_add(line.len() as u64, Ordering::AcqRel);
-        if state.idle {
-            state.idle = false;
+        let wake = std::mem::replace(&mut state.idle, false);
+        // Unlocked first: the writer woken takes the lock at once.
+        drop(state);
+        if wake {
             self.shared.ready.notify_one();
         }
     }
@@ -189,19 +197,26 @@ where
             let shared = shared.clone();
             move || {
                 let mut batch = Vec::new();
+                // How long the queue has been found empty since the last line.
+                let mut empty_for = LINGER;
                 loop {
                     {
                         let mut state = shared.lock();
-                        while state.lines.is_empty() && state.dropped == 0 && !state.closed {
-                            state.idle = true;
-                            state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
-                        }
-                        state.idle = false;
-                        if state.lines.is_empty() && state.dropped == 0 {
+                        let empty = state.lines.is_empty() && state.dropped == 0;
+                        if empty && state.closed {
                             // Closed, and everything written.
                             state.finished = true;
                             shared.done.notify_all();
                             return;
+                        }
+                        if empty && empty_for >= LINGER {
+                            state.idle = true;
+                            while state.idle && !state.closed {
+                                state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+                            }
+                            state.idle = false;
+                            empty_for = Duration::ZERO;
+                            continue;
                         }
                     }
                     // Let the lines of concurrent requests gather.
@@ -211,6 +226,11 @@ where
                         std::mem::swap(&mut batch, &mut state.lines);
                         std::mem::take(&mut state.dropped)
                     };
+                    if batch.is_empty() && dropped == 0 {
+                        empty_for += BATCH_WINDOW;
+                        continue;
+                    }
+                    empty_for = Duration::ZERO;
                     // stderr closed: nothing else can be done with the lines.
                     let _ = out.write_all(&batch).and_then(|()| out.flush());
                     PENDING.fetch_sub(batch.len() as u64, Ordering::AcqRel);
@@ -278,6 +298,45 @@ mod tests {
                 .iter()
                 .enumerate()
                 .all(|(i, l)| *l == format!("line {i}"))
+        );
+    }
+
+    /// Waits up to a second for `sink` to hold `want`.
+    fn written(sink: &Sink, want: &str) -> bool {
+        let started = std::time::Instant::now();
+        while started.elapsed() < Duration::from_secs(1) {
+            if String::from_utf8_lossy(&sink.bytes.lock().unwrap()).contains(want) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
+
+    #[test]
+    fn the_writer_lingers_after_a_batch_then_sleeps_until_a_line_wakes_it() {
+        let sink = Sink::default();
+        let (queue, flush) = start(sink.clone(), |_| panic!("nothing dropped")).unwrap();
+        let idle = || queue.shared.lock().idle;
+        // Started idle: the first line wakes it.
+        (&queue).write_all(b"first\n").unwrap();
+        assert!(written(&sink, "first\n"));
+        // Just after a batch it still looks for lines: no wake-up needed.
+        assert!(!idle(), "the writer went idle at once");
+        (&queue).write_all(b"lingering\n").unwrap();
+        assert!(written(&sink, "lingering\n"));
+        // Then, nothing for a while: it sleeps until woken.
+        let started = std::time::Instant::now();
+        while !idle() {
+            assert!(started.elapsed() < LINGER * 10, "the writer never went idle");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        (&queue).write_all(b"after a pause\n").unwrap();
+        assert!(written(&sink, "after a pause\n"));
+        drop(flush);
+        assert_eq!(
+            String::from_utf8(sink.bytes.lock().unwrap().clone()).unwrap(),
+            "first\nlingering\nafter a pause\n"
         );
     }
 
