@@ -13,8 +13,8 @@
 //! 5. resident memory idle and under concurrency 256; exec-to-answer time.
 
 mod floor;
-mod proxy_floor;
 mod load;
+mod proxy_floor;
 mod vault;
 
 use std::path::{Path, PathBuf};

@@ -74,7 +74,8 @@ async fn read(
     if vault.as_ref().is_none_or(|sender| sender.is_closed()) {
         let stream = tokio::net::TcpStream::connect(&upstream.vault).await?;
         stream.set_nodelay(true)?;
-        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let (sender, connection) =
+            hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
         tokio::spawn(connection);
         *vault = Some(sender);
     }
@@ -85,7 +86,11 @@ async fn read(
         .header("x-vault-token", upstream.token.as_str())
         .body(Empty::new())?;
     let response = sender.send_request(request).await?;
-    anyhow::ensure!(response.status().is_success(), "vault answered {}", response.status());
+    anyhow::ensure!(
+        response.status().is_success(),
+        "vault answered {}",
+        response.status()
+    );
     let body = response.into_body().collect().await?.to_bytes();
     let json: serde_json::Value = serde_json::from_slice(&body)?;
     let value = json["data"]["data"][upstream.field.as_str()]

@@ -40,6 +40,13 @@ pub struct Cli {
     /// Log line format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text, env = "VAULTBRIDGE_LOG_FORMAT")]
     pub log_format: LogFormat,
+    /// Threads serving requests (1-64). One answers about 100,000 cached
+    /// secrets a second on one core; a second one costs more in hand-overs
+    /// between threads than it adds (BENCHMARKS.md), and leaves the
+    /// manager's other cores to the engine.
+    #[arg(long, global = true, default_value_t = 1, env = "VAULTBRIDGE_WORKER_THREADS",
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub worker_threads: u16,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -450,6 +457,7 @@ async fn serve(socket: PathBuf, config: ConfigArg, grace: Duration) -> ExitCode 
         config = %source,
         providers = %providers.join(", "),
         version = env!("CARGO_PKG_VERSION"),
+        worker_threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "vaultbridge listening"
     );
     if source == Source::Nothing {

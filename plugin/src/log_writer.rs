@@ -328,7 +328,10 @@ mod tests {
         // Then, nothing for a while: it sleeps until woken.
         let started = std::time::Instant::now();
         while !idle() {
-            assert!(started.elapsed() < LINGER * 10, "the writer never went idle");
+            assert!(
+                started.elapsed() < LINGER * 10,
+                "the writer never went idle"
+            );
             std::thread::sleep(Duration::from_millis(5));
         }
         (&queue).write_all(b"after a pause\n").unwrap();

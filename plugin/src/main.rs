@@ -3,8 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use vaultbridge::cli::{Cli, init_logging, run};
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     // Held until `run` returns: then the lines still queued are written.
     let _flush = init_logging(cli.log_format, &cli.command);
@@ -17,5 +16,15 @@ async fn main() -> ExitCode {
             .unwrap_or_default();
         tracing::error!(at = %at, "internal error: a panic (a bug; please report it with this location)");
     }));
-    run(cli).await
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(usize::from(cli.worker_threads))
+        .enable_all()
+        .build();
+    match runtime {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(err) => {
+            tracing::error!(error = %err, "cannot start the runtime");
+            ExitCode::FAILURE
+        }
+    }
 }

@@ -1183,3 +1183,40 @@ secrets:
     assert_eq!(code, Some(2));
     assert!(stderr.contains("stack.yml: secrets.a.labels: "), "{stderr}");
 }
+
+#[test]
+fn serves_on_one_worker_thread_unless_told_otherwise() {
+    let (plugin, _secrets) = plugin_with_secrets();
+    let request = engine_request("db_password", &[]);
+    assert_eq!(plugin.get_secret(&request).value(), PASSWORD);
+    let listening = |log: &str| {
+        log.lines()
+            .find(|line| line.contains("vaultbridge listening"))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no start line:\n{log}"))
+    };
+    let has = |line: &str, field: &str| line.split(' ').any(|f| f == field);
+    let line = listening(&plugin.log());
+    assert!(has(&line, "worker_threads=1"), "{line}");
+
+    let secrets = tempfile::tempdir().unwrap();
+    std::fs::write(secrets.path().join("db_password"), PASSWORD).unwrap();
+    let config = format!(
+        "[providers.local]\ntype = \"file\"\nroot = \"{}\"\n",
+        secrets.path().display()
+    );
+    let three = Plugin::start(Some(&config), &[("VAULTBRIDGE_WORKER_THREADS", "3")]);
+    assert_eq!(three.get_secret(&request).value(), PASSWORD);
+    let line = listening(&three.log());
+    assert!(has(&line, "worker_threads=3"), "{line}");
+
+    // Out of range: refused at start, naming the setting and its range.
+    let mut none = Plugin::spawn(Some(&config), &[("VAULTBRIDGE_WORKER_THREADS", "0")], &[]);
+    let status = none.wait_exit(Duration::from_secs(10)).expect("exits");
+    assert!(!status.success());
+    let log = none.log();
+    assert!(
+        log.contains("--worker-threads") && log.contains("1..=64"),
+        "{log}"
+    );
+}
