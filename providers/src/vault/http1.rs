@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{CONNECTION, CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Method, Request};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request};
 use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::{self, SendRequest};
 use hyper_util::rt::TokioIo;
@@ -32,6 +32,9 @@ use tokio_rustls::client::TlsStream;
 /// Idle connections kept for later calls; more are closed. Above the
 /// number of calls a plugin has in flight at once in practice.
 const MAX_IDLE: usize = 32;
+
+/// Vault's token header, made once (a `&str` name is checked per request).
+const X_VAULT_TOKEN: HeaderName = HeaderName::from_static("x-vault-token");
 
 /// An idle connection older than this is closed rather than used: servers
 /// and load balancers close idle connections after a while (Vault after
@@ -316,7 +319,7 @@ fn request(call: &Call<'_>) -> Request<Full<Bytes>> {
     };
     let headers = request.headers_mut();
     *headers = call.headers.clone();
-    headers.insert("x-vault-token", call.token.clone());
+    headers.insert(X_VAULT_TOKEN, call.token.clone());
     if call.body.is_some() {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     }
