@@ -187,6 +187,15 @@ pub fn labels(secret_name: &str, labels: &BTreeMap<String, String>) {
 /// Docker's request body: any bytes parse or fail without panicking, and a
 /// parsed request goes through [`labels`].
 pub fn request(body: &[u8]) {
+    // The plugin's reader (with its fast path for the engine's bodies)
+    // gives serde's result or serde's error, whatever the body.
+    let ours = GetSecretRequest::parse(body).map(|req| format!("{req:?}"));
+    let serde = serde_json::from_slice::<GetSecretRequest>(body).map(|req| format!("{req:?}"));
+    match (ours, serde) {
+        (Ok(ours), Ok(serde)) => assert_eq!(ours, serde),
+        (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
+        (ours, serde) => panic!("parse and serde disagree: {ours:?} / {serde:?}"),
+    }
     if let Ok(req) = serde_json::from_slice::<GetSecretRequest>(body) {
         labels(&req.secret_name, &req.secret_labels);
         policy_confines(&req);

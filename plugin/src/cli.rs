@@ -13,7 +13,7 @@ use secrecy::ExposeSecret;
 
 use crate::audit::Audit;
 use crate::config::{Config, Source};
-use crate::log_format::{CachedTime, PlainFields};
+use crate::log_format::{CachedTime, PlainFields, PlainFormat};
 use crate::log_writer;
 use crate::metrics;
 use crate::metrics_listener;
@@ -220,7 +220,11 @@ pub fn init_logging(format: LogFormat, command: &Command) -> Option<log_writer::
         .with_ansi(false)
         .with_timer(CachedTime);
     let fmt = match format {
-        LogFormat::Text => fmt.fmt_fields(PlainFields).with_writer(output).boxed(),
+        LogFormat::Text => fmt
+            .fmt_fields(PlainFields)
+            .event_format(PlainFormat::new(CachedTime))
+            .with_writer(output)
+            .boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).with_writer(output).boxed(),
     };
     // `init` also routes the `log` crate's records (rustls, ...) through the

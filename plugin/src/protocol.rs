@@ -42,10 +42,300 @@ impl GetSecretRequest {
     /// it, with one UTF-8 check of the whole body instead of one per string
     /// (serde_json's `str` reader skips its own). A body that is not UTF-8
     /// is parsed as bytes, so that it fails with the same message as ever.
+    ///
+    /// A body in the shape the engine sends (the known fields once each,
+    /// strings without escapes, plain integers) is read by [`plain`], with
+    /// the same result; anything else, and every error, is serde's.
     pub fn parse(body: &[u8]) -> serde_json::Result<Self> {
         match std::str::from_utf8(body) {
-            Ok(text) => serde_json::from_str(text),
+            Ok(text) => match plain::request(text) {
+                Some(request) => Ok(request),
+                None => serde_json::from_str(text),
+            },
             Err(_) => serde_json::from_slice(body),
+        }
+    }
+}
+
+/// A reader of the engine's GetSecret body for the bodies it sends, which
+/// gives up (`None`) on anything it does not read exactly as serde_json and
+/// the derived `Deserialize` would: then the caller parses with serde, for
+/// serde's result or error. What it reads:
+///
+/// - JSON objects (not arrays, which serde also accepts for a struct), the
+///   known fields only, each at most once (serde refuses a repeated field;
+///   unknown ones it skips, which is left to serde);
+/// - strings without a backslash or a control character (serde unescapes
+///   the one and refuses the other); the text is UTF-8 already;
+/// - integers for the `u32` fields: digits, no leading zero, no fraction or
+///   exponent, at most `u32::MAX` (serde refuses the rest for a `u32`);
+/// - `null` for the label maps, the endpoint spec and its ports (as
+///   `null_as_default`), and for nothing else;
+/// - JSON's four whitespace characters between tokens, and nothing after
+///   the object but whitespace.
+///
+/// A label repeated in one map keeps its last value, as serde's map does.
+mod plain {
+    use std::collections::BTreeMap;
+
+    use super::{EndpointSpec, GetSecretRequest, PortConfig};
+
+    pub fn request(text: &str) -> Option<GetSecretRequest> {
+        let mut cursor = Cursor { text, at: 0 };
+        let mut request = GetSecretRequest::default();
+        let mut seen = 0u16;
+        cursor.object(|cursor, key| {
+            let field = match key {
+                "SecretName" => 0,
+                "SecretLabels" => 1,
+                "ServiceHostname" => 2,
+                "ServiceID" => 3,
+                "ServiceName" => 4,
+                "ServiceLabels" => 5,
+                "TaskID" => 6,
+                "TaskName" => 7,
+                "TaskImage" => 8,
+                "NodeID" => 9,
+                "ServiceEndpointSpec" => 10,
+                _ => return None,
+            };
+            once(&mut seen, field)?;
+            match field {
+                0 => request.secret_name = cursor.string()?.to_owned(),
+                1 => request.secret_labels = cursor.labels()?,
+                2 => request.service_hostname = cursor.string()?.to_owned(),
+                3 => request.service_id = cursor.string()?.to_owned(),
+                4 => request.service_name = cursor.string()?.to_owned(),
+                5 => request.service_labels = cursor.labels()?,
+                6 => request.task_id = cursor.string()?.to_owned(),
+                7 => request.task_name = cursor.string()?.to_owned(),
+                8 => request.task_image = cursor.string()?.to_owned(),
+                9 => request.node_id = cursor.string()?.to_owned(),
+                _ => request.service_endpoint_spec = cursor.endpoint_spec()?,
+            }
+            Some(())
+        })?;
+        cursor.end()?;
+        Some(request)
+    }
+
+    /// Marks `field` seen; `None` if it was already.
+    fn once(seen: &mut u16, field: u16) -> Option<()> {
+        let bit = 1 << field;
+        if *seen & bit != 0 {
+            return None;
+        }
+        *seen |= bit;
+        Some(())
+    }
+
+    struct Cursor<'a> {
+        text: &'a str,
+        at: usize,
+    }
+
+    impl<'a> Cursor<'a> {
+        /// The next byte after whitespace, not consumed.
+        fn peek(&mut self) -> Option<u8> {
+            let bytes = self.text.as_bytes();
+            while let Some(&byte) = bytes.get(self.at) {
+                if !matches!(byte, b' ' | b'\n' | b'\t' | b'\r') {
+                    return Some(byte);
+                }
+                self.at += 1;
+            }
+            None
+        }
+
+        fn eat(&mut self, byte: u8) -> Option<()> {
+            (self.peek()? == byte).then(|| self.at += 1)
+        }
+
+        /// Only whitespace left.
+        fn end(&mut self) -> Option<()> {
+            self.peek().is_none().then_some(())
+        }
+
+        /// `null`, consumed; `false` (nothing consumed) for anything else.
+        fn null(&mut self) -> bool {
+            if self.peek() == Some(b'n') && self.text.as_bytes()[self.at..].starts_with(b"null") {
+                self.at += 4;
+                return true;
+            }
+            false
+        }
+
+        /// A string without escapes or control characters.
+        fn string(&mut self) -> Option<&'a str> {
+            self.eat(b'"')?;
+            let bytes = self.text.as_bytes();
+            let start = self.at;
+            let mut at = start;
+            // Eight bytes at a time up to the first `"`, `\\` or control
+            // character. Each test ("a byte equal to", "a byte below") may
+            // also flag bytes after a true match, never before one: the
+            // lowest flagged byte is the first match.
+            const ONES: u64 = 0x0101_0101_0101_0101;
+            const HIGH: u64 = 0x8080_8080_8080_8080;
+            const QUOTES: u64 = ONES * b'"' as u64;
+            const BACKSLASHES: u64 = ONES * b'\\' as u64;
+            const SPACES: u64 = ONES * 0x20;
+            while let Some(chunk) = bytes.get(at..at + 8) {
+                let x = u64::from_le_bytes(chunk.try_into().ok()?);
+                let (quote, backslash) = (x ^ QUOTES, x ^ BACKSLASHES);
+                let found = ((quote.wrapping_sub(ONES) & !quote)
+                    | (backslash.wrapping_sub(ONES) & !backslash)
+                    | (x.wrapping_sub(SPACES) & !x))
+                    & HIGH;
+                if found != 0 {
+                    at += (found.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                at += 8;
+            }
+            loop {
+                match *bytes.get(at)? {
+                    b'"' => break,
+                    b'\\' | 0..0x20 => return None,
+                    _ => at += 1,
+                }
+            }
+            self.at = at + 1;
+            // `"` is ASCII: both ends are character boundaries.
+            self.text.get(start..at)
+        }
+
+        /// A `u32` as serde_json reads one, for the subset above.
+        fn u32(&mut self) -> Option<u32> {
+            self.peek()?;
+            let bytes = self.text.as_bytes();
+            let start = self.at;
+            let mut at = start;
+            let mut value: u64 = 0;
+            while let Some(&digit @ b'0'..=b'9') = bytes.get(at) {
+                if at - start == 10 {
+                    return None;
+                }
+                value = value * 10 + u64::from(digit - b'0');
+                at += 1;
+            }
+            let digits = at - start;
+            if digits == 0
+                || (digits > 1 && bytes[start] == b'0')
+                || matches!(bytes.get(at), Some(b'.' | b'e' | b'E'))
+            {
+                return None;
+            }
+            self.at = at;
+            u32::try_from(value).ok()
+        }
+
+        /// `{ "key": value, ... }`, each value read by `each`.
+        fn object(&mut self, mut each: impl FnMut(&mut Self, &'a str) -> Option<()>) -> Option<()> {
+            self.eat(b'{')?;
+            if self.peek()? == b'}' {
+                self.at += 1;
+                return Some(());
+            }
+            loop {
+                let key = self.string()?;
+                self.eat(b':')?;
+                each(self, key)?;
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b'}' => {
+                        self.at += 1;
+                        return Some(());
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        /// A label map, or `null` for none.
+        fn labels(&mut self) -> Option<BTreeMap<String, String>> {
+            let mut labels = BTreeMap::new();
+            if self.null() {
+                return Some(labels);
+            }
+            self.object(|cursor, key| {
+                let value = cursor.string()?;
+                labels.insert(key.to_owned(), value.to_owned());
+                Some(())
+            })?;
+            Some(labels)
+        }
+
+        fn endpoint_spec(&mut self) -> Option<EndpointSpec> {
+            let mut spec = EndpointSpec::default();
+            if self.null() {
+                return Some(spec);
+            }
+            let mut seen = 0;
+            self.object(|cursor, key| {
+                match key {
+                    "Mode" => {
+                        once(&mut seen, 0)?;
+                        spec.mode = cursor.u32()?;
+                    }
+                    "Ports" => {
+                        once(&mut seen, 1)?;
+                        spec.ports = cursor.ports()?;
+                    }
+                    _ => return None,
+                }
+                Some(())
+            })?;
+            Some(spec)
+        }
+
+        /// The ports' array, or `null` for none.
+        fn ports(&mut self) -> Option<Vec<PortConfig>> {
+            let mut ports = Vec::new();
+            if self.null() {
+                return Some(ports);
+            }
+            self.eat(b'[')?;
+            if self.peek()? == b']' {
+                self.at += 1;
+                return Some(ports);
+            }
+            loop {
+                ports.push(self.port()?);
+                match self.peek()? {
+                    b',' => self.at += 1,
+                    b']' => {
+                        self.at += 1;
+                        return Some(ports);
+                    }
+                    _ => return None,
+                }
+            }
+        }
+
+        fn port(&mut self) -> Option<PortConfig> {
+            let mut port = PortConfig::default();
+            let mut seen = 0;
+            self.object(|cursor, key| {
+                let field = match key {
+                    "Name" => 0,
+                    "Protocol" => 1,
+                    "TargetPort" => 2,
+                    "PublishedPort" => 3,
+                    "PublishMode" => 4,
+                    _ => return None,
+                };
+                once(&mut seen, field)?;
+                match field {
+                    0 => port.name = cursor.string()?.to_owned(),
+                    1 => port.protocol = cursor.u32()?,
+                    2 => port.target_port = cursor.u32()?,
+                    3 => port.published_port = cursor.u32()?,
+                    _ => port.publish_mode = cursor.u32()?,
+                }
+                Some(())
+            })?;
+            Some(port)
         }
     }
 }
@@ -204,6 +494,94 @@ mod tests {
                 (ours, serde) => panic!("{body:?}: {ours:?} / {serde:?}"),
             }
         }
+    }
+
+    /// `parse` and serde_json's `from_slice` agree on `body`: the same
+    /// request (by its `Debug`, which shows every field) or the same error.
+    fn agrees_with_serde(body: &[u8]) {
+        let ours = GetSecretRequest::parse(body).map(|r| format!("{r:?}"));
+        let serde = serde_json::from_slice::<GetSecretRequest>(body).map(|r| format!("{r:?}"));
+        match (ours, serde) {
+            (Ok(ours), Ok(serde)) => assert_eq!(ours, serde, "{}", String::from_utf8_lossy(body)),
+            (Err(ours), Err(serde)) => assert_eq!(ours.to_string(), serde.to_string()),
+            (ours, serde) => panic!("{}: {ours:?} / {serde:?}", String::from_utf8_lossy(body)),
+        }
+    }
+
+    /// The engine's body (as bench/oha.sh and the tests send it).
+    const ENGINE: &str = r#"{"SecretName":"bench","SecretLabels":{},"ServiceHostname":"{{.Service.Name}}-{{.Task.Slot}}","ServiceID":"k3fz2yq8e0v1","ServiceName":"st_api","ServiceLabels":{"com.docker.stack.namespace":"st"},"TaskID":"x9q1w2e3r4t5","TaskName":"st_api.2.x9q1w2e3r4t5","TaskImage":"repo/api:1.4@sha256:0123","NodeID":"n7c0a1b2c3d4","ServiceEndpointSpec":{"Mode":1,"Ports":[{"Name":"http","Protocol":0,"TargetPort":8080,"PublishedPort":80,"PublishMode":1}]}}"#;
+
+    #[test]
+    fn the_plain_reader_reads_the_engines_bodies_as_serde_does() {
+        let bodies = [
+            ENGINE,
+            "{}",
+            " {\n\t\"SecretName\" :\r \"x\" , \"SecretLabels\":null,\"ServiceLabels\":null} \n",
+            r#"{"SecretLabels":{"a":"1","b":"2","a":"3"},"ServiceEndpointSpec":null}"#,
+            r#"{"ServiceEndpointSpec":{"Mode":4294967295,"Ports":null}}"#,
+            r#"{"ServiceEndpointSpec":{"Ports":[]}}"#,
+            r#"{"ServiceEndpointSpec":{"Ports":[{},{"Name":"é😀 x","PublishMode":0}]}}"#,
+            r#"{"SecretName":"0123456789abcdefghijklmnopqrstuvwxyz-long-enough-for-eight-byte-steps é∑😀"}"#,
+        ];
+        for body in bodies {
+            assert!(plain::request(body).is_some(), "{body}");
+            agrees_with_serde(body.as_bytes());
+        }
+    }
+
+    #[test]
+    fn parse_agrees_with_serde_on_every_edit_of_engine_bodies() {
+        let mut seeds: Vec<Vec<u8>> = vec![
+            ENGINE.as_bytes().to_vec(),
+            br#"{"SecretName":"a","SecretLabels":{"k":"v"},"ServiceLabels":null,"ServiceEndpointSpec":{"Mode":0,"Ports":[{"Name":"","TargetPort":0},{}]}}"#.to_vec(),
+            br#"{"ServiceEndpointSpec":null,"SecretLabels":null}"#.to_vec(),
+        ];
+        let corpus = concat!(env!("CARGO_MANIFEST_DIR"), "/../fuzz/corpus/request");
+        for entry in std::fs::read_dir(corpus).unwrap() {
+            seeds.push(std::fs::read(entry.unwrap().path()).unwrap());
+        }
+        let bytes: &[u8] = b"\"\\{}[],:0129-.eEnul \n\t\r\x01\x1fxa\xc3\xa9\xff";
+        let words: [&[u8]; 12] = [
+            b"null",
+            b"4294967296",
+            b"4294967295",
+            b"01",
+            b"1.0",
+            b"1e2",
+            b"-0",
+            b"\"\\u0041\"",
+            b"\"SecretName\":\"x\",",
+            b",\"Extra\":[1]",
+            b"\"Mode\":2,",
+            b"[]",
+        ];
+        let mut checked = 0;
+        for seed in &seeds {
+            agrees_with_serde(seed);
+            for at in 0..=seed.len() {
+                let mut edits: Vec<Vec<u8>> = Vec::new();
+                if at < seed.len() {
+                    let mut removed = seed.clone();
+                    removed.remove(at);
+                    edits.push(removed);
+                    edits.push([&seed[..=at], &seed[at..]].concat());
+                }
+                for &byte in bytes {
+                    edits.push([&seed[..at], &[byte], &seed[at..]].concat());
+                    if at < seed.len() {
+                        edits.push([&seed[..at], &[byte], &seed[at + 1..]].concat());
+                    }
+                }
+                for word in words {
+                    edits.push([&seed[..at], word, &seed[at..]].concat());
+                }
+                for edit in edits {
+                    agrees_with_serde(&edit);
+                    checked += 1;
+                }
+            }
+        }
+        assert!(checked > 10_000, "{checked}");
     }
 
     #[test]

@@ -271,7 +271,12 @@ impl Resolver {
             verdict: None,
             template: None,
             inputs: Vec::new(),
-            result: Err(Failure::new("internal", "not answered")),
+            // Replaced on every path below; built without `Failure::new`'s
+            // escaping, which leaves this text as it is.
+            result: Err(Failure {
+                outcome: "internal",
+                message: String::from("not answered"),
+            }),
         };
         match labels::template_of(&request.secret_labels) {
             Ok(None) => {}

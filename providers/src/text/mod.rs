@@ -71,6 +71,11 @@ pub fn shown(text: &str) -> Cow<'_, str> {
 
 /// [`shown`] with an explicit bound, in characters.
 pub fn shown_max(text: &str, max_chars: usize) -> Cow<'_, str> {
+    // Printable ASCII, at most `max_chars` bytes (so characters): nothing
+    // to escape or cut. The common case, checked a byte at a time.
+    if text.len() <= max_chars && text.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Cow::Borrowed(text);
+    }
     let short = text.len() <= max_chars || text.chars().nth(max_chars).is_none();
     if short && !text.chars().any(is_unsafe_char) {
         return Cow::Borrowed(text);
