@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use serde::{Deserialize, Serialize};
 use vaultbridge_providers::ConfigError;
@@ -181,20 +181,45 @@ impl Audit {
         })
     }
 
-    /// Write one record as one line.
+    /// Write one record as one line, on this thread (the tests' way).
+    #[cfg(test)]
     pub fn record(&self, record: &Record<'_>) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
+        self.write(&Self::lines(std::slice::from_ref(record))?)
+    }
+
+    /// Write `records`, one line each, on a blocking thread, not the
+    /// caller's: a stdout nobody reads (a full pipe to dockerd) or a hung
+    /// file system then holds only the requests waiting for their records,
+    /// never the runtime's worker — which also accepts connections, answers
+    /// `/healthz`, enforces deadlines and handles SIGTERM.
+    pub async fn record_all(self: &Arc<Self>, records: &[Record<'_>]) -> std::io::Result<()> {
+        let lines = Self::lines(records)?;
+        let audit = self.clone();
+        tokio::task::spawn_blocking(move || audit.write(&lines))
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("the audit write did not finish")))
+    }
+
+    fn lines(records: &[Record<'_>]) -> std::io::Result<Vec<u8>> {
+        let mut lines = Vec::new();
+        for record in records {
+            serde_json::to_writer(&mut lines, record).map_err(std::io::Error::other)?;
+            lines.push(b'\n');
+        }
+        Ok(lines)
+    }
+
+    fn write(&self, lines: &[u8]) -> std::io::Result<()> {
         // A panic elsewhere while holding the lock left no partial state
-        // that matters: each write is one whole line.
+        // that matters: each write is whole lines.
         let mut sink = self.sink.lock().unwrap_or_else(PoisonError::into_inner);
         match &mut *sink {
             Sink::Stdout => {
                 let mut stdout = std::io::stdout().lock();
-                stdout.write_all(&line)?;
+                stdout.write_all(lines)?;
                 stdout.flush()
             }
-            Sink::File(file) => file.append(&line),
+            Sink::File(file) => file.append(lines),
         }
     }
 }

@@ -1,7 +1,11 @@
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Parser;
 use vaultbridge::cli::{Cli, init_logging, run};
+
+/// How long the exit waits for blocking tasks still running.
+const EXIT_WAIT: Duration = Duration::from_secs(1);
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -21,7 +25,13 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     match runtime {
-        Ok(runtime) => runtime.block_on(run(cli)),
+        Ok(runtime) => {
+            let code = runtime.block_on(run(cli));
+            // A blocking task still stuck (an audit write to a stdout
+            // nobody reads) must not keep a stopped plugin alive.
+            runtime.shutdown_timeout(EXIT_WAIT);
+            code
+        }
         Err(err) => {
             tracing::error!(error = %err, "cannot start the runtime");
             ExitCode::FAILURE

@@ -169,11 +169,15 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
     let elapsed = started.elapsed();
     let duration_ms = elapsed.as_secs_f64() * 1000.0;
     let template = answer.template.as_deref().unwrap_or("-");
-    if let Some(audit) = &state.audit
-        && let Err(err) = audit_records(request, &answer, duration_ms)
-            .iter()
-            .try_for_each(|record| audit.record(record))
-    {
+    let audited = match &state.audit {
+        Some(audit) => {
+            audit
+                .record_all(&audit_records(request, &answer, duration_ms))
+                .await
+        }
+        None => Ok(()),
+    };
+    if let Err(err) = audited {
         // Fail closed, as Vault's audit devices do: no record, no secret.
         tracing::error!(
             %secret,

@@ -4,9 +4,12 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 use serde_json::Value;
-use vaultbridge_tests::{Plugin, assert_log_has_no_values, binary, engine_request};
+use vaultbridge_tests::{
+    Plugin, assert_log_has_no_values, binary, engine_request, raw_request_within, wait_until,
+};
 
 const BILLING_DB: &[u8] = b"billing-db-password-5e1c";
 const PAYMENTS_DB: &[u8] = b"payments-db-password-90af";
@@ -452,4 +455,44 @@ fn with_a_policy_a_symlink_in_ones_own_folder_reaches_nothing_else() {
     let (code, _, err) = vaultbridge(&["check", "--config", &file.display().to_string()]);
     assert_eq!(code, 2);
     assert!(err.contains("providers.local.follow_symlinks"), "{err}");
+}
+
+#[test]
+fn a_stdout_nobody_reads_holds_the_audited_requests_not_the_plugin() {
+    let (dir, config) = setup_with("", "[audit]\nsink = \"stdout\"\n");
+    // stdout: a pipe nobody reads, as a dockerd that stopped reading the
+    // plugin's output leaves it (opened read-write, so that opening does
+    // not wait for a reader; its 64 KiB then fill).
+    let fifo = dir.path().join("stdout");
+    let mut plugin = Plugin::spawn_in_shell(
+        &format!("mkfifo '{0}' && exec 1<>'{0}'", fifo.display()),
+        Some(&config),
+        &[],
+        &[],
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            plugin.try_request("POST", "/Plugin.Activate", b"").is_ok()
+        }),
+        "plugin did not answer; log:\n{}",
+        plugin.log()
+    );
+    let request = from_stack("billing", "db", &[]).to_string();
+    let ask = |path: &str, body: &[u8]| {
+        raw_request_within(&plugin.socket, "POST", path, body, Duration::from_secs(2))
+    };
+    // Audited secrets until the pipe is full: that one's record cannot be
+    // written, so it is not answered (fail closed).
+    let served = (0..1000)
+        .take_while(|_| ask("/SecretProvider.GetSecret", request.as_bytes()).is_ok())
+        .count();
+    assert!(
+        (10..1000).contains(&served),
+        "{served} answered before the pipe filled"
+    );
+    // The plugin itself still answers, and stops on SIGTERM.
+    let activate = ask("/Plugin.Activate", b"");
+    assert!(activate.is_ok(), "{activate:?}");
+    let status = plugin.terminate(Duration::from_secs(20));
+    assert!(status.is_some(), "still running 20 s after SIGTERM");
 }
