@@ -601,4 +601,295 @@ mod tests {
         let json = serde_json::to_string(&GetSecretResponse::error("boom")).unwrap();
         assert_eq!(json, r#"{"Err":"boom","DoNotReuse":false}"#);
     }
+
+    /// Review: every string length around the 8-byte steps, with each kind
+    /// of stop byte (and multi-byte characters) at every offset.
+    #[test]
+    fn review_string_scan_at_every_offset() {
+        let specials: [&str; 14] = [
+            "\"", "\\", "\\n", "\u{0}", "\u{1f}", " ", "!", "\u{7f}", "\u{80}", "é", "😀",
+            "\u{2028}", "\t", "\\\"",
+        ];
+        let mut checked = 0;
+        for len in 0..40usize {
+            for at in 0..=len {
+                for special in specials {
+                    for field in ["SecretName", "TaskImage"] {
+                        let text: String = (0..len)
+                            .map(|i| {
+                                if i == at {
+                                    special.to_string()
+                                } else {
+                                    "a".to_string()
+                                }
+                            })
+                            .collect();
+                        let body = format!(
+                            "{{\"{field}\":\"{text}\",\"SecretLabels\":{{\"{text}\":\"{text}\"}}}}"
+                        );
+                        agrees_with_serde(body.as_bytes());
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert!(checked > 1000);
+    }
+
+    /// Review: random bodies from a grammar around the engine's shape, with
+    /// hostile choices at every point; `plain` must agree with serde
+    /// whenever it answers, and `parse` with serde always.
+    #[test]
+    fn review_random_bodies_agree_with_serde() {
+        fn ws(rng: &mut fastrand::Rng, out: &mut String) {
+            const WS: [&str; 10] = [
+                "", "", "", " ", "\n", "\t", "\r", "\u{b}", "\u{c}", "\u{a0}",
+            ];
+            if rng.u8(..4) == 0 {
+                out.push_str(WS[rng.usize(..WS.len())]);
+            }
+        }
+        fn string(rng: &mut fastrand::Rng, out: &mut String) {
+            const PIECES: [&str; 22] = [
+                "a",
+                "Z",
+                "0",
+                " ",
+                "é",
+                "😀",
+                "\u{7f}",
+                "\u{85}",
+                "\\n",
+                "\\\"",
+                "\\\\",
+                "\\u0041",
+                "\\ud83d\\ude00",
+                "\\ud800",
+                "\u{1}",
+                "\n",
+                "\u{1b}[31m",
+                "SecretName",
+                "{",
+                "}",
+                ":",
+                ",",
+            ];
+            if rng.u8(..30) == 0 {
+                out.push_str(["null", "1", "true", "[]", "{}", "\"a\"\"b\""][rng.usize(..6)]);
+                return;
+            }
+            out.push('"');
+            for _ in 0..rng.usize(..20) {
+                if rng.bool() {
+                    out.push('a');
+                } else {
+                    out.push_str(PIECES[rng.usize(..PIECES.len())]);
+                }
+            }
+            if rng.u8(..40) != 0 {
+                out.push('"');
+            }
+        }
+        fn number(rng: &mut fastrand::Rng, out: &mut String) {
+            const N: [&str; 26] = [
+                "0",
+                "1",
+                "80",
+                "4294967295",
+                "4294967296",
+                "9999999999",
+                "99999999999",
+                "18446744073709551616",
+                "00",
+                "01",
+                "-0",
+                "-1",
+                "1.0",
+                "1e2",
+                "1E0",
+                "0.0",
+                "1.",
+                "+1",
+                "0x1",
+                "null",
+                "\"1\"",
+                "true",
+                "1 1",
+                "NaN",
+                "-",
+                "123456789012345678901234567890",
+            ];
+            if rng.bool() {
+                out.push_str(&rng.u32(..).to_string());
+            } else {
+                out.push_str(N[rng.usize(..N.len())]);
+            }
+        }
+        fn key(rng: &mut fastrand::Rng, out: &mut String, known: &[&str]) {
+            if rng.u8(..10) == 0 {
+                string(rng, out);
+            } else {
+                out.push('"');
+                out.push_str(known[rng.usize(..known.len())]);
+                out.push('"');
+            }
+        }
+        fn labels(rng: &mut fastrand::Rng, out: &mut String) {
+            match rng.u8(..12) {
+                0 => out.push_str("null"),
+                1 => out.push_str("[]"),
+                2 => out.push_str("nul"),
+                3 => out.push_str("nullx"),
+                _ => {
+                    out.push('{');
+                    let n = rng.usize(..4);
+                    for i in 0..n {
+                        ws(rng, out);
+                        if rng.u8(..3) == 0 {
+                            out.push_str("\"k\"");
+                        } else {
+                            string(rng, out);
+                        }
+                        ws(rng, out);
+                        out.push(':');
+                        ws(rng, out);
+                        string(rng, out);
+                        ws(rng, out);
+                        if i + 1 < n || rng.u8(..20) == 0 {
+                            out.push(',');
+                        }
+                    }
+                    out.push('}');
+                }
+            }
+        }
+        fn object(
+            rng: &mut fastrand::Rng,
+            out: &mut String,
+            known: &[&str],
+            value: &dyn Fn(&mut fastrand::Rng, &mut String, &str),
+        ) {
+            if rng.u8(..25) == 0 {
+                out.push_str(["[]", "[\"x\"]", "null", "\"x\"", "{,}"][rng.usize(..5)]);
+                return;
+            }
+            out.push('{');
+            let n = rng.usize(..known.len() + 2);
+            for i in 0..n {
+                ws(rng, out);
+                let mut k = String::new();
+                key(rng, &mut k, known);
+                out.push_str(&k);
+                ws(rng, out);
+                if rng.u8(..50) != 0 {
+                    out.push(':');
+                }
+                ws(rng, out);
+                value(rng, out, k.trim_matches('"'));
+                ws(rng, out);
+                if i + 1 < n || rng.u8(..30) == 0 {
+                    out.push(',');
+                }
+            }
+            if rng.u8(..40) != 0 {
+                out.push('}');
+            }
+        }
+        fn port(rng: &mut fastrand::Rng, out: &mut String) {
+            object(
+                rng,
+                out,
+                &[
+                    "Name",
+                    "Protocol",
+                    "TargetPort",
+                    "PublishedPort",
+                    "PublishMode",
+                    "Other",
+                ],
+                &|rng, out, k| {
+                    if k == "Name" {
+                        string(rng, out)
+                    } else {
+                        number(rng, out)
+                    }
+                },
+            );
+        }
+        fn spec(rng: &mut fastrand::Rng, out: &mut String) {
+            if rng.u8(..8) == 0 {
+                out.push_str("null");
+                return;
+            }
+            object(
+                rng,
+                out,
+                &["Mode", "Ports", "Other"],
+                &|rng, out, k| match k {
+                    "Mode" => number(rng, out),
+                    _ => match rng.u8(..8) {
+                        0 => out.push_str("null"),
+                        1 => out.push_str("[ ]"),
+                        _ => {
+                            out.push('[');
+                            let n = rng.usize(..3);
+                            for i in 0..n {
+                                ws(rng, out);
+                                port(rng, out);
+                                ws(rng, out);
+                                if i + 1 < n || rng.u8(..20) == 0 {
+                                    out.push(',');
+                                }
+                            }
+                            out.push(']');
+                        }
+                    },
+                },
+            );
+        }
+        const TOP: [&str; 13] = [
+            "SecretName",
+            "SecretLabels",
+            "ServiceHostname",
+            "ServiceID",
+            "ServiceName",
+            "ServiceLabels",
+            "TaskID",
+            "TaskName",
+            "TaskImage",
+            "NodeID",
+            "ServiceEndpointSpec",
+            "secretName",
+            "Unknown",
+        ];
+        let mut rng = fastrand::Rng::with_seed(0x5eed);
+        let (mut fast, mut total) = (0, 0);
+        for _ in 0..300_000 {
+            let mut body = String::new();
+            if rng.u8(..50) == 0 {
+                body.push('\u{feff}');
+            }
+            ws(&mut rng, &mut body);
+            object(&mut rng, &mut body, &TOP, &|rng, out, k| match k {
+                "SecretLabels" | "ServiceLabels" => labels(rng, out),
+                "ServiceEndpointSpec" => spec(rng, out),
+                _ => string(rng, out),
+            });
+            ws(&mut rng, &mut body);
+            if rng.u8(..40) == 0 {
+                body.push_str(["x", "{}", "\u{0}", ",", "\u{a0}"][rng.usize(..5)]);
+            }
+            if let Some(ours) = plain::request(&body) {
+                fast += 1;
+                let serde = serde_json::from_str::<GetSecretRequest>(&body).unwrap_or_else(|err| {
+                    panic!("plain accepted, serde refused ({err}): {body:?}")
+                });
+                assert_eq!(format!("{ours:?}"), format!("{serde:?}"), "{body:?}");
+            }
+            agrees_with_serde(body.as_bytes());
+            total += 1;
+        }
+        eprintln!("fast path on {fast} of {total}");
+        assert!(fast > 10_000, "{fast}");
+    }
 }
