@@ -605,7 +605,7 @@ mod tests {
     /// Review: every string length around the 8-byte steps, with each kind
     /// of stop byte (and multi-byte characters) at every offset.
     #[test]
-    fn review_string_scan_at_every_offset() {
+    fn the_string_scan_agrees_with_serde_at_every_offset() {
         let specials: [&str; 14] = [
             "\"", "\\", "\\n", "\u{0}", "\u{1f}", " ", "!", "\u{7f}", "\u{80}", "é", "😀",
             "\u{2028}", "\t", "\\\"",
@@ -640,7 +640,7 @@ mod tests {
     /// hostile choices at every point; `plain` must agree with serde
     /// whenever it answers, and `parse` with serde always.
     #[test]
-    fn review_random_bodies_agree_with_serde() {
+    fn random_hostile_bodies_agree_with_serde() {
         fn ws(rng: &mut fastrand::Rng, out: &mut String) {
             const WS: [&str; 10] = [
                 "", "", "", " ", "\n", "\t", "\r", "\u{b}", "\u{c}", "\u{a0}",
