@@ -482,18 +482,21 @@ mod tests {
         tracing::info!(message = "a message field", after = 1u8);
     }
 
-    fn render(plain: bool) -> String {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
+    /// A writer keeping what the layer wrote, for the tests to read.
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
         }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn render(plain: bool) -> String {
         let buf = Buf::default();
         let writer = {
             let buf = buf.clone();
@@ -614,17 +617,6 @@ mod tests {
     /// The lines of the stock format (`DefaultFields`, `Format<Full>`) or
     /// ours (`PlainFields`, `PlainFormat`), with `timer`.
     fn render_lines<T: FormatTime + Clone + Send + Sync + 'static>(ours: bool, timer: T) -> String {
-        #[derive(Clone, Default)]
-        struct Buf(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Buf {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let buf = Buf::default();
         let writer = {
             let buf = buf.clone();
