@@ -242,8 +242,9 @@ fn plain(text: &str) -> bool {
         .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
 }
 
-/// `value` in decimal, as `{:?}` writes it, at the end of `buf`.
-fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &str {
+/// `value` (negated when `negative`) in decimal, as `{:?}` writes it, at
+/// the end of `buf`.
+fn decimal(negative: bool, mut value: u64, buf: &mut [u8; 21]) -> &str {
     let mut at = buf.len();
     loop {
         at -= 1;
@@ -253,7 +254,11 @@ fn decimal(mut value: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    // Only ASCII digits were written.
+    if negative {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    // Only ASCII digits and '-' were written.
     std::str::from_utf8(&buf[at..]).unwrap_or_default()
 }
 
@@ -284,22 +289,14 @@ impl<W: Sink> Visit for PlainVisitor<W> {
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        let mut buf = [0; 20];
-        self.text(field, decimal(value, &mut buf), &value);
+        let mut buf = [0; 21];
+        self.text(field, decimal(false, value, &mut buf), &value);
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        let mut buf = [0; 20];
-        let digits = decimal(value.unsigned_abs(), &mut buf);
-        if value < 0 {
-            let mut signed = [0; 21];
-            signed[0] = b'-';
-            signed[1..=digits.len()].copy_from_slice(digits.as_bytes());
-            let text = std::str::from_utf8(&signed[..=digits.len()]).unwrap_or_default();
-            self.text(field, text, &value);
-        } else {
-            self.text(field, digits, &value);
-        }
+        let mut buf = [0; 21];
+        let text = decimal(value < 0, value.unsigned_abs(), &mut buf);
+        self.text(field, text, &value);
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
