@@ -33,8 +33,9 @@ pub struct GetSecretRequest {
     /// Sent by the engine, though missing from go-plugins-helpers' struct.
     #[serde(rename = "NodeID")]
     pub node_id: String,
-    #[serde(deserialize_with = "null_as_default")]
-    pub service_endpoint_spec: EndpointSpec,
+    // `ServiceEndpointSpec` is sent too. Nothing here reads it, so it is
+    // skipped like any unknown field: a spec we do not use can neither cost
+    // a parse nor fail one when the engine changes its types.
 }
 
 impl GetSecretRequest {
@@ -63,14 +64,14 @@ impl GetSecretRequest {
 /// serde's result or error. What it reads:
 ///
 /// - JSON objects (not arrays, which serde also accepts for a struct), the
-///   known fields only, each at most once (serde refuses a repeated field;
-///   unknown ones it skips, which is left to serde);
+///   known fields each at most once (serde refuses a repeated field);
 /// - strings without a backslash or a control character (serde unescapes
 ///   the one and refuses the other); the text is UTF-8 already;
-/// - integers for the `u32` fields: digits, no leading zero, no fraction or
-///   exponent, at most `u32::MAX` (serde refuses the rest for a `u32`);
-/// - `null` for the label maps, the endpoint spec and its ports (as
-///   `null_as_default`), and for nothing else;
+/// - `null` for the label maps (as `null_as_default`), and for no other
+///   known field;
+/// - unknown fields' values, skipped, when they are made of the above,
+///   `true`, `false`, integers without fraction or exponent, and arrays,
+///   nested at most [`plain::DEPTH`] deep (serde checks their syntax too);
 /// - JSON's four whitespace characters between tokens, and nothing after
 ///   the object but whitespace.
 ///
@@ -78,7 +79,11 @@ impl GetSecretRequest {
 mod plain {
     use std::collections::BTreeMap;
 
-    use super::{EndpointSpec, GetSecretRequest, PortConfig};
+    use super::GetSecretRequest;
+
+    /// How deep a skipped value may nest before serde is left to read it
+    /// (serde's own limit is 128; the engine's deepest is 3).
+    pub const DEPTH: u8 = 8;
 
     pub fn request(text: &str) -> Option<GetSecretRequest> {
         let mut cursor = Cursor { text, at: 0 };
@@ -96,8 +101,7 @@ mod plain {
                 "TaskName" => 7,
                 "TaskImage" => 8,
                 "NodeID" => 9,
-                "ServiceEndpointSpec" => 10,
-                _ => return None,
+                _ => return cursor.skip(DEPTH),
             };
             once(&mut seen, field)?;
             match field {
@@ -110,8 +114,7 @@ mod plain {
                 6 => request.task_id = cursor.string()?.to_owned(),
                 7 => request.task_name = cursor.string()?.to_owned(),
                 8 => request.task_image = cursor.string()?.to_owned(),
-                9 => request.node_id = cursor.string()?.to_owned(),
-                _ => request.service_endpoint_spec = cursor.endpoint_spec()?,
+                _ => request.node_id = cursor.string()?.to_owned(),
             }
             Some(())
         })?;
@@ -205,29 +208,38 @@ mod plain {
             self.text.get(start..at)
         }
 
-        /// A `u32` as serde_json reads one, for the subset above.
-        fn u32(&mut self) -> Option<u32> {
-            self.peek()?;
+        /// An integer as serde_json reads one: an optional `-`, digits, no
+        /// leading zero, no fraction or exponent (left to serde).
+        fn integer(&mut self) -> Option<()> {
             let bytes = self.text.as_bytes();
+            if bytes.get(self.at) == Some(&b'-') {
+                self.at += 1;
+            }
             let start = self.at;
-            let mut at = start;
-            let mut value: u64 = 0;
-            while let Some(&digit @ b'0'..=b'9') = bytes.get(at) {
-                if at - start == 10 {
-                    return None;
-                }
-                value = value * 10 + u64::from(digit - b'0');
-                at += 1;
+            while let Some(b'0'..=b'9') = bytes.get(self.at) {
+                self.at += 1;
             }
-            let digits = at - start;
-            if digits == 0
-                || (digits > 1 && bytes[start] == b'0')
-                || matches!(bytes.get(at), Some(b'.' | b'e' | b'E'))
-            {
-                return None;
+            let digits = self.at - start;
+            (digits > 0
+                && !(digits > 1 && bytes[start] == b'0')
+                && !matches!(bytes.get(self.at), Some(b'.' | b'e' | b'E')))
+            .then_some(())
+        }
+
+        /// Any value made of what this reader reads, passed over; `None`
+        /// for anything else, or nesting deeper than `depth`.
+        fn skip(&mut self, depth: u8) -> Option<()> {
+            let depth = depth.checked_sub(1)?;
+            match self.peek()? {
+                b'"' => self.string().map(drop),
+                b'{' => self.object(|cursor, _| cursor.skip(depth)),
+                b'[' => self.array(|cursor| cursor.skip(depth)),
+                b'-' | b'0'..=b'9' => self.integer(),
+                _ => ["null", "true", "false"].into_iter().find_map(|word| {
+                    let found = self.text.as_bytes()[self.at..].starts_with(word.as_bytes());
+                    found.then(|| self.at += word.len())
+                }),
             }
-            self.at = at;
-            u32::try_from(value).ok()
         }
 
         /// `{ "key": value, ... }`, each value read by `each`.
@@ -266,100 +278,26 @@ mod plain {
             Some(labels)
         }
 
-        fn endpoint_spec(&mut self) -> Option<EndpointSpec> {
-            let mut spec = EndpointSpec::default();
-            if self.null() {
-                return Some(spec);
-            }
-            let mut seen = 0;
-            self.object(|cursor, key| {
-                match key {
-                    "Mode" => {
-                        once(&mut seen, 0)?;
-                        spec.mode = cursor.u32()?;
-                    }
-                    "Ports" => {
-                        once(&mut seen, 1)?;
-                        spec.ports = cursor.ports()?;
-                    }
-                    _ => return None,
-                }
-                Some(())
-            })?;
-            Some(spec)
-        }
-
-        /// The ports' array, or `null` for none.
-        fn ports(&mut self) -> Option<Vec<PortConfig>> {
-            let mut ports = Vec::new();
-            if self.null() {
-                return Some(ports);
-            }
+        /// `[ value, ... ]`, each value read by `each`.
+        fn array(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
             self.eat(b'[')?;
             if self.peek()? == b']' {
                 self.at += 1;
-                return Some(ports);
+                return Some(());
             }
             loop {
-                ports.push(self.port()?);
+                each(self)?;
                 match self.peek()? {
                     b',' => self.at += 1,
                     b']' => {
                         self.at += 1;
-                        return Some(ports);
+                        return Some(());
                     }
                     _ => return None,
                 }
             }
         }
-
-        fn port(&mut self) -> Option<PortConfig> {
-            let mut port = PortConfig::default();
-            let mut seen = 0;
-            self.object(|cursor, key| {
-                let field = match key {
-                    "Name" => 0,
-                    "Protocol" => 1,
-                    "TargetPort" => 2,
-                    "PublishedPort" => 3,
-                    "PublishMode" => 4,
-                    _ => return None,
-                };
-                once(&mut seen, field)?;
-                match field {
-                    0 => port.name = cursor.string()?.to_owned(),
-                    1 => port.protocol = cursor.u32()?,
-                    2 => port.target_port = cursor.u32()?,
-                    3 => port.published_port = cursor.u32()?,
-                    _ => port.publish_mode = cursor.u32()?,
-                }
-                Some(())
-            })?;
-            Some(port)
-        }
     }
-}
-
-/// The service's endpoint spec. The engine encodes enums as integers.
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct EndpointSpec {
-    /// 0 = vip, 1 = dnsrr.
-    pub mode: u32,
-    #[serde(deserialize_with = "null_as_default")]
-    pub ports: Vec<PortConfig>,
-}
-
-#[derive(Debug, Default, Clone, Deserialize)]
-#[serde(rename_all = "PascalCase", default)]
-pub struct PortConfig {
-    pub name: String,
-    /// 0 = tcp, 1 = udp, 2 = sctp.
-    pub protocol: u32,
-    pub target_port: u32,
-    pub published_port: u32,
-    /// 0 = ingress, 1 = host.
-    pub publish_mode: u32,
 }
 
 /// Go encodes a nil map or slice as `null`; treat it as empty.
@@ -462,8 +400,6 @@ mod tests {
         let req: GetSecretRequest = serde_json::from_str(body).unwrap();
         assert_eq!(req.secret_name, "st_db");
         assert_eq!(req.node_id, "n1");
-        assert_eq!(req.service_endpoint_spec.mode, 1);
-        assert_eq!(req.service_endpoint_spec.ports[0].published_port, 80);
         assert!(req.service_labels.is_empty());
 
         let empty: GetSecretRequest = serde_json::from_str("{}").unwrap();
@@ -522,11 +458,36 @@ mod tests {
             r#"{"ServiceEndpointSpec":{"Ports":[]}}"#,
             r#"{"ServiceEndpointSpec":{"Ports":[{},{"Name":"é😀 x","PublishMode":0}]}}"#,
             r#"{"SecretName":"0123456789abcdefghijklmnopqrstuvwxyz-long-enough-for-eight-byte-steps é∑😀"}"#,
+            r#"{"Future":[true,false,null,-0,-12,0,{"a":[[]],"b":{}}],"SecretName":"x","Future":"y"}"#,
+            r#"{"ServiceEndpointSpec":{"Ports":[{"TargetPort":-1}]}}"#,
         ];
         for body in bodies {
             assert!(plain::request(body).is_some(), "{body}");
             agrees_with_serde(body.as_bytes());
         }
+    }
+
+    #[test]
+    fn unknown_values_the_plain_reader_does_not_read_exactly_are_left_to_serde() {
+        let deep = |n| format!(r#"{{"Future":{}{}}}"#, "[".repeat(n), "]".repeat(n));
+        let bodies = [
+            deep(plain::DEPTH as usize + 1),
+            deep(130),
+            r#"{"Future":1.5}"#.to_owned(),
+            r#"{"Future":1e3}"#.to_owned(),
+            r#"{"Future":01}"#.to_owned(),
+            r#"{"Future":-}"#.to_owned(),
+            r#"{"Future":"\n"}"#.to_owned(),
+            r#"{"Future":nul}"#.to_owned(),
+            r#"{"Future":truex}"#.to_owned(),
+            r#"{"Future":[1,]}"#.to_owned(),
+            r#"{"Future":{"a"}}"#.to_owned(),
+        ];
+        for body in &bodies {
+            assert!(plain::request(body).is_none(), "{body}");
+            agrees_with_serde(body.as_bytes());
+        }
+        assert!(plain::request(&deep(plain::DEPTH as usize)).is_some());
     }
 
     #[test]
