@@ -6,11 +6,9 @@
 //! Every function panics (assert!) when an invariant does not hold; that is
 //! what turns a fuzz input or a proptest case into a failure.
 
-use std::collections::BTreeMap;
-
 use secrecy::ExposeSecret;
 use vaultbridge::config::Config;
-use vaultbridge::labels::{Decode, Lookup};
+use vaultbridge::labels::{Decode, Labels, Lookup};
 use vaultbridge::protocol::GetSecretRequest;
 use vaultbridge_providers::SecretPath;
 
@@ -155,14 +153,14 @@ pub fn path_text(raw: &str) {
 
 /// `Lookup::from_labels`: no panic; an accepted lookup carries what the
 /// labels said and a valid path; an error is one clean, bounded line.
-pub fn labels(secret_name: &str, labels: &BTreeMap<String, String>) {
+pub fn labels(secret_name: &str, labels: &impl Labels) {
     match Lookup::from_labels(secret_name, labels) {
         Ok(lookup) => {
             accepted_path(&lookup.path);
-            if let Some(path) = labels.get(vaultbridge::labels::PATH) {
+            if let Some(path) = labels.label(vaultbridge::labels::PATH) {
                 assert_eq!(lookup.path.as_str(), path, "the path label was rewritten");
             }
-            let label = |name| labels.get(name).map(String::as_str);
+            let label = |name| labels.label(name);
             assert_eq!(lookup.field.as_deref(), label(vaultbridge::labels::FIELD));
             assert_eq!(
                 lookup.version.as_deref(),

@@ -1,6 +1,7 @@
 //! The `vaultbridge` command line: `serve` (what Docker runs), and `check`
 //! and `get` for operators debugging a configuration.
 
+use std::borrow::Cow;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -145,25 +146,26 @@ pub struct CallerArgs {
 
 impl CallerArgs {
     /// The GetSecret request the engine would send for secret `name`.
-    fn request(self, name: String, labels: Vec<(String, String)>) -> GetSecretRequest {
+    fn request(self, name: String, labels: Vec<(String, String)>) -> GetSecretRequest<'static> {
+        let owned = |(k, v): (String, String)| (Cow::Owned(k), Cow::Owned(v));
         let mut request = GetSecretRequest {
-            secret_labels: labels.into_iter().collect(),
-            service_name: self.service.unwrap_or_default(),
-            service_labels: self.service_labels.into_iter().collect(),
-            task_image: self.image.unwrap_or_default(),
+            secret_labels: labels.into_iter().map(owned).collect(),
+            service_name: self.service.unwrap_or_default().into(),
+            service_labels: self.service_labels.into_iter().map(owned).collect(),
+            task_image: self.image.unwrap_or_default().into(),
             ..GetSecretRequest::default()
         };
         if let Some(stack) = self.stack {
-            let namespace = crate::labels::STACK_NAMESPACE.to_string();
+            let namespace = Cow::Borrowed(crate::labels::STACK_NAMESPACE);
             if name.starts_with(&format!("{stack}_")) {
                 request
                     .secret_labels
                     .entry(namespace.clone())
-                    .or_insert_with(|| stack.clone());
+                    .or_insert_with(|| stack.clone().into());
             }
-            request.service_labels.insert(namespace, stack);
+            request.service_labels.insert(namespace, stack.into());
         }
-        request.secret_name = name;
+        request.secret_name = name.into();
         request
     }
 }
@@ -685,7 +687,7 @@ async fn check_stack(
     }
 }
 
-async fn get(config: ConfigArg, request: GetSecretRequest) -> ExitCode {
+async fn get(config: ConfigArg, request: GetSecretRequest<'static>) -> ExitCode {
     let (resolver, _) = match load(&config).await {
         Ok(loaded) => loaded,
         Err(message) => {

@@ -5,6 +5,7 @@
 //! options are stored but never sent), so every knob is a `vaultbridge.*`
 //! label. Unknown `vaultbridge.*` labels are typos and are refused.
 
+use std::borrow::Borrow;
 use std::collections::BTreeMap;
 
 use vaultbridge_providers::path::{PathError, SecretPath, check_version};
@@ -39,6 +40,23 @@ const MAX_ROTATION_BYTES: usize = 128;
 /// What a template names in each of its lookups, so not a label beside it;
 /// and rotation, which rolls single lookups only.
 const NOT_WITH_TEMPLATE: [&str; 7] = [PROVIDER, PATH, FIELD, VERSION, DECODE, ROTATE, ROTATION];
+
+/// A secret's labels by name: borrowed from the engine's GetSecret body,
+/// owned when read back from the engine's API.
+pub trait Labels {
+    fn label(&self, name: &str) -> Option<&str>;
+    fn names(&self) -> impl Iterator<Item = &str>;
+}
+
+impl<K: Borrow<str> + Ord, V: AsRef<str>> Labels for BTreeMap<K, V> {
+    fn label(&self, name: &str) -> Option<&str> {
+        self.get(name).map(AsRef::as_ref)
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.keys().map(Borrow::borrow)
+    }
+}
 
 /// What one GetSecret asks for, parsed from its labels.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -123,10 +141,7 @@ pub type DefaultPath<'a> = dyn Fn(&str) -> Result<String, String> + 'a;
 
 impl Lookup {
     /// Parse the labels of the secret `secret_name`.
-    pub fn from_labels(
-        secret_name: &str,
-        labels: &BTreeMap<String, String>,
-    ) -> Result<Self, LabelError> {
+    pub fn from_labels(secret_name: &str, labels: &impl Labels) -> Result<Self, LabelError> {
         Self::from_labels_or(secret_name, labels, None)
     }
 
@@ -135,11 +150,11 @@ impl Lookup {
     /// caller) when given, else the secret's name.
     pub fn from_labels_or(
         secret_name: &str,
-        labels: &BTreeMap<String, String>,
+        labels: &impl Labels,
         default_path: Option<&DefaultPath<'_>>,
     ) -> Result<Self, LabelError> {
         refuse_unknown(labels)?;
-        if labels.contains_key(TEMPLATE) {
+        if labels.label(TEMPLATE).is_some() {
             return Err(LabelError::IsTemplate);
         }
         let get = |label: &'static str| get(labels, label);
@@ -254,14 +269,14 @@ impl Lookup {
 
 /// The template a secret's labels select, if any: `vaultbridge.template`,
 /// with `vaultbridge.reuse` and no label a template's lookups name.
-pub fn template_of(labels: &BTreeMap<String, String>) -> Result<Option<TemplateRef>, LabelError> {
+pub fn template_of(labels: &impl Labels) -> Result<Option<TemplateRef>, LabelError> {
     refuse_unknown(labels)?;
     let Some(name) = get(labels, TEMPLATE)? else {
         return Ok(None);
     };
     if let Some(label) = NOT_WITH_TEMPLATE
         .into_iter()
-        .find(|label| labels.contains_key(*label))
+        .find(|label| labels.label(label).is_some())
     {
         return Err(LabelError::WithTemplate { label });
     }
@@ -278,30 +293,27 @@ pub fn template_of(labels: &BTreeMap<String, String>) -> Result<Option<TemplateR
     }))
 }
 
-fn refuse_unknown(labels: &BTreeMap<String, String>) -> Result<(), LabelError> {
+fn refuse_unknown(labels: &impl Labels) -> Result<(), LabelError> {
     match labels
-        .keys()
-        .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(&k.as_str()))
+        .names()
+        .find(|k| k.starts_with(PREFIX) && !KNOWN.contains(k))
     {
         Some(label) => Err(LabelError::Unknown {
-            label: label.clone(),
+            label: label.to_owned(),
         }),
         None => Ok(()),
     }
 }
 
-fn get(
-    labels: &BTreeMap<String, String>,
-    label: &'static str,
-) -> Result<Option<String>, LabelError> {
-    match labels.get(label) {
+fn get(labels: &impl Labels, label: &'static str) -> Result<Option<String>, LabelError> {
+    match labels.label(label) {
         None => Ok(None),
-        Some(value) if value.is_empty() => Err(LabelError::Empty { label }),
-        Some(value) => Ok(Some(value.clone())),
+        Some("") => Err(LabelError::Empty { label }),
+        Some(value) => Ok(Some(value.to_owned())),
     }
 }
 
-fn reuse(labels: &BTreeMap<String, String>) -> Result<bool, LabelError> {
+fn reuse(labels: &impl Labels) -> Result<bool, LabelError> {
     match get(labels, REUSE)?.as_deref() {
         None | Some("true") => Ok(true),
         Some("false") => Ok(false),
@@ -339,10 +351,10 @@ pub fn is_plain_stamp(stamp: &str) -> bool {
 }
 
 /// The secret's own name, without the `<stack>_` prefix a stack deploy adds.
-pub fn secret_key<'a>(secret_name: &'a str, labels: &BTreeMap<String, String>) -> &'a str {
+pub fn secret_key<'a>(secret_name: &'a str, labels: &impl Labels) -> &'a str {
     labels
-        .get(STACK_NAMESPACE)
-        .and_then(|stack| secret_name.strip_prefix(stack.as_str())?.strip_prefix('_'))
+        .label(STACK_NAMESPACE)
+        .and_then(|stack| secret_name.strip_prefix(stack)?.strip_prefix('_'))
         .unwrap_or(secret_name)
 }
 

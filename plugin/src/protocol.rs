@@ -4,6 +4,7 @@
 //! Every request field is optional and unknown fields are ignored: the
 //! engine adds fields over time, and a driver that rejects them breaks.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
@@ -12,33 +13,39 @@ use serde::{Deserialize, Deserializer, Serialize};
 /// The `Content-Type` go-plugins-helpers answers with (the engine ignores it).
 pub const CONTENT_TYPE: &str = "application/vnd.docker.plugins.v1.1+json";
 
+/// A label map of a request: borrowed from the body where it can be.
+pub type RequestLabels<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
+
 /// `POST /SecretProvider.GetSecret` (swarmkit `SecretsProviderRequest`).
+///
+/// Its strings borrow from the body when they need no unescaping (as the
+/// engine sends them); `'static` when built from owned strings.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
-pub struct GetSecretRequest {
-    pub secret_name: String,
+pub struct GetSecretRequest<'a> {
+    pub secret_name: Cow<'a, str>,
     #[serde(deserialize_with = "null_as_default")]
-    pub secret_labels: BTreeMap<String, String>,
+    pub secret_labels: RequestLabels<'a>,
     /// The raw spec value: templates are not expanded by the engine.
-    pub service_hostname: String,
+    pub service_hostname: Cow<'a, str>,
     #[serde(rename = "ServiceID")]
-    pub service_id: String,
-    pub service_name: String,
+    pub service_id: Cow<'a, str>,
+    pub service_name: Cow<'a, str>,
     #[serde(deserialize_with = "null_as_default")]
-    pub service_labels: BTreeMap<String, String>,
+    pub service_labels: RequestLabels<'a>,
     #[serde(rename = "TaskID")]
-    pub task_id: String,
-    pub task_name: String,
-    pub task_image: String,
+    pub task_id: Cow<'a, str>,
+    pub task_name: Cow<'a, str>,
+    pub task_image: Cow<'a, str>,
     /// Sent by the engine, though missing from go-plugins-helpers' struct.
     #[serde(rename = "NodeID")]
-    pub node_id: String,
+    pub node_id: Cow<'a, str>,
     // `ServiceEndpointSpec` is sent too. Nothing here reads it, so it is
     // skipped like any unknown field: a spec we do not use can neither cost
     // a parse nor fail one when the engine changes its types.
 }
 
-impl GetSecretRequest {
+impl<'a> GetSecretRequest<'a> {
     /// The engine's body, parsed exactly as `serde_json::from_slice` parses
     /// it, with one UTF-8 check of the whole body instead of one per string
     /// (serde_json's `str` reader skips its own). A body that is not UTF-8
@@ -47,7 +54,7 @@ impl GetSecretRequest {
     /// A body in the shape the engine sends (the known fields once each,
     /// strings without escapes, plain integers) is read by [`plain`], with
     /// the same result; anything else, and every error, is serde's.
-    pub fn parse(body: &[u8]) -> serde_json::Result<Self> {
+    pub fn parse(body: &'a [u8]) -> serde_json::Result<Self> {
         match std::str::from_utf8(body) {
             Ok(text) => match plain::request(text) {
                 Some(request) => Ok(request),
@@ -77,15 +84,15 @@ impl GetSecretRequest {
 ///
 /// A label repeated in one map keeps its last value, as serde's map does.
 mod plain {
-    use std::collections::BTreeMap;
+    use std::borrow::Cow;
 
-    use super::GetSecretRequest;
+    use super::{GetSecretRequest, RequestLabels};
 
     /// How deep a skipped value may nest before serde is left to read it
     /// (serde's own limit is 128; the engine's deepest is 3).
     pub const DEPTH: u8 = 8;
 
-    pub fn request(text: &str) -> Option<GetSecretRequest> {
+    pub fn request(text: &str) -> Option<GetSecretRequest<'_>> {
         let mut cursor = Cursor { text, at: 0 };
         let mut request = GetSecretRequest::default();
         let mut seen = 0u16;
@@ -101,20 +108,20 @@ mod plain {
                 "TaskName" => 7,
                 "TaskImage" => 8,
                 "NodeID" => 9,
-                _ => return cursor.skip(DEPTH),
+                _ => return cursor.skip(),
             };
             once(&mut seen, field)?;
             match field {
-                0 => request.secret_name = cursor.string()?.to_owned(),
+                0 => request.secret_name = Cow::Borrowed(cursor.string()?),
                 1 => request.secret_labels = cursor.labels()?,
-                2 => request.service_hostname = cursor.string()?.to_owned(),
-                3 => request.service_id = cursor.string()?.to_owned(),
-                4 => request.service_name = cursor.string()?.to_owned(),
+                2 => request.service_hostname = Cow::Borrowed(cursor.string()?),
+                3 => request.service_id = Cow::Borrowed(cursor.string()?),
+                4 => request.service_name = Cow::Borrowed(cursor.string()?),
                 5 => request.service_labels = cursor.labels()?,
-                6 => request.task_id = cursor.string()?.to_owned(),
-                7 => request.task_name = cursor.string()?.to_owned(),
-                8 => request.task_image = cursor.string()?.to_owned(),
-                _ => request.node_id = cursor.string()?.to_owned(),
+                6 => request.task_id = Cow::Borrowed(cursor.string()?),
+                7 => request.task_name = Cow::Borrowed(cursor.string()?),
+                8 => request.task_image = Cow::Borrowed(cursor.string()?),
+                _ => request.node_id = Cow::Borrowed(cursor.string()?),
             }
             Some(())
         })?;
@@ -161,11 +168,7 @@ mod plain {
 
         /// `null`, consumed; `false` (nothing consumed) for anything else.
         fn null(&mut self) -> bool {
-            if self.peek() == Some(b'n') && self.text.as_bytes()[self.at..].starts_with(b"null") {
-                self.at += 4;
-                return true;
-            }
-            false
+            self.peek() == Some(b'n') && self.word("null").is_some()
         }
 
         /// A string without escapes or control characters.
@@ -226,20 +229,78 @@ mod plain {
             .then_some(())
         }
 
-        /// Any value made of what this reader reads, passed over; `None`
-        /// for anything else, or nesting deeper than `depth`.
-        fn skip(&mut self, depth: u8) -> Option<()> {
-            let depth = depth.checked_sub(1)?;
-            match self.peek()? {
-                b'"' => self.string().map(drop),
-                b'{' => self.object(|cursor, _| cursor.skip(depth)),
-                b'[' => self.array(|cursor| cursor.skip(depth)),
-                b'-' | b'0'..=b'9' => self.integer(),
-                _ => ["null", "true", "false"].into_iter().find_map(|word| {
-                    let found = self.text.as_bytes()[self.at..].starts_with(word.as_bytes());
-                    found.then(|| self.at += word.len())
-                }),
+        /// `word`, consumed.
+        fn word(&mut self, word: &str) -> Option<()> {
+            let found = self.text.as_bytes()[self.at..].starts_with(word.as_bytes());
+            found.then(|| self.at += word.len())
+        }
+
+        /// Any value made of what this reader reads, passed over in one
+        /// loop (no recursion); `None` for anything else, or for more than
+        /// [`DEPTH`] containers open at once.
+        fn skip(&mut self) -> Option<()> {
+            // The open containers, innermost in the lowest bit: 1 for an
+            // object, 0 for an array.
+            let (mut open, mut depth) = (0u16, 0u8);
+            loop {
+                // A value.
+                match self.peek()? {
+                    b'"' => self.string().map(drop)?,
+                    opener @ (b'{' | b'[') => {
+                        if depth == DEPTH {
+                            return None;
+                        }
+                        self.at += 1;
+                        let object = opener == b'{';
+                        let closer = if object { b'}' } else { b']' };
+                        if self.peek()? == closer {
+                            self.at += 1;
+                        } else {
+                            open = open << 1 | u16::from(object);
+                            depth += 1;
+                            if object {
+                                self.key()?;
+                            }
+                            continue;
+                        }
+                    }
+                    b'-' | b'0'..=b'9' => self.integer()?,
+                    b'n' => self.word("null")?,
+                    b't' => self.word("true")?,
+                    b'f' => self.word("false")?,
+                    _ => return None,
+                }
+                // After a value: the containers it closes, then a comma
+                // before the next value, or the end.
+                loop {
+                    if depth == 0 {
+                        return Some(());
+                    }
+                    let object = open & 1 == 1;
+                    match self.peek()? {
+                        b',' => {
+                            self.at += 1;
+                            if object {
+                                self.key()?;
+                            }
+                            break;
+                        }
+                        b'}' if object => {}
+                        b']' if !object => {}
+                        _ => return None,
+                    }
+                    self.at += 1;
+                    open >>= 1;
+                    depth -= 1;
+                }
             }
+        }
+
+        /// An object's `"key":`.
+        fn key(&mut self) -> Option<&'a str> {
+            let key = self.string()?;
+            self.eat(b':')?;
+            Some(key)
         }
 
         /// `{ "key": value, ... }`, each value read by `each`.
@@ -250,8 +311,7 @@ mod plain {
                 return Some(());
             }
             loop {
-                let key = self.string()?;
-                self.eat(b':')?;
+                let key = self.key()?;
                 each(self, key)?;
                 match self.peek()? {
                     b',' => self.at += 1,
@@ -265,37 +325,17 @@ mod plain {
         }
 
         /// A label map, or `null` for none.
-        fn labels(&mut self) -> Option<BTreeMap<String, String>> {
-            let mut labels = BTreeMap::new();
+        fn labels(&mut self) -> Option<RequestLabels<'a>> {
+            let mut labels = RequestLabels::new();
             if self.null() {
                 return Some(labels);
             }
             self.object(|cursor, key| {
                 let value = cursor.string()?;
-                labels.insert(key.to_owned(), value.to_owned());
+                labels.insert(Cow::Borrowed(key), Cow::Borrowed(value));
                 Some(())
             })?;
             Some(labels)
-        }
-
-        /// `[ value, ... ]`, each value read by `each`.
-        fn array(&mut self, mut each: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
-            self.eat(b'[')?;
-            if self.peek()? == b']' {
-                self.at += 1;
-                return Some(());
-            }
-            loop {
-                each(self)?;
-                match self.peek()? {
-                    b',' => self.at += 1,
-                    b']' => {
-                        self.at += 1;
-                        return Some(());
-                    }
-                    _ => return None,
-                }
-            }
         }
     }
 }

@@ -263,7 +263,7 @@ impl Resolver {
     /// The whole pipeline for one GetSecret request: its labels, then the
     /// provider, then the access policy, then the value. Any step may fail,
     /// and the answer says what was known when it did.
-    pub async fn answer(&self, request: &GetSecretRequest) -> Answer {
+    pub async fn answer(&self, request: &GetSecretRequest<'_>) -> Answer {
         let mut answer = Answer {
             provider: None,
             path: None,
@@ -339,7 +339,12 @@ impl Resolver {
 
     /// Whether the access policy lets `request`'s caller read `lookup` from
     /// `upstream` (always, without a policy).
-    fn judge(&self, request: &GetSecretRequest, upstream: &Upstream, lookup: &Lookup) -> Judged {
+    fn judge(
+        &self,
+        request: &GetSecretRequest<'_>,
+        upstream: &Upstream,
+        lookup: &Lookup,
+    ) -> Judged {
         let Some(policy) = &self.policy else {
             return Judged {
                 verdict: None,
@@ -389,7 +394,7 @@ impl Resolver {
     /// cache and per-task rules as a single lookup, then the render.
     async fn answer_template(
         &self,
-        request: &GetSecretRequest,
+        request: &GetSecretRequest<'_>,
         wanted: TemplateRef,
         mut answer: Answer,
     ) -> Answer {
@@ -925,10 +930,7 @@ mod tests {
     ) -> Result<(Vec<u8>, Source), Failure> {
         let request = GetSecretRequest {
             secret_name: "s".into(),
-            secret_labels: labels
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect(),
+            secret_labels: labels.iter().map(|&(k, v)| (k.into(), v.into())).collect(),
             task_id: task.into(),
             ..GetSecretRequest::default()
         };
@@ -1118,8 +1120,8 @@ mod tests {
         let resolver = with_templates(&memory, &other, &[("pgpass", PGPASS)], None);
         let request = |task: &str| GetSecretRequest {
             secret_name: "pg".into(),
-            secret_labels: [("vaultbridge.template".to_string(), "pgpass".to_string())].into(),
-            task_id: task.into(),
+            secret_labels: [("vaultbridge.template".into(), "pgpass".into())].into(),
+            task_id: task.to_string().into(),
             ..GetSecretRequest::default()
         };
         let first = resolver.answer(&request("t1")).await.result.unwrap();
@@ -1154,7 +1156,7 @@ mod tests {
         let resolver = with_templates(&memory, &other, &[("pgpass", PGPASS)], Some(policy));
         let request = GetSecretRequest {
             secret_name: "pg".into(),
-            secret_labels: [("vaultbridge.template".to_string(), "pgpass".to_string())].into(),
+            secret_labels: [("vaultbridge.template".into(), "pgpass".into())].into(),
             service_name: "api".into(),
             ..GetSecretRequest::default()
         };

@@ -150,7 +150,7 @@ async fn get_secret(
 
 /// Resolve one request, log exactly one line about it, and write its audit
 /// record.
-async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response {
+async fn serve_secret(state: &AppState, request: &GetSecretRequest<'_>) -> Response {
     let started = Instant::now();
     let metrics = state.resolver.metrics();
     let _in_flight = metrics.in_flight();
@@ -249,7 +249,7 @@ async fn serve_secret(state: &AppState, request: &GetSecretRequest) -> Response 
 /// and how it ended; for a template, one per input and then one for the
 /// whole. Never a value.
 fn audit_records<'a>(
-    request: &GetSecretRequest,
+    request: &GetSecretRequest<'_>,
     answer: &'a Answer,
     duration_ms: f64,
 ) -> Vec<Record<'a>> {

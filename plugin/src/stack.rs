@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer};
 use vaultbridge_providers::text::{is_unsafe_char, shown};
 
 use crate::labels::STACK_NAMESPACE;
-use crate::protocol::GetSecretRequest;
+use crate::protocol::{GetSecretRequest, RequestLabels};
 
 /// Stack files are a few KB; a larger one is refused unread.
 pub const MAX_STACK_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -39,7 +39,7 @@ pub struct StackSecret {
 pub enum Check {
     /// Ours: the requests the leader will send, one per service using it
     /// (one without a service when none does).
-    Resolve(Vec<GetSecretRequest>),
+    Resolve(Vec<GetSecretRequest<'static>>),
     /// Not asked of this driver; why.
     Skip(String),
 }
@@ -250,11 +250,14 @@ fn plan(
                             service_labels.insert(STACK_NAMESPACE.into(), stack.into());
                         }
                         GetSecretRequest {
-                            secret_name: name.clone(),
-                            secret_labels: labels.clone(),
-                            service_name: service.cloned().unwrap_or_default(),
-                            service_labels,
-                            task_image: spec.and_then(|s| s.image.clone()).unwrap_or_default(),
+                            secret_name: name.clone().into(),
+                            secret_labels: owned(&labels),
+                            service_name: service.cloned().unwrap_or_default().into(),
+                            service_labels: owned(&service_labels),
+                            task_image: spec
+                                .and_then(|s| s.image.clone())
+                                .unwrap_or_default()
+                                .into(),
                             ..GetSecretRequest::default()
                         }
                     })
@@ -484,6 +487,12 @@ enum External {
     },
 }
 
+/// A request's label map, owning copies of `labels`.
+fn owned(labels: &BTreeMap<String, String>) -> RequestLabels<'static> {
+    let owned = |(k, v): (&String, &String)| (k.clone().into(), v.clone().into());
+    labels.iter().map(owned).collect()
+}
+
 /// `labels:` as a mapping (values may be strings, numbers or booleans, as
 /// the compose loader prints them) or a list of `key=value`.
 #[derive(Debug, Default, Clone)]
@@ -558,7 +567,7 @@ mod tests {
         parse(text, "st", &["vaultbridge".to_string()], &no_env).unwrap()
     }
 
-    fn request(secret: &StackSecret) -> &GetSecretRequest {
+    fn request(secret: &StackSecret) -> &GetSecretRequest<'static> {
         match &secret.check {
             Check::Resolve(requests) => &requests[0],
             Check::Skip(reason) => panic!("{} skipped: {reason}", secret.name),

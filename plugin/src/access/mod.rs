@@ -82,7 +82,7 @@ impl Decision {
 
 /// Who is asking, from the engine's request.
 pub struct Caller<'a> {
-    pub request: &'a GetSecretRequest,
+    pub request: &'a GetSecretRequest<'a>,
     /// The secret's name without its stack prefix (`{secret}`).
     pub secret: &'a str,
 }
@@ -93,13 +93,13 @@ impl Caller<'_> {
         self.request
             .service_labels
             .get(STACK_NAMESPACE)
-            .map(String::as_str)
-            .filter(|s| !s.is_empty())
+            .map(AsRef::as_ref)
+            .filter(|s: &&str| !s.is_empty())
     }
 
     /// Shown in a denial: the service's name, or that there is none.
     pub fn describe(&self) -> String {
-        match self.request.service_name.as_str() {
+        match &*self.request.service_name {
             "" => "a caller with no service name".to_string(),
             name => format!("service '{}'", vaultbridge_providers::text::shown(name)),
         }
@@ -109,12 +109,14 @@ impl Caller<'_> {
 impl Values for Caller<'_> {
     fn value(&self, placeholder: &Placeholder) -> Result<&str, String> {
         let value = match placeholder {
-            Placeholder::ServiceName => Some(self.request.service_name.as_str()),
+            Placeholder::ServiceName => Some(&*self.request.service_name),
             Placeholder::Stack => self.stack(),
             Placeholder::Secret => Some(self.secret),
-            Placeholder::ServiceLabel(key) => {
-                self.request.service_labels.get(key).map(String::as_str)
-            }
+            Placeholder::ServiceLabel(key) => self
+                .request
+                .service_labels
+                .get(key.as_str())
+                .map(AsRef::as_ref),
         };
         value.ok_or_else(|| match placeholder {
             Placeholder::Stack => "{stack}: the service is not part of a stack".to_string(),
@@ -372,7 +374,7 @@ impl Rule {
             && self.service_labels.iter().all(|(key, glob)| {
                 request
                     .service_labels
-                    .get(key)
+                    .get(key.as_str())
                     .is_some_and(|v| name(glob, v))
             })
             && self

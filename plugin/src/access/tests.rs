@@ -12,18 +12,18 @@ fn try_policy(toml_text: &str) -> Result<Policy, ConfigError> {
 }
 
 struct Asking {
-    request: GetSecretRequest,
+    request: GetSecretRequest<'static>,
 }
 
 fn service(name: &str, labels: &[(&str, &str)], image: &str) -> Asking {
     Asking {
         request: GetSecretRequest {
-            service_name: name.into(),
+            service_name: name.to_string().into(),
             service_labels: labels
                 .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .map(|(k, v)| (k.to_string().into(), v.to_string().into()))
                 .collect(),
-            task_image: image.into(),
+            task_image: image.to_string().into(),
             ..GetSecretRequest::default()
         },
     }

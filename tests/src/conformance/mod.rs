@@ -373,7 +373,7 @@ impl<'a> Suite<'a> {
     /// The rotation controller's question for the secret `labels` name,
     /// through the provider's request policy, as `vaultbridge rotate` asks.
     pub fn current(&self, labels: &Labels) -> Result<Version, ProviderError> {
-        let labels = labels.iter().cloned().collect();
+        let labels: std::collections::BTreeMap<String, String> = labels.iter().cloned().collect();
         let lookup = Lookup::from_labels("s", &labels).expect("labels parse");
         let upstream = self.resolver.route(&lookup).expect("a provider");
         self.rt.block_on(upstream.current_version(&lookup.path))
