@@ -443,7 +443,7 @@ impl Session {
                 source,
             } => {
                 let token = match (file, fixed) {
-                    (Some(file), _) => read_token(file, "token")?,
+                    (Some(file), _) => read_token(file, "token").await?,
                     (None, Some(token)) => token.clone(),
                     (None, None) => {
                         return Err(ProviderError::Unauthenticated(format!(
@@ -650,25 +650,72 @@ mod tests {
         assert!(!state(0, 0).usable(later));
     }
 
+    /// A credential file whose read hangs (here a FIFO nobody writes; in
+    /// life a stalled network mount) holds a blocking thread, not the
+    /// runtime: on a one-thread runtime a deadline still fires.
     #[test]
-    fn unreadable_credentials_name_the_file_not_the_content() {
+    fn a_hung_credential_read_does_not_stall_the_runtime() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("secret_id");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let (done, outcome) = std::sync::mpsc::channel();
+        let path = fifo.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let timed = runtime.block_on(async {
+                let read = read_secret(&path, "secret_id");
+                tokio::time::timeout(Duration::from_millis(200), read).await
+            });
+            let _ = done.send(timed.is_err());
+        });
+        let deadline_fired = outcome.recv_timeout(Duration::from_secs(10));
+        // Let the blocked open return, so that no thread is left behind: a
+        // FIFO opened for reading and writing opens at once, as a writer.
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&fifo),
+        );
+        assert_eq!(
+            deadline_fired,
+            Ok(true),
+            "the read blocked the runtime's only thread"
+        );
+    }
+
+    #[tokio::test]
+    async fn unreadable_credentials_name_the_file_not_the_content() {
         let dir = tempfile::tempdir().unwrap();
         let empty = dir.path().join("empty");
         std::fs::write(&empty, " \n").unwrap();
-        let err = read_secret(&empty, "secret_id").unwrap_err();
+        let err = read_secret(&empty, "secret_id").await.unwrap_err();
         assert!(err.to_string().contains("is empty"), "{err}");
-        let err = read_secret(&dir.path().join("nope"), "role_id").unwrap_err();
+        let err = read_secret(&dir.path().join("nope"), "role_id")
+            .await
+            .unwrap_err();
         assert!(matches!(err, ProviderError::Unauthenticated(_)));
+        assert!(err.to_string().contains("role_id file"), "{err}");
         let full = dir.path().join("full");
         std::fs::write(&full, "s3cr3t-id\n").unwrap();
         assert_eq!(
-            read_secret(&full, "x").unwrap().expose_secret(),
+            read_secret(&full, "x").await.unwrap().expose_secret(),
             "s3cr3t-id"
         );
-        assert_eq!(read_token(&full, "x").unwrap().expose_secret(), "s3cr3t-id");
+        assert_eq!(
+            read_token(&full, "x").await.unwrap().expose_secret(),
+            "s3cr3t-id"
+        );
         for bad in ["s.abc\x01def", "s.a b", "s.\u{7f}x", "tok\nen"] {
             std::fs::write(&full, bad).unwrap();
-            let err = read_token(&full, "token").unwrap_err();
+            let err = read_token(&full, "token").await.unwrap_err();
             assert!(err.to_string().contains("control character"), "{err}");
             assert!(!err.to_string().contains("s.a"), "{err}");
         }

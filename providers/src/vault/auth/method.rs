@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use vaultrs::api::AuthInfo;
@@ -100,11 +101,11 @@ impl Method {
                 wrapped,
                 unwrapped,
             } => {
-                let role_id = read_token(role_id_file, "role_id")?;
+                let role_id = read_token(role_id_file, "role_id").await?;
                 let secret_id = if *wrapped {
                     Self::unwrap_secret_id(session, secret_id_file, unwrapped).await?
                 } else {
-                    read_token(secret_id_file, "secret_id")?
+                    read_token(secret_id_file, "secret_id").await?
                 };
                 let client = session.http.vault(&none);
                 quiet(vaultrs::auth::approle::login(
@@ -121,7 +122,7 @@ impl Method {
                 role,
                 jwt_file,
             } => {
-                let jwt = read_token(jwt_file, "JWT")?;
+                let jwt = read_token(jwt_file, "JWT").await?;
                 let client = session.http.vault(&none);
                 quiet(vaultrs::auth::oidc::login(
                     &client,
@@ -151,7 +152,7 @@ impl Method {
                 username,
                 password_file,
             } => {
-                let password = read_secret(password_file, "password")?;
+                let password = read_secret(password_file, "password").await?;
                 let client = session.http.vault(&none);
                 quiet(vaultrs::auth::userpass::login(
                     &client,
@@ -171,7 +172,7 @@ impl Method {
         file: &Path,
         cache: &Mutex<Option<(SecretString, SecretString)>>,
     ) -> Result<SecretString, ProviderError> {
-        let wrapping = read_token(file, "wrapping token")?;
+        let wrapping = read_token(file, "wrapping token").await?;
         let mut cache = cache.lock().await;
         if let Some((seen, secret_id)) = cache.as_ref()
             && seen.expose_secret() == wrapping.expose_secret()
@@ -204,14 +205,23 @@ impl Method {
 }
 
 /// Read a credential file, trimmed. The message names the file, never
-/// the content.
-pub(super) fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
-    let text = std::fs::read_to_string(path).map_err(|err| {
+/// the content. The read runs on a blocking thread: a hung file system (a
+/// stalled network mount) holds that thread and this login, never the
+/// runtime's worker, which may be the only one serving the engine.
+pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
+    let owned = path.to_path_buf();
+    let read =
+        tokio::task::spawn_blocking(move || std::fs::read_to_string(owned).map(Zeroizing::new));
+    let failed = |reason: String| {
         ProviderError::Unauthenticated(format!(
-            "cannot read the {what} file {}: {err}",
+            "cannot read the {what} file {}: {reason}",
             path.display()
         ))
-    })?;
+    };
+    let text = match read.await {
+        Ok(read) => read.map_err(|err| failed(err.to_string()))?,
+        Err(_) => return Err(failed("the read was cancelled".to_string())),
+    };
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(ProviderError::Unauthenticated(format!(
@@ -225,8 +235,8 @@ pub(super) fn read_secret(path: &Path, what: &str) -> Result<SecretString, Provi
 /// [`read_secret`] for tokens, ids and JWTs: printable ASCII only. A token
 /// becomes a header, where a control character would make the HTTP client
 /// panic on every request; checked at each re-read of the file.
-pub(super) fn read_token(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
-    let value = read_secret(path, what)?;
+pub(super) async fn read_token(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
+    let value = read_secret(path, what).await?;
     if super::super::config::header_token(value.expose_secret()).is_none() {
         return Err(ProviderError::Unauthenticated(format!(
             "the {what} file {} holds a space or control character inside the value; write the value alone",
