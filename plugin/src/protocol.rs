@@ -91,6 +91,9 @@ mod plain {
     /// How deep a skipped value may nest before serde is left to read it
     /// (serde's own limit is 128; the engine's deepest is 3).
     pub const DEPTH: u8 = 8;
+    // `Cursor::skip` keeps the open containers as bits of a `u16`: a deeper
+    // limit would shift the outer ones out and match the wrong closers.
+    const _: () = assert!(DEPTH <= 16);
 
     pub fn request(text: &str) -> Option<GetSecretRequest<'_>> {
         let mut cursor = Cursor { text, at: 0 };
