@@ -91,6 +91,9 @@ mod plain {
     /// How deep a skipped value may nest before serde is left to read it
     /// (serde's own limit is 128; the engine's deepest is 3).
     pub const DEPTH: u8 = 8;
+    // `Cursor::skip` keeps the open containers as bits of a `u16`: a deeper
+    // limit would shift the outer ones out and match the wrong closers.
+    const _: () = assert!(DEPTH <= 16);
 
     pub fn request(text: &str) -> Option<GetSecretRequest<'_>> {
         let mut cursor = Cursor { text, at: 0 };
@@ -892,5 +895,118 @@ mod tests {
         }
         eprintln!("fast path on {fast} of {total}");
         assert!(fast > 10_000, "{fast}");
+    }
+
+    /// Review: unknown fields' values made of random token streams (mostly
+    /// well formed, nested around `plain::DEPTH`, with stray closers,
+    /// commas, colons and prefixes of words); plain must agree with serde
+    /// whenever it answers, and parse with from_slice always.
+    #[test]
+    fn review_random_skipped_values_agree_with_serde() {
+        fn value(rng: &mut fastrand::Rng, out: &mut String, depth: usize) {
+            const WS: [&str; 6] = ["", "", " ", "\n", "\t\r", "  "];
+            const LEAF: [&str; 24] = [
+                "0", "-0", "-", "12", "-12", "01", "1.5", "1e3", "true", "false", "null",
+                "tru", "nul", "fals", "truefalse", "\"\"", "\"a\"", "\"\\n\"", "\"é\"",
+                "\"SecretName\"", "-a", "--1", "1-", "0-",
+            ];
+            const GOOD: [&str; 9] =
+                ["0", "-0", "12", "-12", "true", "false", "null", "\"a\"", "\"é\""];
+            out.push_str(WS[rng.usize(..WS.len())]);
+            let nest = depth < 12 && rng.u8(..3) != 0;
+            if !nest {
+                if rng.u8(..20) == 0 {
+                    out.push_str(LEAF[rng.usize(..LEAF.len())]);
+                } else {
+                    out.push_str(GOOD[rng.usize(..GOOD.len())]);
+                }
+            } else if rng.bool() {
+                out.push('[');
+                let n = rng.usize(..3);
+                for i in 0..n {
+                    value(rng, out, depth + 1);
+                    if i + 1 < n || rng.u8(..200) == 0 {
+                        out.push(',');
+                    }
+                }
+                out.push_str(WS[rng.usize(..WS.len())]);
+                out.push(if rng.u8(..200) == 0 { '}' } else { ']' });
+            } else {
+                out.push('{');
+                let n = rng.usize(..4);
+                for i in 0..n {
+                    out.push_str(WS[rng.usize(..WS.len())]);
+                    out.push_str(if rng.u8(..30) == 0 {
+                        ["k", "\"\\u0041\"", "1"][rng.usize(..3)]
+                    } else {
+                        ["\"k\"", "\"SecretName\"", "\"\""][rng.usize(..3)]
+                    });
+                    out.push_str(WS[rng.usize(..WS.len())]);
+                    if rng.u8(..200) != 0 {
+                        out.push(':');
+                    }
+                    value(rng, out, depth + 1);
+                    if i + 1 < n || rng.u8(..200) == 0 {
+                        out.push(',');
+                    }
+                }
+                out.push_str(WS[rng.usize(..WS.len())]);
+                out.push(if rng.u8(..200) == 0 { ']' } else { '}' });
+            }
+            out.push_str(WS[rng.usize(..WS.len())]);
+        }
+        let mut rng = fastrand::Rng::with_seed(0xdeb7);
+        let (mut fast, mut deep) = (0, 0);
+        for _ in 0..200_000 {
+            let mut body = String::from("{");
+            if rng.bool() {
+                body.push_str("\"SecretName\":\"s\",");
+            }
+            body.push_str(["\"Future\":", "\"ServiceEndpointSpec\":", "\"X\" :"][rng.usize(..3)]);
+            value(&mut rng, &mut body, 0);
+            if rng.u8(..4) == 0 {
+                body.push_str(",\"SecretName\":\"t\"");
+            }
+            if rng.u8(..4) == 0 {
+                body.push_str(",\"Future\":[1]");
+            }
+            body.push('}');
+            if let Some(ours) = plain::request(&body) {
+                fast += 1;
+                if body.matches('[').count() + body.matches('{').count() > 6 {
+                    deep += 1;
+                }
+                let serde = serde_json::from_str::<GetSecretRequest>(&body).unwrap_or_else(|err| {
+                    panic!("plain accepted, serde refused ({err}): {body:?}")
+                });
+                assert_eq!(format!("{ours:?}"), format!("{serde:?}"), "{body:?}");
+            }
+            agrees_with_serde(body.as_bytes());
+        }
+        eprintln!("fast {fast}, deep {deep}");
+        assert!(fast > 5_000 && deep > 100, "{fast} {deep}");
+    }
+
+    /// Review: every nesting depth around `plain::DEPTH`, arrays, objects
+    /// and mixes, empty and not, plain must agree with serde.
+    #[test]
+    fn review_every_depth_around_the_limit_agrees_with_serde() {
+        for n in 0..=(plain::DEPTH as usize + 3) {
+            for inner in ["", "1", "{}", "[]", "{\"a\":1}"] {
+                for (open, close) in [("[", "]"), ("{\"k\":", "}")] {
+                    let body = format!(
+                        "{{\"Future\":{}{}{},\"SecretName\":\"x\"}}",
+                        open.repeat(n),
+                        if inner.is_empty() && open == "{\"k\":" && n > 0 { "0" } else { inner },
+                        close.repeat(n)
+                    );
+                    if let Some(ours) = plain::request(&body) {
+                        let serde = serde_json::from_str::<GetSecretRequest>(&body).unwrap();
+                        assert_eq!(format!("{ours:?}"), format!("{serde:?}"), "{body}");
+                    }
+                    agrees_with_serde(body.as_bytes());
+                }
+            }
+        }
     }
 }

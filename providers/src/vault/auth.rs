@@ -691,6 +691,65 @@ mod tests {
         );
     }
 
+    /// Review: each login cancelled at its deadline while the credential
+    /// file hangs must not leave one more blocking thread behind: retries
+    /// (one per request, plus the background task's) would take the whole
+    /// blocking pool, and every other `spawn_blocking` (audit writes, the
+    /// file provider, other credential files) would then queue forever.
+    /// Here the pool has 2 threads; 3 cancelled reads of a hung FIFO, then
+    /// a read of a healthy file must still be served.
+    #[test]
+    fn cancelled_hung_reads_do_not_take_the_blocking_pool() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("secret_id");
+        let made = std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let healthy = dir.path().join("role_id");
+        std::fs::write(&healthy, "r-1\n").unwrap();
+        let (done, outcome) = std::sync::mpsc::channel();
+        let (path, good) = (fifo.clone(), healthy.clone());
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .max_blocking_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let healthy_read = runtime.block_on(async {
+                for _ in 0..3 {
+                    let read = read_secret(&path, "secret_id");
+                    let timed = tokio::time::timeout(Duration::from_millis(50), read).await;
+                    assert!(timed.is_err(), "the FIFO read returned");
+                }
+                let read = read_secret(&good, "role_id");
+                tokio::time::timeout(Duration::from_millis(2000), read)
+                    .await
+                    .map(|r| r.map(|v| v.expose_secret().to_string()).ok())
+            });
+            let _ = done.send(healthy_read);
+            // Do not wait for the blocked threads on drop.
+            runtime.shutdown_background();
+        });
+        let healthy_read = outcome.recv_timeout(Duration::from_secs(10));
+        // Release every blocked open (each opens as a writer in turn).
+        for _ in 0..4 {
+            drop(
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&fifo),
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(
+            healthy_read,
+            Ok(Ok(Some("r-1".to_string()))),
+            "a healthy credential file was not read: the hung reads took the blocking pool"
+        );
+    }
+
     #[tokio::test]
     async fn unreadable_credentials_name_the_file_not_the_content() {
         let dir = tempfile::tempdir().unwrap();

@@ -3,6 +3,7 @@
 //! credential files they read. Each login is one call; the session
 //! (`super`) decides when to log in and keeps the token alive.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use secrecy::zeroize::Zeroizing;
@@ -208,10 +209,28 @@ impl Method {
 /// the content. The read runs on a blocking thread: a hung file system (a
 /// stalled network mount) holds that thread and this login, never the
 /// runtime's worker, which may be the only one serving the engine.
+///
+/// One read per file at a time: a caller cancelled while the read hangs
+/// (its deadline) leaves the thread blocked, and the next caller waits for
+/// that read to end instead of blocking one more thread, so that retries
+/// cannot take the whole blocking pool (audit writes, the file provider).
 pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
+    static READING: std::sync::LazyLock<
+        std::sync::Mutex<HashMap<PathBuf, std::sync::Arc<Mutex<()>>>>,
+    > = std::sync::LazyLock::new(Default::default);
+    let file = READING
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(path.to_path_buf())
+        .or_default()
+        .clone();
+    // Held by the blocking read until it returns, even if we are dropped.
+    let reading = file.lock_owned().await;
     let owned = path.to_path_buf();
-    let read =
-        tokio::task::spawn_blocking(move || std::fs::read_to_string(owned).map(Zeroizing::new));
+    let read = tokio::task::spawn_blocking(move || {
+        let _reading = reading;
+        std::fs::read_to_string(owned).map(Zeroizing::new)
+    });
     let failed = |reason: String| {
         ProviderError::Unauthenticated(format!(
             "cannot read the {what} file {}: {reason}",
