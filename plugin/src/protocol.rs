@@ -18,8 +18,9 @@ pub type RequestLabels<'a> = BTreeMap<Cow<'a, str>, Cow<'a, str>>;
 
 /// `POST /SecretProvider.GetSecret` (swarmkit `SecretsProviderRequest`).
 ///
-/// Its strings borrow from the body when they need no unescaping (as the
-/// engine sends them); `'static` when built from owned strings.
+/// Its strings borrow from the body when [`GetSecretRequest::parse`] reads
+/// it with its plain reader (the engine's bodies); serde's reading, and
+/// requests built from owned strings (`'static`), own them.
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct GetSecretRequest<'a> {
@@ -52,8 +53,9 @@ impl<'a> GetSecretRequest<'a> {
     /// is parsed as bytes, so that it fails with the same message as ever.
     ///
     /// A body in the shape the engine sends (the known fields once each,
-    /// strings without escapes, plain integers) is read by [`plain`], with
-    /// the same result; anything else, and every error, is serde's.
+    /// strings without escapes, unknown fields' values of plain JSON) is
+    /// read by [`plain`], with the same result; anything else, and every
+    /// error, is serde's.
     pub fn parse(body: &'a [u8]) -> serde_json::Result<Self> {
         match std::str::from_utf8(body) {
             Ok(text) => match plain::request(text) {
@@ -906,12 +908,34 @@ mod tests {
         fn value(rng: &mut fastrand::Rng, out: &mut String, depth: usize) {
             const WS: [&str; 6] = ["", "", " ", "\n", "\t\r", "  "];
             const LEAF: [&str; 24] = [
-                "0", "-0", "-", "12", "-12", "01", "1.5", "1e3", "true", "false", "null",
-                "tru", "nul", "fals", "truefalse", "\"\"", "\"a\"", "\"\\n\"", "\"é\"",
-                "\"SecretName\"", "-a", "--1", "1-", "0-",
+                "0",
+                "-0",
+                "-",
+                "12",
+                "-12",
+                "01",
+                "1.5",
+                "1e3",
+                "true",
+                "false",
+                "null",
+                "tru",
+                "nul",
+                "fals",
+                "truefalse",
+                "\"\"",
+                "\"a\"",
+                "\"\\n\"",
+                "\"é\"",
+                "\"SecretName\"",
+                "-a",
+                "--1",
+                "1-",
+                "0-",
             ];
-            const GOOD: [&str; 9] =
-                ["0", "-0", "12", "-12", "true", "false", "null", "\"a\"", "\"é\""];
+            const GOOD: [&str; 9] = [
+                "0", "-0", "12", "-12", "true", "false", "null", "\"a\"", "\"é\"",
+            ];
             out.push_str(WS[rng.usize(..WS.len())]);
             let nest = depth < 12 && rng.u8(..3) != 0;
             if !nest {
@@ -997,7 +1021,11 @@ mod tests {
                     let body = format!(
                         "{{\"Future\":{}{}{},\"SecretName\":\"x\"}}",
                         open.repeat(n),
-                        if inner.is_empty() && open == "{\"k\":" && n > 0 { "0" } else { inner },
+                        if inner.is_empty() && open == "{\"k\":" && n > 0 {
+                            "0"
+                        } else {
+                            inner
+                        },
                         close.repeat(n)
                     );
                     if let Some(ours) = plain::request(&body) {

@@ -778,5 +778,31 @@ mod tests {
             assert!(err.to_string().contains("control character"), "{err}");
             assert!(!err.to_string().contains("s.a"), "{err}");
         }
+        // A JWT of 64 KiB is read; one byte more, or bytes that are not
+        // UTF-8, are refused without quoting them.
+        std::fs::write(&full, "j".repeat(64 * 1024)).unwrap();
+        assert_eq!(
+            read_token(&full, "JWT")
+                .await
+                .unwrap()
+                .expose_secret()
+                .len(),
+            64 * 1024
+        );
+        std::fs::write(&full, "j".repeat(64 * 1024 + 1)).unwrap();
+        let err = read_token(&full, "JWT").await.unwrap_err().to_string();
+        assert!(
+            err.contains("larger than 64 KiB") && !err.contains("jjj"),
+            "{err}"
+        );
+        std::fs::write(&full, b"s3cr3t\xff").unwrap();
+        let err = read_secret(&full, "password")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not UTF-8") && !err.contains("s3cr3t"),
+            "{err}"
+        );
     }
 }

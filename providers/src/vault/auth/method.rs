@@ -229,7 +229,7 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
     let owned = path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || {
         let _reading = reading;
-        std::fs::read_to_string(owned).map(Zeroizing::new)
+        read_bounded(&owned)
     });
     let failed = |reason: String| {
         ProviderError::Unauthenticated(format!(
@@ -237,9 +237,22 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
             path.display()
         ))
     };
-    let text = match read.await {
+    let bytes = match read.await {
         Ok(read) => read.map_err(|err| failed(err.to_string()))?,
-        Err(_) => return Err(failed("the read was cancelled".to_string())),
+        Err(_) => {
+            return Err(failed(
+                "the read failed (a bug; please report it)".to_string(),
+            ));
+        }
+    };
+    if bytes.len() > MAX_CREDENTIAL_BYTES {
+        return Err(failed(format!(
+            "larger than {} KiB; the file holds the credential alone",
+            MAX_CREDENTIAL_BYTES / 1024
+        )));
+    }
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Err(failed("not UTF-8 text".to_string()));
     };
     let trimmed = text.trim();
     if trimmed.is_empty() {
@@ -249,6 +262,22 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
         )));
     }
     Ok(SecretString::from(trimmed.to_string()))
+}
+
+/// A credential file holds a token, an id, a password or a JWT: far less.
+const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
+
+/// At most one byte more than [`MAX_CREDENTIAL_BYTES`] of the file, into a
+/// buffer of that size made once (no reallocation leaves a copy behind)
+/// and wiped when dropped.
+fn read_bounded(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    use std::io::Read;
+    let limit = MAX_CREDENTIAL_BYTES + 1;
+    let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
+    std::fs::File::open(path)?
+        .take(limit as u64)
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// [`read_secret`] for tokens, ids and JWTs: printable ASCII only. A token
