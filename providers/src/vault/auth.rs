@@ -650,18 +650,34 @@ mod tests {
         assert!(!state(0, 0).usable(later));
     }
 
+    /// A credential file whose reads hang: a FIFO nobody writes (in life,
+    /// a file on a stalled network mount).
+    fn hung_file(dir: &std::path::Path) -> std::path::PathBuf {
+        let fifo = dir.join("secret_id");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.unwrap().success());
+        fifo
+    }
+
+    /// Lets a blocked open of `fifo` return, so that no thread is left
+    /// behind: opened for reading and writing, a FIFO opens at once, as a
+    /// writer.
+    fn release(fifo: &std::path::Path) {
+        drop(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(fifo),
+        );
+    }
+
     /// A credential file whose read hangs (here a FIFO nobody writes; in
     /// life a stalled network mount) holds a blocking thread, not the
     /// runtime: on a one-thread runtime a deadline still fires.
     #[test]
     fn a_hung_credential_read_does_not_stall_the_runtime() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("secret_id");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = hung_file(dir.path());
         let (done, outcome) = std::sync::mpsc::channel();
         let path = fifo.clone();
         std::thread::spawn(move || {
@@ -676,14 +692,7 @@ mod tests {
             let _ = done.send(timed.is_err());
         });
         let deadline_fired = outcome.recv_timeout(Duration::from_secs(10));
-        // Let the blocked open return, so that no thread is left behind: a
-        // FIFO opened for reading and writing opens at once, as a writer.
-        drop(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&fifo),
-        );
+        release(&fifo);
         assert_eq!(
             deadline_fired,
             Ok(true),
@@ -701,12 +710,7 @@ mod tests {
     #[test]
     fn cancelled_hung_reads_do_not_take_the_blocking_pool() {
         let dir = tempfile::tempdir().unwrap();
-        let fifo = dir.path().join("secret_id");
-        let made = std::process::Command::new("mkfifo")
-            .arg(&fifo)
-            .status()
-            .unwrap();
-        assert!(made.success());
+        let fifo = hung_file(dir.path());
         let healthy = dir.path().join("role_id");
         std::fs::write(&healthy, "r-1\n").unwrap();
         let (done, outcome) = std::sync::mpsc::channel();
@@ -735,12 +739,7 @@ mod tests {
         let healthy_read = outcome.recv_timeout(Duration::from_secs(10));
         // Release every blocked open (each opens as a writer in turn).
         for _ in 0..4 {
-            drop(
-                std::fs::OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&fifo),
-            );
+            release(&fifo);
             std::thread::sleep(Duration::from_millis(20));
         }
         assert_eq!(
