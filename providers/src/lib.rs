@@ -22,6 +22,8 @@
 
 pub mod backoff;
 pub mod config;
+#[cfg(any(feature = "vault", feature = "gcp"))]
+mod credential_file;
 #[cfg(any(feature = "vault", feature = "aws", feature = "azure", feature = "gcp"))]
 pub mod duration;
 pub mod path;

@@ -2,7 +2,6 @@
 //! environment path, and their validation (files are read here, once, so a
 //! bad one stops the start-up; no network I/O).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,10 +17,6 @@ pub const GLOBAL_ENDPOINT: &str = "https://secretmanager.googleapis.com";
 pub const METADATA_ENDPOINT: &str = "http://metadata.google.internal";
 /// Google's token exchange endpoint (workload identity federation).
 pub const STS_TOKEN_URL: &str = "https://sts.googleapis.com/v1/token";
-
-/// A key or credential file is a few KiB: a bigger file is the wrong file
-/// and is not read into memory whole.
-const MAX_CREDENTIAL_FILE: u64 = 64 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -459,13 +454,13 @@ fn external_account(
 /// content. Read at every token exchange (projected tokens rotate).
 pub(super) fn read_subject_token(path: &Path, json_field: Option<&str>) -> Result<String, String> {
     let at = |m: &dyn std::fmt::Display| format!("{}: {m}", path.display());
-    let raw = read_capped(path).map_err(|err| at(&err))?;
-    let text = String::from_utf8(raw).map_err(|_| at(&"not UTF-8 text"))?;
+    let raw = crate::credential_file::read(path).map_err(|err| at(&err))?;
+    let text = std::str::from_utf8(&raw).map_err(|_| at(&"not UTF-8 text"))?;
     let token = match json_field {
         None => text.trim().to_string(),
         Some(field) => {
             let json: serde_json::Value =
-                serde_json::from_str(&text).map_err(|_| at(&"not JSON"))?;
+                serde_json::from_str(text).map_err(|_| at(&"not JSON"))?;
             json[field]
                 .as_str()
                 .map(|t| t.trim().to_string())
@@ -483,24 +478,12 @@ pub(super) fn read_subject_token(path: &Path, json_field: Option<&str>) -> Resul
     Ok(token)
 }
 
-fn read_capped(path: &Path) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(MAX_CREDENTIAL_FILE + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > MAX_CREDENTIAL_FILE {
-        return Err(std::io::Error::other(
-            "larger than 64 KiB: not a credential file",
-        ));
-    }
-    Ok(bytes)
-}
-
 /// A JSON credential file; errors name the file, never its content (a
 /// key file holds a private key; serde's messages quote what they saw).
 fn read_json(path: &Path, key: &str) -> Result<SecretJson, ConfigError> {
     let problem =
         |what: &dyn std::fmt::Display| ConfigError::new(key, format!("{}: {what}", path.display()));
-    let bytes = read_capped(path).map_err(|err| problem(&err))?;
+    let bytes = crate::credential_file::read(path).map_err(|err| problem(&err))?;
     let json: serde_json::Value = serde_json::from_slice(&bytes).map_err(|err| {
         problem(&format!(
             "not JSON (line {}, column {})",

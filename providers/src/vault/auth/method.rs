@@ -6,7 +6,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::Mutex;
 use vaultrs::api::AuthInfo;
@@ -229,7 +228,7 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
     let owned = path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || {
         let _reading = reading;
-        read_bounded(&owned)
+        crate::credential_file::read(&owned)
     });
     let failed = |reason: String| {
         ProviderError::Unauthenticated(format!(
@@ -245,12 +244,6 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
             ));
         }
     };
-    if bytes.len() > MAX_CREDENTIAL_BYTES {
-        return Err(failed(format!(
-            "larger than {} KiB; the file holds the credential alone",
-            MAX_CREDENTIAL_BYTES / 1024
-        )));
-    }
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Err(failed("not UTF-8 text".to_string()));
     };
@@ -262,22 +255,6 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
         )));
     }
     Ok(SecretString::from(trimmed.to_string()))
-}
-
-/// A credential file holds a token, an id, a password or a JWT: far less.
-const MAX_CREDENTIAL_BYTES: usize = 64 * 1024;
-
-/// At most one byte more than [`MAX_CREDENTIAL_BYTES`] of the file, into a
-/// buffer of that size made once (no reallocation leaves a copy behind)
-/// and wiped when dropped.
-fn read_bounded(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    use std::io::Read;
-    let limit = MAX_CREDENTIAL_BYTES + 1;
-    let mut bytes = Zeroizing::new(Vec::with_capacity(limit));
-    std::fs::File::open(path)?
-        .take(limit as u64)
-        .read_to_end(&mut bytes)?;
-    Ok(bytes)
 }
 
 /// [`read_secret`] for tokens, ids and JWTs: printable ASCII only. A token
