@@ -18,7 +18,7 @@ use crate::log_format::{CachedTime, PlainFields, PlainFormat};
 use crate::log_writer;
 use crate::metrics;
 use crate::metrics_listener;
-use crate::protocol::GetSecretRequest;
+use crate::protocol::{GetSecretRequest, owned_labels};
 use crate::resolve::Resolver;
 use crate::rotate;
 use crate::server;
@@ -147,11 +147,10 @@ pub struct CallerArgs {
 impl CallerArgs {
     /// The GetSecret request the engine would send for secret `name`.
     fn request(self, name: String, labels: Vec<(String, String)>) -> GetSecretRequest<'static> {
-        let owned = |(k, v): (String, String)| (Cow::Owned(k), Cow::Owned(v));
         let mut request = GetSecretRequest {
-            secret_labels: labels.into_iter().map(owned).collect(),
+            secret_labels: owned_labels(labels),
             service_name: self.service.unwrap_or_default().into(),
-            service_labels: self.service_labels.into_iter().map(owned).collect(),
+            service_labels: owned_labels(self.service_labels),
             task_image: self.image.unwrap_or_default().into(),
             ..GetSecretRequest::default()
         };

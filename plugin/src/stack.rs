@@ -20,7 +20,7 @@ use serde::{Deserialize, Deserializer};
 use vaultbridge_providers::text::{is_unsafe_char, shown};
 
 use crate::labels::STACK_NAMESPACE;
-use crate::protocol::{GetSecretRequest, RequestLabels};
+use crate::protocol::{GetSecretRequest, owned_labels};
 
 /// Stack files are a few KB; a larger one is refused unread.
 pub const MAX_STACK_FILE_BYTES: u64 = 4 * 1024 * 1024;
@@ -251,9 +251,9 @@ fn plan(
                         }
                         GetSecretRequest {
                             secret_name: name.clone().into(),
-                            secret_labels: owned(&labels),
+                            secret_labels: owned_labels(labels.clone()),
                             service_name: service.cloned().unwrap_or_default().into(),
-                            service_labels: owned(&service_labels),
+                            service_labels: owned_labels(service_labels),
                             task_image: spec
                                 .and_then(|s| s.image.clone())
                                 .unwrap_or_default()
@@ -485,12 +485,6 @@ enum External {
     Legacy {
         name: Option<String>,
     },
-}
-
-/// A request's label map, owning copies of `labels`.
-fn owned(labels: &BTreeMap<String, String>) -> RequestLabels<'static> {
-    let owned = |(k, v): (&String, &String)| (k.clone().into(), v.clone().into());
-    labels.iter().map(owned).collect()
 }
 
 /// `labels:` as a mapping (values may be strings, numbers or booleans, as

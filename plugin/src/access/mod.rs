@@ -18,7 +18,7 @@ use serde::Deserialize;
 use vaultbridge_providers::ConfigError;
 use vaultbridge_providers::path::SecretPath;
 
-use crate::labels::STACK_NAMESPACE;
+use crate::labels::{Labels as _, STACK_NAMESPACE};
 use crate::protocol::GetSecretRequest;
 use pattern::{Pattern, Placeholder, Values};
 
@@ -92,9 +92,8 @@ impl Caller<'_> {
     pub fn stack(&self) -> Option<&str> {
         self.request
             .service_labels
-            .get(STACK_NAMESPACE)
-            .map(AsRef::as_ref)
-            .filter(|s: &&str| !s.is_empty())
+            .label(STACK_NAMESPACE)
+            .filter(|s| !s.is_empty())
     }
 
     /// Shown in a denial: the service's name, or that there is none.
@@ -112,11 +111,7 @@ impl Values for Caller<'_> {
             Placeholder::ServiceName => Some(&*self.request.service_name),
             Placeholder::Stack => self.stack(),
             Placeholder::Secret => Some(self.secret),
-            Placeholder::ServiceLabel(key) => self
-                .request
-                .service_labels
-                .get(key.as_str())
-                .map(AsRef::as_ref),
+            Placeholder::ServiceLabel(key) => self.request.service_labels.label(key),
         };
         value.ok_or_else(|| match placeholder {
             Placeholder::Stack => "{stack}: the service is not part of a stack".to_string(),
@@ -374,7 +369,7 @@ impl Rule {
             && self.service_labels.iter().all(|(key, glob)| {
                 request
                     .service_labels
-                    .get(key.as_str())
+                    .label(key)
                     .is_some_and(|v| name(glob, v))
             })
             && self
