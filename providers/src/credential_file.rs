@@ -28,3 +28,42 @@ pub(crate) fn read(path: &Path) -> std::io::Result<Zeroizing<Vec<u8>>> {
     }
     Ok(bytes)
 }
+
+/// [`read`], as text: a file that is not UTF-8 is an error (which does not
+/// quote it). The text is the same buffer, wiped when dropped.
+pub(crate) fn read_text(path: &Path) -> std::io::Result<Zeroizing<String>> {
+    let mut bytes = read(path)?;
+    match String::from_utf8(std::mem::take(&mut *bytes)) {
+        Ok(text) => Ok(Zeroizing::new(text)),
+        Err(err) => {
+            drop(Zeroizing::new(err.into_bytes()));
+            Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "not UTF-8 text",
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_is_read_up_to_the_bound_and_never_quoted_in_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credential");
+        std::fs::write(&file, "t".repeat(MAX_BYTES)).unwrap();
+        assert_eq!(read_text(&file).unwrap().len(), MAX_BYTES);
+        // One byte more, an endless device, bytes that are not UTF-8.
+        std::fs::write(&file, "t".repeat(MAX_BYTES + 1)).unwrap();
+        let err = read_text(&file).unwrap_err().to_string();
+        assert_eq!(err, "larger than 64 KiB: not a credential file");
+        let err = read_text(Path::new("/dev/zero")).unwrap_err().to_string();
+        assert_eq!(err, "larger than 64 KiB: not a credential file");
+        std::fs::write(&file, b"s3cr3t\xff").unwrap();
+        let err = read_text(&file).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::InvalidData);
+        assert_eq!(err.to_string(), "not UTF-8 text");
+    }
+}

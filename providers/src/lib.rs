@@ -22,7 +22,7 @@
 
 pub mod backoff;
 pub mod config;
-#[cfg(any(feature = "vault", feature = "gcp"))]
+#[cfg(any(feature = "vault", feature = "azure", feature = "gcp"))]
 mod credential_file;
 #[cfg(any(feature = "vault", feature = "aws", feature = "azure", feature = "gcp"))]
 pub mod duration;

@@ -471,7 +471,8 @@ pub(super) fn one_line_credential(text: &str) -> Result<String, &'static str> {
 /// The projected service account token, trimmed and checked; errors name
 /// the file, never its content.
 pub(super) fn read_federated_token(path: &Path) -> Result<String, String> {
-    let text = std::fs::read_to_string(path).map_err(|err| format!("{}: {err}", path.display()))?;
+    let text = crate::credential_file::read_text(path)
+        .map_err(|err| format!("{}: {err}", path.display()))?;
     one_line_credential(&text).map_err(|m| format!("{}: {m}", path.display()))
 }
 
@@ -510,9 +511,9 @@ fn parse_https_url(text: &str, key: &str) -> Result<Url, ConfigError> {
 }
 
 fn read_secret_file(path: &Path, key: &str) -> Result<SecretString, ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::credential_file::read_text(path)
         .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
     // Trimmed and checked by `one_line_credential`: files written by editors
     // and `echo` end with a newline that is not part of the secret.
-    Ok(SecretString::from(text))
+    Ok(SecretString::from(text.as_str()))
 }

@@ -299,6 +299,25 @@ fn validation_errors_name_the_key() {
     };
     assert_eq!(build_err(&config).key, "providers.kv.credential.token_file");
 
+    // Credential files that never end are refused at once, not read whole.
+    config.credential = CredentialConfig::WorkloadIdentity {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        token_file: Some("/dev/zero".into()),
+    };
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.credential.token_file");
+    assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+    config.credential = CredentialConfig::ClientSecret {
+        tenant_id: "t".into(),
+        client_id: "c".into(),
+        client_secret_file: Some("/dev/zero".into()),
+        client_secret: None,
+    };
+    let err = build_err(&config);
+    assert_eq!(err.key, "providers.kv.credential.client_secret_file");
+    assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
+
     config.credential = CredentialConfig::ManagedIdentity {
         client_id: Some("a".into()),
         object_id: Some("b".into()),

@@ -454,13 +454,12 @@ fn external_account(
 /// content. Read at every token exchange (projected tokens rotate).
 pub(super) fn read_subject_token(path: &Path, json_field: Option<&str>) -> Result<String, String> {
     let at = |m: &dyn std::fmt::Display| format!("{}: {m}", path.display());
-    let raw = crate::credential_file::read(path).map_err(|err| at(&err))?;
-    let text = std::str::from_utf8(&raw).map_err(|_| at(&"not UTF-8 text"))?;
+    let text = crate::credential_file::read_text(path).map_err(|err| at(&err))?;
     let token = match json_field {
         None => text.trim().to_string(),
         Some(field) => {
             let json: serde_json::Value =
-                serde_json::from_str(text).map_err(|_| at(&"not JSON"))?;
+                serde_json::from_str(&text).map_err(|_| at(&"not JSON"))?;
             json[field]
                 .as_str()
                 .map(|t| t.trim().to_string())

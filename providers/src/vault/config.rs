@@ -352,7 +352,7 @@ pub(crate) fn check_namespace(namespace: &str, key: &str) -> Result<String, Conf
 /// A token file must be readable and hold a token alone (re-checked at
 /// every re-read, where the message names the file too).
 pub(crate) fn token_file(path: &Path, key: &str) -> Result<(), ConfigError> {
-    let text = std::fs::read_to_string(path)
+    let text = crate::credential_file::read_text(path)
         .map_err(|err| ConfigError::new(key, format!("{}: {err}", path.display())))?;
     match header_token(&text) {
         Some(_) => Ok(()),

@@ -710,6 +710,14 @@ mod tests {
         .err()
         .unwrap();
         assert_eq!(err.key, "providers.v.auth.token_file");
+        // A file that never ends is refused at once, not read whole.
+        let err = build(&with_token(
+            "address = \"http://x\"\nauth = { method = \"token\", token_file = \"/dev/zero\" }",
+        ))
+        .err()
+        .unwrap();
+        assert_eq!(err.key, "providers.v.auth.token_file");
+        assert!(err.to_string().contains("larger than 64 KiB"), "{err}");
         for bad in ["team\nx", "a/../b", "a b", "%2e"] {
             let mut config = with_token("address = \"http://x\"");
             config.namespace = Some(bad.into());

@@ -228,7 +228,7 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
     let owned = path.to_path_buf();
     let read = tokio::task::spawn_blocking(move || {
         let _reading = reading;
-        crate::credential_file::read(&owned)
+        crate::credential_file::read_text(&owned)
     });
     let failed = |reason: String| {
         ProviderError::Unauthenticated(format!(
@@ -236,16 +236,13 @@ pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString,
             path.display()
         ))
     };
-    let bytes = match read.await {
+    let text = match read.await {
         Ok(read) => read.map_err(|err| failed(err.to_string()))?,
         Err(_) => {
             return Err(failed(
                 "the read failed (a bug; please report it)".to_string(),
             ));
         }
-    };
-    let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Err(failed("not UTF-8 text".to_string()));
     };
     let trimmed = text.trim();
     if trimmed.is_empty() {
