@@ -24,6 +24,10 @@
 #   VAULTBRIDGE_BASELINE_BIN  a second plugin binary, measured alongside
 #   VAULTBRIDGE_BENCH_BIN   the bench binary that serves the floor (built if unset)
 #   bao                     OpenBao, from .venv-test/bin (tests/setup.sh) or PATH
+#   OHA_PIN=1               hit rows on one core each: the servers on CPU 0, oha on
+#                           CPU 1 (taskset), so that the kernel's scheduler does not
+#                           decide how much of the machine each side gets
+#   FLOOR_WORKERS           the floor's tokio worker threads (its default: one a core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,6 +37,10 @@ rounds=${OHA_ROUNDS:-1}
 plugin=${VAULTBRIDGE_BIN:?set VAULTBRIDGE_BIN to the plugin binary to measure}
 baseline=${VAULTBRIDGE_BASELINE_BIN:-}
 oha=${OHA:-$(command -v oha || echo /opt/oha/bin/oha)}
+server_cpu=() client_cpu=()
+if [[ ${OHA_PIN:-} == 1 ]]; then
+  server_cpu=(taskset -c 0) client_cpu=(taskset -c 1)
+fi
 [[ -x $oha ]] || { echo "oha.sh: oha not found (cargo install oha, or set OHA)" >&2; exit 1; }
 export PATH="$PWD/.venv-test/bin:$PATH"
 
@@ -78,7 +86,7 @@ wait_socket() { # SOCKET PID
 start_plugin() {
   local name=$1 bin=$2
   printf '%s\n' "$3" >"$work/$name.toml"
-  "$bin" serve --socket "$work/$name.sock" --config "$work/$name.toml" </dev/null >"$work/$name.log" 2>&1 &
+  "${server_cpu[@]}" "$bin" serve --socket "$work/$name.sock" --config "$work/$name.toml" </dev/null >"$work/$name.log" 2>&1 &
   pids+=($!)
   echo $! >"$work/$name.pid"
   wait_socket "$work/$name.sock" $!
@@ -94,9 +102,9 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 measure() { # ROW C PID URL [oha args...]
   local row=$1 c=$2 pid=$3 url=$4 before after
   shift 4
-  "$oha" -z 0.5s -c "$c" --no-tui --output-format quiet "$@" "$url" >/dev/null
+  "${client_cpu[@]}" "$oha" -z 0.5s -c "$c" --no-tui --output-format quiet "$@" "$url" >/dev/null
   before=$(cpu_ticks "$pid")
-  "$oha" -z "${seconds}s" -c "$c" --no-tui --output-format json "$@" "$url" >"$work/run.json"
+  "${client_cpu[@]}" "$oha" -z "${seconds}s" -c "$c" --no-tui --output-format json "$@" "$url" >"$work/run.json"
   after=$(cpu_ticks "$pid")
   python3 - "$row" "$c" "$work/run.json" "$((after - before))" "$(getconf CLK_TCK)" >>"$results" <<'EOF'
 import json, sys
@@ -155,7 +163,7 @@ if [[ -z $bench_bin ]]; then
 fi
 
 if [[ $what == hit || $what == all ]]; then
-  "$bench_bin" floor --socket "$work/floor.sock" </dev/null >/dev/null 2>&1 &
+  env ${FLOOR_WORKERS:+TOKIO_WORKER_THREADS=$FLOOR_WORKERS} "${server_cpu[@]}" "$bench_bin" floor --socket "$work/floor.sock" </dev/null >/dev/null 2>&1 &
   pids+=($!)
   echo $! >"$work/floor.pid"
   wait_socket "$work/floor.sock" $!
@@ -186,6 +194,8 @@ cache_ttl = \"1h\""
 fi
 
 if [[ $what == miss || $what == all ]]; then
+  # Not pinned: OpenBao's own CPU is part of a miss.
+  server_cpu=() client_cpu=()
   command -v bao >/dev/null || { echo "oha.sh: bao not found: run tests/setup.sh" >&2; exit 1; }
   port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
   addr=http://127.0.0.1:$port

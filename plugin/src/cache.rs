@@ -31,7 +31,7 @@ pub type Value = Arc<SecretSlice<u8>>;
 /// Everything that makes two lookups return the same bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
-    pub provider: String,
+    pub provider: Arc<str>,
     pub path: String,
     pub version: Option<String>,
     pub field: Option<String>,

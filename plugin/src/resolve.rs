@@ -75,7 +75,7 @@ impl std::fmt::Debug for Resolved {
 #[derive(Debug)]
 pub struct Answer {
     /// The provider the request was routed to, once routing got that far.
-    pub provider: Option<String>,
+    pub provider: Option<Arc<str>>,
     /// The validated path, once the labels parsed.
     pub path: Option<String>,
     pub version: Option<String>,
@@ -361,7 +361,7 @@ impl Resolver {
             Ok(name) => name,
             Err(error) => {
                 let err = ResolveError::Provider {
-                    provider: upstream.name.clone(),
+                    provider: upstream.name.to_string(),
                     kind: upstream.provider.kind(),
                     path: lookup.path.path().to_string(),
                     error,
@@ -428,7 +428,7 @@ impl Resolver {
             let judged = self.judge(request, &upstream, &lookup);
             let outcome = judged.refused.as_ref().map_or("skipped", |f| f.outcome);
             answer.inputs.push(Input {
-                provider: upstream.name.clone(),
+                provider: upstream.name.to_string(),
                 path: lookup.path.path().to_string(),
                 version: lookup.version.clone(),
                 verdict: judged.verdict,
@@ -717,13 +717,13 @@ async fn fetch_and_shape(upstream: Arc<Upstream>, lookup: Lookup) -> Result<Fetc
         })
         .await
         .map_err(|error| ResolveError::Provider {
-            provider: upstream.name.clone(),
+            provider: upstream.name.to_string(),
             kind: upstream.provider.kind(),
             path: lookup.path.to_string(),
             error,
         })?;
     let value = shape(fetched.expose(), &lookup).map_err(|message| ResolveError::Shape {
-        provider: upstream.name.clone(),
+        provider: upstream.name.to_string(),
         path: lookup.path.to_string(),
         message,
     })?;

@@ -619,33 +619,45 @@ async fn handle(
 
 /// Read a body into memory, charging its bytes to the shared budget. Stops
 /// after `MAX_REQUEST_BYTES + 1` bytes: enough for the router's own limit to
-/// refuse it (413, with its usual message), without reading the rest.
+/// refuse it (413, with its usual message), without reading the rest. A
+/// body that came in one frame (the engine's always do) is that frame's
+/// bytes, not a copy.
 async fn read_body(
     mut body: Incoming,
     budget: &Arc<Semaphore>,
 ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), hyper::Error> {
+    let mut first: Option<Bytes> = None;
     let mut buffered = BytesMut::new();
+    let mut len = 0;
     let mut charge: Option<OwnedSemaphorePermit> = None;
-    while buffered.len() <= MAX_REQUEST_BYTES {
+    while len <= MAX_REQUEST_BYTES {
         let Some(frame) = body.frame().await else {
             break;
         };
         // Trailers carry nothing for us.
-        let Ok(data) = frame?.into_data() else {
+        let Ok(mut data) = frame?.into_data() else {
             continue;
         };
-        let kept = data.len().min(MAX_REQUEST_BYTES + 1 - buffered.len());
-        // `kept` is at most MAX_REQUEST_BYTES + 1 (1 MiB), far below u32::MAX.
-        let Ok(permit) = budget.clone().acquire_many_owned(kept as u32).await else {
+        data.truncate(MAX_REQUEST_BYTES + 1 - len);
+        // At most MAX_REQUEST_BYTES + 1 (1 MiB), far below u32::MAX.
+        let Ok(permit) = budget.clone().acquire_many_owned(data.len() as u32).await else {
             break; // never: the semaphore is not closed
         };
         match &mut charge {
             Some(charge) => charge.merge(permit),
             None => charge = Some(permit),
         }
-        buffered.extend_from_slice(&data[..kept]);
+        len += data.len();
+        match first.take() {
+            None if buffered.is_empty() => first = Some(data),
+            earlier => {
+                buffered.extend_from_slice(&earlier.unwrap_or_default());
+                buffered.extend_from_slice(&data);
+            }
+        }
     }
-    Ok((buffered.freeze(), charge))
+    let body = first.unwrap_or_else(|| buffered.freeze());
+    Ok((body, charge))
 }
 
 /// Rate limit for the accept-error log line.

@@ -150,7 +150,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// A provider behind its policy: a deadline, retries with backoff and
 /// jitter for transient failures, and a concurrency limit.
 pub struct Upstream {
-    pub name: String,
+    /// Shared, not copied, by every answer and cache key that names it.
+    pub name: Arc<str>,
     pub provider: Arc<dyn Provider>,
     pub tuning: Tuning,
     permits: Semaphore,
@@ -173,7 +174,7 @@ impl Upstream {
     ) -> Self {
         let permits = Semaphore::new(tuning.max_concurrency.max(1));
         Self {
-            name,
+            name: name.into(),
             provider,
             tuning,
             permits,

@@ -818,6 +818,52 @@ fn a_stalled_body_is_answered_408_and_closed_within_the_body_timeout() {
     assert_eq!(plugin.request("POST", "/Plugin.Activate", b"").status, 200);
 }
 
+/// A body that arrives in pieces (chunked, or a Content-Length body written
+/// in parts) is read whole, as one sent at once is, on one connection.
+#[test]
+fn a_body_sent_in_pieces_is_read_whole() {
+    use base64::Engine as _;
+    let (plugin, _secrets) = plugin_with_secrets();
+    let body = engine_request("db_password", &[]).to_string().into_bytes();
+    let want = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
+    let mut stream = UnixStream::connect(&plugin.socket).unwrap();
+    let head = "POST /SecretProvider.GetSecret HTTP/1.1\r\nHost: plugin.moby.localhost\r\n";
+    for pieces in [1, 3, 40] {
+        let size = body.len().div_ceil(pieces);
+        // Chunked: each piece a chunk, written apart.
+        write!(stream, "{head}Transfer-Encoding: chunked\r\n\r\n").unwrap();
+        for piece in body.chunks(size) {
+            write!(stream, "{:x}\r\n", piece.len()).unwrap();
+            stream.write_all(piece).unwrap();
+            stream.write_all(b"\r\n").unwrap();
+            stream.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        stream.write_all(b"0\r\n\r\n").unwrap();
+        let (status, answer) = read_one_answer(&mut stream);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            (status, &answer["Value"]),
+            (200, &serde_json::json!(want)),
+            "{pieces}: {answer}"
+        );
+        // Content-Length, the body written in parts.
+        write!(stream, "{head}Content-Length: {}\r\n\r\n", body.len()).unwrap();
+        for piece in body.chunks(size) {
+            stream.write_all(piece).unwrap();
+            stream.flush().unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (status, answer) = read_one_answer(&mut stream);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            (status, &answer["Value"]),
+            (200, &serde_json::json!(want)),
+            "{pieces}: {answer}"
+        );
+    }
+}
+
 #[test]
 fn an_idle_keep_alive_connection_is_closed_after_the_idle_timeout() {
     let (plugin, _secrets) = plugin_with_secrets();

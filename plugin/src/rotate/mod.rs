@@ -167,10 +167,10 @@ impl Controller {
             .upstreams()
             .filter(|u| {
                 self.checked
-                    .get(&u.name)
+                    .get(&*u.name)
                     .is_none_or(|last| now.duration_since(*last) >= u.tuning.rotate_interval)
             })
-            .map(|u| u.name.clone())
+            .map(|u| u.name.to_string())
             .collect();
         for name in &due {
             self.checked.insert(name.clone(), now);
@@ -179,13 +179,13 @@ impl Controller {
         let watched: Vec<Watched<'_>> = listed
             .iter()
             .filter_map(|l| watch(&self.resolver, &self.said, l, &services))
-            .filter(|w| due.contains(&w.upstream.name))
+            .filter(|w| due.contains(&*w.upstream.name))
             .collect();
         // One version call per backend secret, however many objects name it.
         let unique: BTreeMap<(String, String), (&Arc<Upstream>, &SecretPath)> = watched
             .iter()
             .map(|w| {
-                let key = (w.upstream.name.clone(), w.lookup.path.to_string());
+                let key = (w.upstream.name.to_string(), w.lookup.path.to_string());
                 (key, (w.upstream, &w.lookup.path))
             })
             .collect();
@@ -201,7 +201,7 @@ impl Controller {
         let mut created: Vec<DriverSecret> = Vec::new();
         let mut swaps: HashMap<String, HashMap<String, (String, String)>> = HashMap::new();
         for w in &watched {
-            let key = (w.upstream.name.clone(), w.lookup.path.to_string());
+            let key = (w.upstream.name.to_string(), w.lookup.path.to_string());
             let Some(answer) = versions.get(&key) else {
                 continue;
             };
