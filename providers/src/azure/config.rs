@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use azure_core::http::Url;
+use secrecy::zeroize::Zeroizing;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
@@ -471,8 +472,15 @@ pub(super) fn one_line_credential(text: &str) -> Result<String, &'static str> {
 /// The projected service account token, trimmed and checked; errors name
 /// the file, never its content.
 pub(super) fn read_federated_token(path: &Path) -> Result<String, String> {
-    let text = crate::credential_file::read_text(path)
-        .map_err(|err| format!("{}: {err}", path.display()))?;
+    federated_token(path, crate::credential_file::read_text(path))
+}
+
+/// The token in `read`, the result of reading `path`.
+pub(super) fn federated_token(
+    path: &Path,
+    read: std::io::Result<Zeroizing<String>>,
+) -> Result<String, String> {
+    let text = read.map_err(|err| format!("{}: {err}", path.display()))?;
     one_line_credential(&text).map_err(|m| format!("{}: {m}", path.display()))
 }
 

@@ -115,12 +115,12 @@ impl ClientAssertion for FederatedTokenFile {
         &self,
         _: Option<azure_core::http::ClientMethodOptions<'_>>,
     ) -> azure_core::Result<String> {
-        let path = self.0.clone();
-        let read = tokio::task::spawn_blocking(move || config::read_federated_token(&path));
-        let message = match read.await {
-            Ok(Ok(token)) => return Ok(token),
-            Ok(Err(message)) => message,
-            Err(_) => format!("{}: the read was cancelled", self.0.display()),
+        // On a blocking thread, one read of the file at a time: a hung
+        // file holds one thread, not one more per token request.
+        let read = crate::credential_file::read_text_blocking(&self.0).await;
+        let message = match config::federated_token(&self.0, read) {
+            Ok(token) => return Ok(token),
+            Err(message) => message,
         };
         Err(azure_core::Error::with_message(
             azure_core::error::ErrorKind::Credential,

@@ -512,3 +512,12 @@ async fn the_federated_token_is_checked_when_read_again() {
     );
     assert!(!err.contains("token-content"), "{err}");
 }
+
+/// A hung federated token file holds one blocking thread, not the runtime
+/// and not the pool, however many token requests time out on it.
+#[test]
+fn hung_federated_token_reads_do_not_take_the_blocking_pool() {
+    crate::credential_file::hung::cancelled_reads_leave_the_pool(|path| async move {
+        let _ = FederatedTokenFile(path).secret(None).await;
+    });
+}

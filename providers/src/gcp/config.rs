@@ -453,8 +453,17 @@ fn external_account(
 /// The subject token, trimmed and checked; errors name the file, never its
 /// content. Read at every token exchange (projected tokens rotate).
 pub(super) fn read_subject_token(path: &Path, json_field: Option<&str>) -> Result<String, String> {
+    subject_token(path, crate::credential_file::read_text(path), json_field)
+}
+
+/// The token in `read`, the result of reading `path`.
+pub(super) fn subject_token(
+    path: &Path,
+    read: std::io::Result<secrecy::zeroize::Zeroizing<String>>,
+    json_field: Option<&str>,
+) -> Result<String, String> {
     let at = |m: &dyn std::fmt::Display| format!("{}: {m}", path.display());
-    let text = crate::credential_file::read_text(path).map_err(|err| at(&err))?;
+    let text = read.map_err(|err| at(&err))?;
     let token = match json_field {
         None => text.trim().to_string(),
         Some(field) => {

@@ -107,19 +107,12 @@ impl SubjectTokenProvider for SubjectTokenFile {
     type Error = SubjectTokenError;
 
     async fn subject_token(&self) -> Result<SubjectToken, Self::Error> {
-        let path = self.path.clone();
-        let field = self.json_field.clone();
-        let read = tokio::task::spawn_blocking(move || {
-            config::read_subject_token(&path, field.as_deref())
-        });
-        match read.await {
-            Ok(Ok(token)) => Ok(SubjectTokenBuilder::new(token).build()),
-            Ok(Err(message)) => Err(SubjectTokenError(message)),
-            Err(_) => Err(SubjectTokenError(format!(
-                "{}: the read was cancelled",
-                self.path.display()
-            ))),
-        }
+        // On a blocking thread, one read of the file at a time: a hung
+        // file holds one thread, not one more per token exchange.
+        let read = crate::credential_file::read_text_blocking(&self.path).await;
+        config::subject_token(&self.path, read, self.json_field.as_deref())
+            .map(|token| SubjectTokenBuilder::new(token).build())
+            .map_err(SubjectTokenError)
     }
 }
 
@@ -556,6 +549,19 @@ impl Provider for GcpProvider {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hung subject token file holds one blocking thread, not the
+    /// runtime and not the pool, however many exchanges time out on it.
+    #[test]
+    fn hung_subject_token_reads_do_not_take_the_blocking_pool() {
+        crate::credential_file::hung::cancelled_reads_leave_the_pool(|path| async move {
+            let file = SubjectTokenFile {
+                path,
+                json_field: None,
+            };
+            let _ = file.subject_token().await;
+        });
+    }
 
     #[test]
     fn crc32c_is_castagnoli() {

@@ -650,103 +650,13 @@ mod tests {
         assert!(!state(0, 0).usable(later));
     }
 
-    /// A credential file whose reads hang: a FIFO nobody writes (in life,
-    /// a file on a stalled network mount).
-    fn hung_file(dir: &std::path::Path) -> std::path::PathBuf {
-        let fifo = dir.join("secret_id");
-        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
-        assert!(made.unwrap().success());
-        fifo
-    }
-
-    /// Lets a blocked open of `fifo` return, so that no thread is left
-    /// behind: opened for reading and writing, a FIFO opens at once, as a
-    /// writer.
-    fn release(fifo: &std::path::Path) {
-        drop(
-            std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(fifo),
-        );
-    }
-
-    /// A credential file whose read hangs (here a FIFO nobody writes; in
-    /// life a stalled network mount) holds a blocking thread, not the
-    /// runtime: on a one-thread runtime a deadline still fires.
-    #[test]
-    fn a_hung_credential_read_does_not_stall_the_runtime() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = hung_file(dir.path());
-        let (done, outcome) = std::sync::mpsc::channel();
-        let path = fifo.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            let timed = runtime.block_on(async {
-                let read = read_secret(&path, "secret_id");
-                tokio::time::timeout(Duration::from_millis(200), read).await
-            });
-            let _ = done.send(timed.is_err());
-        });
-        let deadline_fired = outcome.recv_timeout(Duration::from_secs(10));
-        release(&fifo);
-        assert_eq!(
-            deadline_fired,
-            Ok(true),
-            "the read blocked the runtime's only thread"
-        );
-    }
-
-    /// Review: each login cancelled at its deadline while the credential
-    /// file hangs must not leave one more blocking thread behind: retries
-    /// (one per request, plus the background task's) would take the whole
-    /// blocking pool, and every other `spawn_blocking` (audit writes, the
-    /// file provider, other credential files) would then queue forever.
-    /// Here the pool has 2 threads; 3 cancelled reads of a hung FIFO, then
-    /// a read of a healthy file must still be served.
+    /// A hung credential file (a FIFO nobody writes) holds one blocking
+    /// thread, not the runtime and not the pool, through a login's read.
     #[test]
     fn cancelled_hung_reads_do_not_take_the_blocking_pool() {
-        let dir = tempfile::tempdir().unwrap();
-        let fifo = hung_file(dir.path());
-        let healthy = dir.path().join("role_id");
-        std::fs::write(&healthy, "r-1\n").unwrap();
-        let (done, outcome) = std::sync::mpsc::channel();
-        let (path, good) = (fifo.clone(), healthy.clone());
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .max_blocking_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
-            let healthy_read = runtime.block_on(async {
-                for _ in 0..3 {
-                    let read = read_secret(&path, "secret_id");
-                    let timed = tokio::time::timeout(Duration::from_millis(50), read).await;
-                    assert!(timed.is_err(), "the FIFO read returned");
-                }
-                let read = read_secret(&good, "role_id");
-                tokio::time::timeout(Duration::from_millis(2000), read)
-                    .await
-                    .map(|r| r.map(|v| v.expose_secret().to_string()).ok())
-            });
-            let _ = done.send(healthy_read);
-            // Do not wait for the blocked threads on drop.
-            runtime.shutdown_background();
+        crate::credential_file::hung::cancelled_reads_leave_the_pool(|path| async move {
+            let _ = read_secret(&path, "secret_id").await;
         });
-        let healthy_read = outcome.recv_timeout(Duration::from_secs(10));
-        // Release every blocked open (each opens as a writer in turn).
-        for _ in 0..4 {
-            release(&fifo);
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        assert_eq!(
-            healthy_read,
-            Ok(Ok(Some("r-1".to_string()))),
-            "a healthy credential file was not read: the hung reads took the blocking pool"
-        );
     }
 
     #[tokio::test]

@@ -3,7 +3,6 @@
 //! credential files they read. Each login is one call; the session
 //! (`super`) decides when to log in and keeps the token alive.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use secrecy::{ExposeSecret, SecretString};
@@ -205,45 +204,18 @@ impl Method {
 }
 
 /// Read a credential file, trimmed. The message names the file, never
-/// the content. The read runs on a blocking thread: a hung file system (a
-/// stalled network mount) holds that thread and this login, never the
-/// runtime's worker, which may be the only one serving the engine.
-///
-/// One read per file at a time: a caller cancelled while the read hangs
-/// (its deadline) leaves the thread blocked, and the next caller waits for
-/// that read to end instead of blocking one more thread, so that retries
-/// cannot take the whole blocking pool (audit writes, the file provider).
+/// the content. On a blocking thread, one read per file at a time
+/// ([`crate::credential_file::read_text_blocking`]): a hung file system
+/// holds that thread and this login, never the runtime's worker.
 pub(super) async fn read_secret(path: &Path, what: &str) -> Result<SecretString, ProviderError> {
-    static READING: std::sync::LazyLock<
-        std::sync::Mutex<HashMap<PathBuf, std::sync::Arc<Mutex<()>>>>,
-    > = std::sync::LazyLock::new(Default::default);
-    let file = READING
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .entry(path.to_path_buf())
-        .or_default()
-        .clone();
-    // Held by the blocking read until it returns, even if we are dropped.
-    let reading = file.lock_owned().await;
-    let owned = path.to_path_buf();
-    let read = tokio::task::spawn_blocking(move || {
-        let _reading = reading;
-        crate::credential_file::read_text(&owned)
-    });
-    let failed = |reason: String| {
-        ProviderError::Unauthenticated(format!(
-            "cannot read the {what} file {}: {reason}",
-            path.display()
-        ))
-    };
-    let text = match read.await {
-        Ok(read) => read.map_err(|err| failed(err.to_string()))?,
-        Err(_) => {
-            return Err(failed(
-                "the read failed (a bug; please report it)".to_string(),
-            ));
-        }
-    };
+    let text = crate::credential_file::read_text_blocking(path)
+        .await
+        .map_err(|err| {
+            ProviderError::Unauthenticated(format!(
+                "cannot read the {what} file {}: {err}",
+                path.display()
+            ))
+        })?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(ProviderError::Unauthenticated(format!(
