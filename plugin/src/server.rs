@@ -22,7 +22,6 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, Method, Request, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use bytes::BytesMut;
 use futures::FutureExt as _;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -617,47 +616,137 @@ async fn handle(
     response
 }
 
-/// Read a body into memory, charging its bytes to the shared budget. Stops
-/// after `MAX_REQUEST_BYTES + 1` bytes: enough for the router's own limit to
-/// refuse it (413, with its usual message), without reading the rest. A
-/// body that came in one frame (the engine's always do) is that frame's
-/// bytes, not a copy.
+/// Read a body into memory, charging what it holds to the shared budget
+/// (see [`Gathered`]). Stops after `MAX_REQUEST_BYTES + 1` bytes: enough
+/// for the router's own limit to refuse it (413, with its usual message),
+/// without reading the rest.
 async fn read_body(
     mut body: Incoming,
     budget: &Arc<Semaphore>,
 ) -> Result<(Bytes, Option<OwnedSemaphorePermit>), hyper::Error> {
-    let mut first: Option<Bytes> = None;
-    let mut buffered = BytesMut::new();
-    let mut len = 0;
+    let announced = hyper::body::Body::size_hint(&body).exact();
+    let mut gathered = Gathered::new(announced);
     let mut charge: Option<OwnedSemaphorePermit> = None;
-    while len <= MAX_REQUEST_BYTES {
+    while !gathered.full() {
         let Some(frame) = body.frame().await else {
             break;
         };
         // Trailers carry nothing for us.
-        let Ok(mut data) = frame?.into_data() else {
+        let Ok(data) = frame?.into_data() else {
             continue;
         };
-        data.truncate(MAX_REQUEST_BYTES + 1 - len);
-        // At most MAX_REQUEST_BYTES + 1 (1 MiB), far below u32::MAX.
-        let Ok(permit) = budget.clone().acquire_many_owned(data.len() as u32).await else {
-            break; // never: the semaphore is not closed
-        };
-        match &mut charge {
-            Some(charge) => charge.merge(permit),
-            None => charge = Some(permit),
-        }
-        len += data.len();
-        match first.take() {
-            None if buffered.is_empty() => first = Some(data),
-            earlier => {
-                buffered.extend_from_slice(&earlier.unwrap_or_default());
-                buffered.extend_from_slice(&data);
-            }
+        let data = gathered.cut(data);
+        take(budget, &mut charge, gathered.charge_for(&data)).await;
+        gathered.push(data);
+    }
+    Ok((gathered.body(), charge))
+}
+
+/// A body's frames, up to `MAX_REQUEST_BYTES + 1` bytes. A body that came
+/// in one frame (the engine's always do) is that frame's bytes, not a
+/// copy; one in several frames is gathered in one buffer, grown by
+/// doubling up to the limit (or made at once at the length the client
+/// announced). What is charged is what is held: the frame, or the
+/// buffer's whole capacity, so that no body holds more memory than its
+/// charge but for the moment of a copy into a bigger buffer.
+struct Gathered {
+    announced: usize,
+    first: Option<Bytes>,
+    buffered: Vec<u8>,
+    len: usize,
+    charged: usize,
+}
+
+impl Gathered {
+    const LIMIT: usize = MAX_REQUEST_BYTES + 1;
+
+    fn new(announced: Option<u64>) -> Self {
+        let announced = announced.map_or(0, |length| {
+            usize::try_from(length)
+                .unwrap_or(Self::LIMIT)
+                .min(Self::LIMIT)
+        });
+        Gathered {
+            announced,
+            first: None,
+            buffered: Vec::new(),
+            len: 0,
+            charged: 0,
         }
     }
-    let body = first.unwrap_or_else(|| buffered.freeze());
-    Ok((body, charge))
+
+    fn full(&self) -> bool {
+        self.len >= Self::LIMIT
+    }
+
+    /// The part of `data` that is kept.
+    fn cut(&self, mut data: Bytes) -> Bytes {
+        data.truncate(Self::LIMIT - self.len);
+        data
+    }
+
+    /// How much more to charge before `data` is pushed.
+    fn charge_for(&self, data: &Bytes) -> usize {
+        let len = self.len + data.len();
+        if self.first.is_none() && self.len == 0 {
+            data.len()
+        } else if len > self.buffered.capacity() {
+            self.grown(len).saturating_sub(self.charged)
+        } else {
+            0
+        }
+    }
+
+    fn grown(&self, len: usize) -> usize {
+        len.max(2 * self.buffered.capacity())
+            .max(self.announced)
+            .min(Self::LIMIT)
+    }
+
+    /// Keeps `data`, once [`Self::charge_for`] it is charged.
+    fn push(&mut self, data: Bytes) {
+        let charge = self.charge_for(&data);
+        self.charged += charge;
+        self.len += data.len();
+        if self.first.is_none() && self.len == data.len() {
+            self.first = Some(data);
+            return;
+        }
+        if self.len > self.buffered.capacity() {
+            let capacity = self.grown(self.len);
+            self.buffered.reserve_exact(capacity - self.buffered.len());
+        }
+        if let Some(earlier) = self.first.take() {
+            self.buffered.extend_from_slice(&earlier);
+        }
+        self.buffered.extend_from_slice(&data);
+    }
+
+    /// Bytes of memory held for the body.
+    #[cfg(test)]
+    fn held(&self) -> usize {
+        self.first.as_ref().map_or(0, Bytes::len) + self.buffered.capacity()
+    }
+
+    fn body(self) -> Bytes {
+        self.first.unwrap_or_else(|| Bytes::from(self.buffered))
+    }
+}
+
+/// Takes `bytes` more of the shared body budget into `charge`, waiting for
+/// them if other requests hold it.
+async fn take(budget: &Arc<Semaphore>, charge: &mut Option<OwnedSemaphorePermit>, bytes: usize) {
+    if bytes == 0 {
+        return;
+    }
+    // A body's charge is at most MAX_REQUEST_BYTES + 1 (1 MiB) in all.
+    let Ok(permit) = budget.clone().acquire_many_owned(bytes as u32).await else {
+        return; // never: the semaphore is not closed
+    };
+    match charge {
+        Some(charge) => charge.merge(permit),
+        None => *charge = Some(permit),
+    }
 }
 
 /// Rate limit for the accept-error log line.
@@ -734,6 +823,48 @@ mod tests {
         let status = response.status();
         let bytes = response.into_body().collect().await.unwrap().to_bytes();
         (status, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    /// Frames as they may come (empty, tiny, whole, past the limit), with
+    /// or without an announced length: the body is their bytes up to the
+    /// limit, and what is held never exceeds what was charged.
+    #[test]
+    fn a_body_holds_no_more_than_its_charge() {
+        const LIMIT: usize = MAX_REQUEST_BYTES + 1;
+        let mut rng = fastrand::Rng::with_seed(18);
+        let sizes = [0, 1, 7, 4096, 65_536, LIMIT - 1, LIMIT, LIMIT + 5];
+        for case in 0..400 {
+            let frames: Vec<usize> = match case {
+                // The engine's body; a 1 MiB + 1 body in 64 KiB frames.
+                0 => vec![431],
+                1 => [vec![65_536; 16], vec![1]].concat(),
+                _ => (0..rng.usize(1..40))
+                    .map(|_| sizes[rng.usize(..sizes.len())].min(rng.usize(0..=70_000)))
+                    .collect(),
+            };
+            let total: usize = frames.iter().sum();
+            let announced = match rng.u8(..3) {
+                0 => None,
+                1 => Some(total as u64),
+                _ => Some(rng.u64(..2 * LIMIT as u64)),
+            };
+            let mut gathered = Gathered::new(announced);
+            let (mut sent, mut charged) = (Vec::new(), 0);
+            for (i, size) in frames.iter().enumerate() {
+                if gathered.full() {
+                    break;
+                }
+                let data = Bytes::from(vec![i as u8; *size]);
+                sent.extend_from_slice(&data);
+                let data = gathered.cut(data);
+                charged += gathered.charge_for(&data);
+                gathered.push(data);
+                assert!(gathered.held() <= charged, "case {case}: {frames:?}");
+                assert!(charged <= LIMIT, "case {case}: {frames:?}");
+            }
+            sent.truncate(LIMIT);
+            assert_eq!(gathered.body(), sent, "case {case}: {frames:?}");
+        }
     }
 
     #[tokio::test]
