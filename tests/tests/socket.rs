@@ -828,6 +828,15 @@ fn a_body_sent_in_pieces_is_read_whole() {
     let want = base64::engine::general_purpose::STANDARD.encode(PASSWORD);
     let mut stream = UnixStream::connect(&plugin.socket).unwrap();
     let head = "POST /SecretProvider.GetSecret HTTP/1.1\r\nHost: plugin.moby.localhost\r\n";
+    let served = |stream: &mut UnixStream, pieces: usize| {
+        let (status, answer) = read_one_answer(stream);
+        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
+        assert_eq!(
+            (status, &answer["Value"]),
+            (200, &serde_json::json!(want)),
+            "{pieces}: {answer}"
+        );
+    };
     for pieces in [1, 3, 40] {
         let size = body.len().div_ceil(pieces);
         // Chunked: each piece a chunk, written apart.
@@ -840,13 +849,7 @@ fn a_body_sent_in_pieces_is_read_whole() {
             std::thread::sleep(Duration::from_millis(5));
         }
         stream.write_all(b"0\r\n\r\n").unwrap();
-        let (status, answer) = read_one_answer(&mut stream);
-        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-        assert_eq!(
-            (status, &answer["Value"]),
-            (200, &serde_json::json!(want)),
-            "{pieces}: {answer}"
-        );
+        served(&mut stream, pieces);
         // Content-Length, the body written in parts.
         write!(stream, "{head}Content-Length: {}\r\n\r\n", body.len()).unwrap();
         for piece in body.chunks(size) {
@@ -854,13 +857,7 @@ fn a_body_sent_in_pieces_is_read_whole() {
             stream.flush().unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (status, answer) = read_one_answer(&mut stream);
-        let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap();
-        assert_eq!(
-            (status, &answer["Value"]),
-            (200, &serde_json::json!(want)),
-            "{pieces}: {answer}"
-        );
+        served(&mut stream, pieces);
     }
 }
 
