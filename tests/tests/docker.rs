@@ -799,6 +799,12 @@ fn rotation_step(
             "1",
             "--update-delay",
             "0s",
+            // The engine sometimes fails a task's start on its own
+            // ("unable to remount dir as readonly ... mounts/secrets:
+            // device or resource busy", moby/moby#48783): that task is
+            // started again, and the roll goes on instead of pausing.
+            "--update-failure-action",
+            "continue",
             "--stop-grace-period",
             "2s",
             "--env",
