@@ -432,7 +432,8 @@ const READ_BUFFER_BYTES: usize = 64 * 1024;
 /// 1 MiB limit, or thousands of Docker's. A body that finds no room waits,
 /// within its BODY_TIMEOUT, instead of growing the process.
 pub const BODY_BUDGET_BYTES: usize = 16 * 1024 * 1024;
-// A body at the limit (plus the byte that proves it too large) must fit.
+// A body at the limit must fit (the byte that proves one too large is not
+// charged: see `Gathered`).
 const _: () = assert!(BODY_BUDGET_BYTES > MAX_REQUEST_BYTES);
 
 /// Pause after a failed accept (EMFILE, ENFILE, ...): retrying at once would
@@ -691,10 +692,15 @@ impl Gathered {
         data
     }
 
+    /// Whether the next frame is the body's first (kept as it came).
+    fn at_start(&self) -> bool {
+        self.first.is_none() && self.len == 0
+    }
+
     /// How much more to charge before `data` is pushed.
     fn charge_for(&self, data: &Bytes) -> usize {
         let len = self.len + data.len();
-        let held = if self.first.is_none() && self.len == 0 {
+        let held = if self.at_start() {
             data.len()
         } else if len > self.buffered.capacity() {
             self.grown(len)
@@ -718,10 +724,10 @@ impl Gathered {
 
     /// Keeps `data`, once [`Self::charge_for`] it is charged.
     fn push(&mut self, data: Bytes) {
-        let charge = self.charge_for(&data);
-        self.charged += charge;
+        self.charged += self.charge_for(&data);
+        let at_start = self.at_start();
         self.len += data.len();
-        if self.first.is_none() && self.len == data.len() {
+        if at_start {
             self.first = Some(data);
             return;
         }
@@ -752,7 +758,7 @@ async fn take(budget: &Arc<Semaphore>, charge: &mut Option<OwnedSemaphorePermit>
     if bytes == 0 {
         return;
     }
-    // A body's charge is at most MAX_REQUEST_BYTES + 1 (1 MiB) in all.
+    // A body's charge is at most MAX_REQUEST_BYTES (1 MiB) in all.
     let Ok(permit) = budget.clone().acquire_many_owned(bytes as u32).await else {
         return; // never: the semaphore is not closed
     };
